@@ -1,0 +1,340 @@
+"""Configuration: YAML with ``${VAR}`` expansion, validated into typed dataclasses.
+
+Every key is declared once, as a dataclass field; the loader walks those declarations, so an
+unknown key, a wrong type or a missing required value is reported with its dotted path
+(``delivery.retry.schedule_seconds[2]``) and the CLI exits 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+WILDCARD_TENANT = "*"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    dsn: str | None = None
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    # How long ingest waits for a pooled connection before answering 503.
+    acquire_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class IngestToken:
+    token: str
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    path: str = "/v1/air/events"
+    tokens: list[IngestToken] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    tenant_ids: list[str] = field(default_factory=lambda: [WILDCARD_TENANT])
+
+    def allows(self, tenant_id: str) -> bool:
+        return WILDCARD_TENANT in self.tenant_ids or tenant_id in self.tenant_ids
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    keys: list[ApiKey] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts_per_claim: int = 3
+    schedule_seconds: list[float] = field(
+        default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
+    )
+    # Bounds of the short, jittered in-process waits between attempts of one claim.
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 5.0
+    # A sink's Retry-After is honoured up to this many seconds.
+    retry_after_max_seconds: float = 300.0
+    jitter: float = 0.2
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    concurrency: int = 32
+    timeout_seconds: float = 10.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    allow_private_destinations: bool = False
+    batch_size: int = 32
+    poll_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class SlackIntegration:
+    bot_token: str
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    api_base_url: str = "https://slack.com/api"
+    integrations: dict[str, SlackIntegration] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PagerDutyConfig:
+    events_url: str = "https://events.pagerduty.com/v2/enqueue"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    state_dir: str = "./var"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    slack: SlackConfig = field(default_factory=SlackConfig)
+    pagerduty: PagerDutyConfig = field(default_factory=PagerDutyConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def tenant_for_token(self, token: str) -> str | None:
+        """The tenant of an ingest token, comparing in constant time."""
+        found: str | None = None
+        presented = token.encode()
+        for entry in self.ingest.tokens:
+            # No early exit: every configured token is compared, so timing says nothing.
+            if hmac.compare_digest(presented, entry.token.encode()) and found is None:
+                found = entry.tenant_id
+        return found
+
+    def api_key(self, key: str) -> ApiKey | None:
+        found: ApiKey | None = None
+        presented = key.encode()
+        for entry in self.api.keys:
+            if hmac.compare_digest(presented, entry.key.encode()) and found is None:
+                found = entry
+        return found
+
+
+# Keys whose values are secrets: redacted by check-config, never logged.
+SECRET_KEYS = frozenset({"token", "key", "bot_token", "dsn_password"})
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: typing.Mapping[str, str], key: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(key, f"environment variable {name} is not set")
+            return default
+        return value
+
+    return _VAR.sub(sub, text)
+
+
+def _expand_tree(node: Any, env: typing.Mapping[str, str], key: str) -> Any:
+    if isinstance(node, str):
+        return expand_env(node, env, key)
+    if isinstance(node, dict):
+        return {k: _expand_tree(v, env, _join(key, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_tree(v, env, f"{key}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:  # noqa: C901 - one branch per kind of type
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be {_type_name(tp)}, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(v, item, _join(key, str(k))) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)  # a number from ${VAR} expansion arrives as text
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(key, f"must be {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _build(cls: type[Any], data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "(top level)", f"must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in known:
+            raise ConfigError(_join(prefix, str(name)), "unknown key")
+    kwargs: dict[str, Any] = {}
+    for name, fld in known.items():
+        key = _join(prefix, name)
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], key)
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "is required")
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config) -> None:  # noqa: C901 - a flat list of independent checks
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(key, "must be greater than 0")
+
+    if not 0 < cfg.server.port < 65536:
+        raise ConfigError("server.port", "must be between 1 and 65535")
+    positive("server.max_body_bytes", cfg.server.max_body_bytes)
+    if not cfg.ingest.path.startswith("/"):
+        raise ConfigError("ingest.path", "must start with /")
+    for i, tok in enumerate(cfg.ingest.tokens):
+        if not tok.token:
+            raise ConfigError(f"ingest.tokens[{i}].token", "must not be empty")
+        if not tok.tenant_id:
+            raise ConfigError(f"ingest.tokens[{i}].tenant_id", "must not be empty")
+    for i, api_key in enumerate(cfg.api.keys):
+        if not api_key.key:
+            raise ConfigError(f"api.keys[{i}].key", "must not be empty")
+    positive("delivery.concurrency", cfg.delivery.concurrency)
+    positive("delivery.timeout_seconds", cfg.delivery.timeout_seconds)
+    positive("delivery.batch_size", cfg.delivery.batch_size)
+    positive("delivery.poll_interval_seconds", cfg.delivery.poll_interval_seconds)
+    positive("delivery.retry.attempts_per_claim", cfg.delivery.retry.attempts_per_claim)
+    for i, sec in enumerate(cfg.delivery.retry.schedule_seconds):
+        if sec < 0:
+            raise ConfigError(f"delivery.retry.schedule_seconds[{i}]", "must not be negative")
+    if not 0 <= cfg.delivery.retry.jitter < 1:
+        raise ConfigError("delivery.retry.jitter", "must be between 0 and 1")
+    for name, integ in cfg.slack.integrations.items():
+        if not integ.bot_token:
+            raise ConfigError(f"slack.integrations.{name}.bot_token", "must not be empty")
+    if cfg.logging.format not in ("json", "console"):
+        raise ConfigError("logging.format", "must be json or console")
+    if cfg.logging.level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError("logging.level", "must be debug, info, warning, error or critical")
+    if cfg.database.pool_min_size > cfg.database.pool_max_size:
+        raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
+
+
+def parse_config(text: str, env: typing.Mapping[str, str] | None = None) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"not valid YAML: {exc}") from exc
+    expanded = _expand_tree(raw, os.environ if env is None else env, "")
+    cfg: Config = _build(Config, expanded, "")
+    _check_values(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from exc
+    return parse_config(text, env)
+
+
+def _redact_dsn(dsn: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data with every secret replaced by ``***``."""
+
+    def walk(node: Any, name: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, name) for v in node]
+        if name in SECRET_KEYS and node:
+            return "***"
+        if name == "dsn" and isinstance(node, str):
+            return _redact_dsn(node)
+        return node
+
+    result: dict[str, Any] = walk(dataclasses.asdict(cfg), "")
+    return result

@@ -1,0 +1,1 @@
+"""The database layer: pool, embedded server, migrations and every query."""

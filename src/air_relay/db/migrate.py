@@ -1,0 +1,90 @@
+"""Numbered ``.sql`` migrations, applied in order under an advisory lock.
+
+Each file in ``migrations/`` named ``NNNN_description.sql`` runs once, in its own transaction;
+the lock makes concurrent ``serve`` starts on one database safe (the second waits, then finds
+nothing left to do).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+import structlog
+
+from air_relay.db.queries import QUERIES
+
+log = structlog.get_logger(__name__)
+
+# An arbitrary, fixed advisory-lock key ("air-relay" in ASCII, folded into 63 bits).
+MIGRATION_LOCK_KEY = 0x6169722D72656C61
+
+_FILE = re.compile(r"^(\d{4})_([\w-]+)\.sql$")
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS air_relay_schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available_migrations() -> list[Migration]:
+    folder = resources.files(__package__).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(
+                Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8"))
+            )
+    return sorted(found, key=lambda m: m.version)
+
+
+def latest_version() -> int:
+    return max((m.version for m in available_migrations()), default=0)
+
+
+async def current_version(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('air_relay_schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    version: int = await conn.fetchval(QUERIES["schema_version"])
+    return version
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
+    """Apply every pending migration; returns the versions applied by this call."""
+    applied: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(_BOOKKEEPING)
+        done = {
+            r["version"]
+            for r in await conn.fetch("SELECT version FROM air_relay_schema_migrations")
+        }
+        for migration in available_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO air_relay_schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            log.info("migration_applied", version=migration.version, name=migration.name)
+            applied.append(migration.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    return applied

@@ -1,0 +1,63 @@
+"""asyncpg connections: codecs, the pool, and waiting for a database that is not up yet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# What a lost or unreachable database looks like to asyncpg callers.
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    await init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        # A statement that hangs (server gone mid-query) must not hang ingest forever.
+        command_timeout=30,
+    )
+    return pool
+
+
+async def wait_for_database(dsn: str, *, max_delay: float = 10.0) -> None:
+    """Block until the server accepts a connection, logging while it does not."""
+    delay = 0.5
+    while True:
+        try:
+            conn: Any = await asyncio.wait_for(asyncpg.connect(dsn), timeout=10)
+            await conn.close()
+            return
+        except DB_UNAVAILABLE as exc:
+            log.warning("database_unavailable", error=type(exc).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)

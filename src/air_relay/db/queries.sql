@@ -1,0 +1,147 @@
+-- Every SQL statement air-relay runs, as named blocks ("-- name: NAME").
+-- Loaded by air_relay.db.queries; called through air_relay.db.repository.
+
+-- name: ingest_event
+-- One statement, so one implicit transaction: the event, one delivery per routed sink, and
+-- the wake-up for the dispatchers commit together or not at all.
+WITH event AS (
+    INSERT INTO events (id, tenant_id, event_name, organization_id, body)
+    VALUES ($1, $2, $3, $4, $6)
+    RETURNING id
+), routed AS (
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type)
+    SELECT gen_random_uuid(), event.id, s.id, s.tenant_id, s.sink_type
+    FROM event CROSS JOIN event_sinks s
+    WHERE s.tenant_id = $2
+      AND s.active
+      AND (s.events IS NULL OR $3 = ANY (s.events))
+      AND (s.organization_ids IS NULL OR $5 = ANY (s.organization_ids))
+    RETURNING 1
+), counted AS (
+    SELECT count(*) AS n FROM routed
+)
+SELECT n, CASE WHEN n > 0 THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+FROM counted;
+
+-- name: claim_deliveries
+-- Claim due deliveries: the lease end goes into next_attempt_at, so an expired lease is just
+-- a due row again. The claim commits before any HTTP is sent.
+WITH due AS (
+    SELECT id
+    FROM deliveries
+    WHERE status = 'pending'
+      AND next_attempt_at <= now()
+      AND sink_type = ANY ($1::text[])
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE deliveries d
+    SET claims = d.claims + 1,
+        claim_token = gen_random_uuid(),
+        claimed_by = $4,
+        next_attempt_at = now() + make_interval(secs => $3),
+        updated_at = now()
+    FROM due
+    WHERE d.id = due.id
+    RETURNING d.id, d.event_id, d.event_sink_id, d.tenant_id, d.sink_type, d.attempts,
+              d.claims, d.claim_token, d.created_at
+)
+SELECT c.id, c.event_id, c.event_sink_id, c.tenant_id, c.sink_type, c.attempts, c.claims,
+       c.claim_token, c.created_at, e.event_name, e.organization_id, e.body, s.args AS sink_args,
+       s.id IS NOT NULL AS sink_exists
+FROM claimed c
+JOIN events e ON e.id = c.event_id
+LEFT JOIN event_sinks s ON s.id = c.event_sink_id
+ORDER BY c.created_at;
+
+-- name: complete_delivery
+-- Record a claim's attempts and the delivery's new state in one statement. The attempts are
+-- written even if the lease was lost (they happened); the state only with the claim token.
+WITH updated AS (
+    UPDATE deliveries
+    SET status = $3,
+        attempts = attempts + cardinality($6::int[]),
+        next_attempt_at = coalesce($4, now()),
+        last_error = $5,
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now()
+    WHERE id = $1 AND claim_token = $2
+    RETURNING id
+), recorded AS (
+    INSERT INTO delivery_attempts (
+        delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
+        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+        next_attempt_at, created_at)
+    SELECT $1, $7, $8, $9, $10, $11, $12, a.attempt, a.outcome, a.status_code, a.error,
+           a.response_body, a.duration_ms, a.next_attempt_at, a.created_at
+    FROM unnest($6::int[], $13::text[], $14::int[], $15::text[], $16::text[], $17::int[],
+                $18::timestamptz[], $19::timestamptz[])
+         AS a(attempt, outcome, status_code, error, response_body, duration_ms,
+              next_attempt_at, created_at)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) AS updated, (SELECT count(*) FROM recorded) AS recorded;
+
+-- name: release_deliveries
+-- Hand unfinished claims back (shutdown): due now, and the claim does not count.
+UPDATE deliveries
+SET next_attempt_at = now(),
+    claims = greatest(claims - 1, 0),
+    claim_token = NULL,
+    claimed_by = NULL,
+    updated_at = now()
+WHERE claim_token = ANY ($1::uuid[])
+  AND status = 'pending';
+
+-- name: insert_sink
+INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args, events,
+                         organization_ids, active)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+RETURNING *;
+
+-- name: list_sinks
+SELECT * FROM event_sinks WHERE tenant_id = $1 ORDER BY created_at, id;
+
+-- name: get_sink
+SELECT * FROM event_sinks WHERE id = $1;
+
+-- name: update_sink
+UPDATE event_sinks
+SET name = $2, description = $3, sink_type = $4, args = $5, events = $6,
+    organization_ids = $7, active = $8, updated_at = now()
+WHERE id = $1
+RETURNING *;
+
+-- name: delete_sink
+DELETE FROM event_sinks WHERE id = $1 RETURNING id, tenant_id;
+
+-- name: audit_log_page
+-- Keyset pagination on id, newest first; a NULL parameter means "no filter".
+SELECT id, created_at, tenant_id, event_id, event_name, organization_id, event_sink_id,
+       event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+       next_attempt_at
+FROM delivery_attempts
+WHERE tenant_id = $1
+  AND ($2::uuid IS NULL OR event_sink_id = $2)
+  AND ($3::text IS NULL OR event_name = $3)
+  AND ($4::int IS NULL OR status_code = $4)
+  AND ($5::text IS NULL OR outcome = $5)
+  AND ($6::timestamptz IS NULL OR created_at >= $6)
+  AND ($7::timestamptz IS NULL OR created_at <= $7)
+  AND ($8::bigint IS NULL OR id < $8)
+ORDER BY id DESC
+LIMIT $9;
+
+-- name: pending_stats
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
+FROM deliveries
+WHERE status = 'pending';
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
+
+-- name: delivery_status
+SELECT id, status, attempts, claims, last_error, next_attempt_at FROM deliveries WHERE id = $1;

@@ -1,0 +1,268 @@
+"""Typed calls for every query in ``queries.sql``; the rest of the code never writes SQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from air_relay.db.queries import QUERIES
+
+JsonScalar = int | str
+
+
+@dataclass(frozen=True)
+class Sink:
+    id: uuid.UUID
+    tenant_id: str
+    name: str
+    description: str
+    sink_type: str
+    args: dict[str, Any]
+    events: list[str] | None
+    organization_ids: list[str] | None
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Sink:
+        return cls(
+            id=r["id"],
+            tenant_id=r["tenant_id"],
+            name=r["name"],
+            description=r["description"],
+            sink_type=r["sink_type"],
+            args=r["args"],
+            events=r["events"],
+            organization_ids=r["organization_ids"],
+            active=r["active"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class SinkFields:
+    """What a create or update writes."""
+
+    tenant_id: str
+    name: str
+    description: str
+    sink_type: str
+    args: dict[str, Any]
+    events: list[str] | None
+    organization_ids: list[str] | None
+    active: bool
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    event_sink_id: uuid.UUID
+    tenant_id: str
+    sink_type: str
+    attempts: int  # attempts made before this claim
+    claims: int  # including this claim
+    claim_token: uuid.UUID
+    event_name: str
+    organization_id: JsonScalar
+    body: bytes
+    sink_args: dict[str, Any] | None  # None when the sink was deleted since routing
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    attempt: int
+    outcome: str  # success | failure
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+    duration_ms: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    tenant_id: str
+    event_sink_id: uuid.UUID | None = None
+    event_name: str | None = None
+    status_code: int | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    limit: int = 100
+
+
+async def ingest_event(
+    pool: asyncpg.Pool,
+    *,
+    event_id: uuid.UUID,
+    tenant_id: str,
+    event_name: str,
+    organization_id: JsonScalar,
+    body: bytes,
+    timeout: float,
+) -> int:
+    """Commit the event and its routed deliveries; returns how many deliveries were made."""
+    async with pool.acquire(timeout=timeout) as conn:
+        row = await conn.fetchrow(
+            QUERIES["ingest_event"],
+            event_id,
+            tenant_id,
+            event_name,
+            organization_id,
+            str(organization_id),
+            body,
+        )
+    assert row is not None
+    count: int = row["n"]
+    return count
+
+
+async def claim_deliveries(
+    pool: asyncpg.Pool, *, sink_types: Sequence[str], limit: int, lease_seconds: float, worker: str
+) -> list[ClaimedDelivery]:
+    rows = await pool.fetch(
+        QUERIES["claim_deliveries"], list(sink_types), limit, lease_seconds, worker
+    )
+    return [
+        ClaimedDelivery(
+            id=r["id"],
+            event_id=r["event_id"],
+            event_sink_id=r["event_sink_id"],
+            tenant_id=r["tenant_id"],
+            sink_type=r["sink_type"],
+            attempts=r["attempts"],
+            claims=r["claims"],
+            claim_token=r["claim_token"],
+            event_name=r["event_name"],
+            organization_id=r["organization_id"],
+            body=r["body"],
+            sink_args=r["sink_args"] if r["sink_exists"] else None,
+        )
+        for r in rows
+    ]
+
+
+async def complete_delivery(
+    pool: asyncpg.Pool,
+    delivery: ClaimedDelivery,
+    *,
+    status: str,
+    next_attempt_at: datetime | None,
+    last_error: str | None,
+    attempts: Sequence[AttemptRecord],
+) -> bool:
+    """Write the claim's attempts and the new state; False if the lease had been lost."""
+    row = await pool.fetchrow(
+        QUERIES["complete_delivery"],
+        delivery.id,
+        delivery.claim_token,
+        status,
+        next_attempt_at,
+        last_error,
+        [a.attempt for a in attempts],
+        delivery.tenant_id,
+        delivery.event_id,
+        delivery.event_name,
+        delivery.organization_id,
+        delivery.event_sink_id,
+        delivery.sink_type,
+        [a.outcome for a in attempts],
+        [a.status_code for a in attempts],
+        [a.error for a in attempts],
+        [a.response_body for a in attempts],
+        [a.duration_ms for a in attempts],
+        [a.next_attempt_at for a in attempts],
+        [a.created_at for a in attempts],
+    )
+    assert row is not None
+    return bool(row["updated"])
+
+
+async def release_deliveries(pool: asyncpg.Pool, claim_tokens: Sequence[uuid.UUID]) -> int:
+    if not claim_tokens:
+        return 0
+    result: str = await pool.execute(QUERIES["release_deliveries"], list(claim_tokens))
+    return int(result.split()[-1])
+
+
+async def insert_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink:
+    row = await pool.fetchrow(
+        QUERIES["insert_sink"],
+        sink_id,
+        f.tenant_id,
+        f.name,
+        f.description,
+        f.sink_type,
+        f.args,
+        f.events,
+        f.organization_ids,
+        f.active,
+    )
+    assert row is not None
+    return Sink.from_record(row)
+
+
+async def list_sinks(pool: asyncpg.Pool, tenant_id: str) -> list[Sink]:
+    return [Sink.from_record(r) for r in await pool.fetch(QUERIES["list_sinks"], tenant_id)]
+
+
+async def get_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> Sink | None:
+    row = await pool.fetchrow(QUERIES["get_sink"], sink_id)
+    return Sink.from_record(row) if row else None
+
+
+async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink | None:
+    row = await pool.fetchrow(
+        QUERIES["update_sink"],
+        sink_id,
+        f.name,
+        f.description,
+        f.sink_type,
+        f.args,
+        f.events,
+        f.organization_ids,
+        f.active,
+    )
+    return Sink.from_record(row) if row else None
+
+
+async def delete_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> bool:
+    row = await pool.fetchrow(QUERIES["delete_sink"], sink_id)
+    return row is not None
+
+
+async def audit_log_page(pool: asyncpg.Pool, f: AuditFilter) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        QUERIES["audit_log_page"],
+        f.tenant_id,
+        f.event_sink_id,
+        f.event_name,
+        f.status_code,
+        f.outcome,
+        f.since,
+        f.until,
+        f.before_id,
+        f.limit,
+    )
+    return rows
+
+
+async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
+    row = await pool.fetchrow(QUERIES["pending_stats"])
+    assert row is not None
+    return int(row["pending"]), float(row["oldest_age_seconds"])
+
+
+async def delivery_status(pool: asyncpg.Pool, delivery_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(QUERIES["delivery_status"], delivery_id)
+    return row

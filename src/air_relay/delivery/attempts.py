@@ -1,0 +1,237 @@
+"""One claim of one delivery: up to ``attempts_per_claim`` sends (tenacity), then the verdict.
+
+The verdict is delivered, rescheduled along ``schedule_seconds`` (durably, in the row), or dead.
+Every attempt becomes an audit row, written with the verdict in one statement; every failed
+attempt is also one ``delivery_failed`` log line carrying the same fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from air_relay.config import DeliveryConfig
+from air_relay.db import repository as repo
+from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.metrics import Metrics
+from air_relay.senders.base import Sender, SendResult
+
+log = structlog.get_logger(__name__)
+
+SINK_DELETED = SendResult(ok=False, error="sink_deleted", reason="other", transient=False)
+
+
+def durable_delay(claims: int, cfg: DeliveryConfig, retry_after: float | None) -> float | None:
+    """Seconds until the next claim after claim number ``claims`` failed; None = schedule done."""
+    schedule = cfg.retry.schedule_seconds
+    if claims > len(schedule):
+        return None
+    jitter = cfg.retry.jitter
+    delay = schedule[claims - 1] * random.uniform(1 - jitter, 1 + jitter)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cfg.retry.retry_after_max_seconds))
+    return delay
+
+
+class ClaimRunner:
+    def __init__(self, pool: asyncpg.Pool, cfg: DeliveryConfig, metrics: Metrics) -> None:
+        self._pool = pool
+        self._cfg = cfg
+        self._metrics = metrics
+        self._backoff = wait_random_exponential(
+            multiplier=cfg.retry.backoff_initial_seconds, max=cfg.retry.backoff_max_seconds
+        )
+
+    def _wait(self, state: RetryCallState) -> float:
+        last: SendResult | None = state.outcome.result() if state.outcome else None
+        if last is not None and last.retry_after is not None:
+            return last.retry_after
+        return float(self._backoff(state))
+
+    def _retry_in_claim(self, result: SendResult) -> bool:
+        # A Retry-After longer than the in-claim waits ends the claim: the durable schedule
+        # honours it instead of holding a lease and a task that long.
+        return (
+            not result.ok
+            and result.transient
+            and (
+                result.retry_after is None
+                or result.retry_after <= self._cfg.retry.backoff_max_seconds
+            )
+        )
+
+    async def run(self, sender: Sender, delivery: repo.ClaimedDelivery) -> None:
+        records: list[repo.AttemptRecord] = []
+        fields = _log_fields(delivery)
+
+        async def attempt() -> SendResult:
+            if delivery.sink_args is None:
+                result = SINK_DELETED
+                duration = 0.0
+            else:
+                started = time.monotonic()
+                result = await sender.send(delivery)
+                duration = time.monotonic() - started
+                self._metrics.delivery_duration.labels(delivery.sink_type).observe(duration)
+            if not result.ok:
+                self._metrics.attempts_failed.labels(
+                    delivery.sink_type, result.reason or "other"
+                ).inc()
+            records.append(_record(delivery.attempts + len(records) + 1, result, duration))
+            return result
+
+        def before_sleep(state: RetryCallState) -> None:
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            last = records[-1]
+            records[-1] = dataclasses.replace(
+                last, next_attempt_at=last.created_at + timedelta(seconds=sleep)
+            )
+            _log_failure(fields, records[-1])
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._cfg.retry.attempts_per_claim),
+            wait=self._wait,
+            retry=retry_if_result(self._retry_in_claim),
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        result: SendResult = await retrying(attempt)
+        await self._conclude(delivery, result, records, fields)
+
+    async def _conclude(
+        self,
+        delivery: repo.ClaimedDelivery,
+        result: SendResult,
+        records: list[repo.AttemptRecord],
+        fields: dict[str, Any],
+    ) -> None:
+        next_at: datetime | None = None
+        if result.ok:
+            status = "delivered"
+        else:
+            delay = durable_delay(delivery.claims, self._cfg, result.retry_after)
+            if result.transient and delay is not None:
+                status = "pending"
+                next_at = datetime.now(UTC) + timedelta(seconds=delay)
+            else:
+                status = "dead"
+            records[-1] = dataclasses.replace(records[-1], next_attempt_at=next_at)
+            _log_failure(fields, records[-1])
+        await self._record(delivery, status, next_at, result, records)
+        last = records[-1]
+        if status == "delivered":
+            self._metrics.deliveries.labels(delivery.sink_type, "delivered").inc()
+            log.info(
+                "delivery_succeeded",
+                **fields,
+                attempt=last.attempt,
+                status_code=last.status_code,
+                duration_ms=last.duration_ms,
+            )
+        elif status == "dead":
+            self._metrics.deliveries.labels(delivery.sink_type, "dead").inc()
+            log.warning("delivery_dead", **fields, attempts=last.attempt, error=last.error)
+        else:
+            log.info(
+                "retry_scheduled",
+                **fields,
+                claim=delivery.claims,
+                next_attempt_at=_iso(next_at),
+                error=last.error,
+            )
+
+    async def _record(
+        self,
+        delivery: repo.ClaimedDelivery,
+        status: str,
+        next_at: datetime | None,
+        result: SendResult,
+        records: list[repo.AttemptRecord],
+    ) -> None:
+        # The sends happened: keep trying to record them while the lease lasts. If we cannot,
+        # the lease expires and the delivery is sent again (at-least-once, never lost).
+        delay = 0.5
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                kept = await repo.complete_delivery(
+                    self._pool,
+                    delivery,
+                    status=status,
+                    next_attempt_at=next_at,
+                    last_error=None if result.ok else result.error,
+                    attempts=records,
+                )
+                if not kept:
+                    log.warning("lease_lost", delivery_id=str(delivery.id))
+                return
+            except DB_UNAVAILABLE as exc:
+                if time.monotonic() > deadline:
+                    log.error(
+                        "completion_abandoned",
+                        delivery_id=str(delivery.id),
+                        error=type(exc).__name__,
+                    )
+                    return
+                log.warning(
+                    "completion_retry", delivery_id=str(delivery.id), error=type(exc).__name__
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _record(number: int, result: SendResult, duration: float) -> repo.AttemptRecord:
+    return repo.AttemptRecord(
+        attempt=number,
+        outcome="success" if result.ok else "failure",
+        status_code=result.status_code,
+        error=result.error,
+        response_body=result.response_body,
+        duration_ms=round(duration * 1000),
+        next_attempt_at=None,
+        created_at=datetime.now(UTC),
+    )
+
+
+def _log_fields(d: repo.ClaimedDelivery) -> dict[str, Any]:
+    return {
+        "delivery_id": str(d.id),
+        "tenant_id": d.tenant_id,
+        "event_id": str(d.event_id),
+        "event_name": d.event_name,
+        "organization_id": d.organization_id,
+        "event_sink_id": str(d.event_sink_id),
+        "event_sink_type": d.sink_type,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _log_failure(fields: dict[str, Any], r: repo.AttemptRecord) -> None:
+    log.warning(
+        "delivery_failed",
+        **fields,
+        attempt=r.attempt,
+        outcome=r.outcome,
+        status_code=r.status_code,
+        error=r.error,
+        response_body=r.response_body,
+        duration_ms=r.duration_ms,
+        next_attempt_at=_iso(r.next_attempt_at),
+    )

@@ -1,0 +1,171 @@
+"""The dispatcher: claims due deliveries and runs each through its sender, with retries.
+
+Woken by LISTEN/NOTIFY when ingest commits a delivery, and by a slow poll as the safety net
+(NOTIFY is a hint: a lost notification, or a retry that has become due, is found by the poll).
+Claims commit before any HTTP request; no connection is held across a send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import structlog
+
+from air_relay.config import DeliveryConfig
+from air_relay.db import repository as repo
+from air_relay.db.pool import DB_UNAVAILABLE, connect
+from air_relay.delivery.attempts import ClaimRunner
+from air_relay.metrics import Metrics
+from air_relay.senders.base import Sender
+
+log = structlog.get_logger(__name__)
+
+NOTIFY_CHANNEL = "air_relay_deliveries"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        cfg: DeliveryConfig,
+        senders: Mapping[str, Sender],
+        metrics: Metrics,
+    ) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._cfg = cfg
+        self._senders = dict(senders)
+        self._runner = ClaimRunner(pool, cfg, metrics)
+        self.worker = worker_name()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[asyncio.Task[None], repo.ClaimedDelivery] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def lease_seconds(self) -> float:
+        """Long enough for a whole claim: every attempt timing out plus the waits between."""
+        r = self._cfg.retry
+        attempts = r.attempts_per_claim
+        return attempts * self._cfg.timeout_seconds + (attempts - 1) * r.backoff_max_seconds + 30
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="air-relay-listen"),
+            asyncio.create_task(self._claim_loop(), name="air-relay-claim"),
+        ]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; in-flight sends get ``grace_seconds`` to finish; release the rest."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._inflight:
+            log.info("dispatcher_draining", in_flight=len(self._inflight))
+            await asyncio.wait(list(self._inflight), timeout=grace_seconds)
+        unfinished = dict(self._inflight)
+        for task in unfinished:
+            task.cancel()
+        for task in unfinished:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if unfinished:
+            tokens = [d.claim_token for d in unfinished.values()]
+            try:
+                released = await repo.release_deliveries(self._pool, tokens)
+                log.info("deliveries_released", count=released)
+            except DB_UNAVAILABLE as exc:
+                # Their leases expire on their own; another process takes them then.
+                log.warning("release_failed", error=type(exc).__name__, count=len(tokens))
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect(self._dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _c: closed.set())
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                delay = 0.5
+                self._wake.set()  # anything committed while we were not listening
+                await closed.wait()
+                log.warning("listen_connection_lost")
+            except DB_UNAVAILABLE as exc:
+                log.warning("listen_failed", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2))
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            free = self._cfg.concurrency - len(self._inflight)
+            want = min(free, self._cfg.batch_size)
+            claimed: list[repo.ClaimedDelivery] = []
+            if want > 0:
+                self._wake.clear()
+                try:
+                    claimed = await repo.claim_deliveries(
+                        self._pool,
+                        sink_types=list(self._senders),
+                        limit=want,
+                        lease_seconds=self.lease_seconds,
+                        worker=self.worker,
+                    )
+                    backoff = 0.5
+                except DB_UNAVAILABLE as exc:
+                    log.warning("claim_failed", error=type(exc).__name__, retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                for delivery in claimed:
+                    self._spawn(delivery)
+                if len(claimed) == want:
+                    continue  # there may be more due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_seconds)
+
+    def _spawn(self, delivery: repo.ClaimedDelivery) -> None:
+        log.debug(
+            "delivery_claimed",
+            delivery_id=str(delivery.id),
+            event_id=str(delivery.event_id),
+            event_sink_id=str(delivery.event_sink_id),
+            claim=delivery.claims,
+        )
+        sender = self._senders[delivery.sink_type]
+        task = asyncio.create_task(self._runner.run(sender, delivery))
+        self._inflight[task] = delivery
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery_task_crashed", error=repr(task.exception()))
+        self._wake.set()  # a slot is free

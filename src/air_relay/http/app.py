@@ -1,0 +1,78 @@
+"""The application factory: routes, middleware, and the lifecycles of the pool, the client
+session and the dispatcher (``cleanup_ctx``, torn down in reverse on shutdown)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from air_relay.config import Config
+from air_relay.db.migrate import apply_migrations
+from air_relay.db.pool import connect, create_pool, wait_for_database
+from air_relay.delivery.dispatcher import Dispatcher
+from air_relay.http import audit_api, ops, sinks_api
+from air_relay.http.errors import error_middleware
+from air_relay.http.ingest import handle_ingest
+from air_relay.http.keys import CLIENT_SESSION, CONFIG, DISPATCHER, DSN, METRICS, POOL
+from air_relay.metrics import Metrics
+from air_relay.senders.base import Sender
+from air_relay.senders.webhook import WebhookSender
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    await wait_for_database(app[DSN])
+    conn = await connect(app[DSN])
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+    app[POOL] = await create_pool(app[DSN], cfg.database.pool_min_size, cfg.database.pool_max_size)
+    yield
+    await app[POOL].close()
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    connector = aiohttp.TCPConnector(limit=cfg.delivery.concurrency, ttl_dns_cache=60)
+    app[CLIENT_SESSION] = aiohttp.ClientSession(connector=connector)
+    yield
+    await app[CLIENT_SESSION].close()
+
+
+def build_senders(app: web.Application) -> dict[str, Sender]:
+    """The senders this build has; deliveries for other sink types wait as pending."""
+    cfg = app[CONFIG]
+    webhook = WebhookSender(app[CLIENT_SESSION], cfg.delivery.timeout_seconds)
+    return {webhook.sink_type: webhook}
+
+
+async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    dispatcher = Dispatcher(app[POOL], app[DSN], cfg.delivery, build_senders(app), app[METRICS])
+    app[DISPATCHER] = dispatcher
+    dispatcher.start()
+    yield
+    await dispatcher.stop(grace_seconds=cfg.delivery.timeout_seconds)
+
+
+def make_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        # A little headroom so an oversized body is answered by our own 413 check.
+        client_max_size=cfg.server.max_body_bytes + 1,
+    )
+    app[CONFIG] = cfg
+    app[DSN] = dsn
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_client_session)
+    if run_dispatcher:
+        app.cleanup_ctx.append(_dispatcher)
+    app.router.add_post(cfg.ingest.path, handle_ingest)
+    sinks_api.add_routes(app)
+    app.router.add_get("/v1/audit_log", audit_api.audit_log)
+    ops.add_routes(app)
+    return app

@@ -1,0 +1,128 @@
+"""``GET /v1/audit_log``: every delivery attempt, newest first, keyset-paginated (SPEC 3.3)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from air_relay.db import repository as repo
+from air_relay.http.auth import api_key, require_tenant
+from air_relay.http.errors import ApiError
+from air_relay.http.keys import POOL
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+OUTCOMES = ("failure", "success", "all")
+
+
+def _bad(name: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_argument", f"{name} {message}.")
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"a:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != "a":
+            raise ValueError(cursor)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise _bad("cursor", "is not a cursor this API returned") from exc
+
+
+def parse_time(name: str, value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError as exc:
+        raise _bad(name, "must be an RFC 3339 timestamp, e.g. 2025-01-28T12:00:00Z") from exc
+    if parsed.tzinfo is None:
+        raise _bad(name, "must carry a time zone (Z or +hh:mm)")
+    return parsed
+
+
+def _int_param(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise _bad(name, "must be an integer") from exc
+    if not low <= number <= high:
+        raise _bad(name, f"must be between {low} and {high}")
+    return number
+
+
+def parse_filter(query: Any, tenant_id: str) -> repo.AuditFilter:
+    q = query
+    sink_id = None
+    if q.get("event_sink_id"):
+        try:
+            sink_id = uuid.UUID(q["event_sink_id"])
+        except ValueError as exc:
+            raise _bad("event_sink_id", "must be a UUID") from exc
+    outcome = q.get("outcome", "all")
+    if outcome not in OUTCOMES:
+        raise _bad("outcome", "must be failure, success or all")
+    return repo.AuditFilter(
+        tenant_id=tenant_id,
+        event_sink_id=sink_id,
+        event_name=q.get("event_name") or None,
+        status_code=_int_param("status_code", q["status_code"], 100, 599)
+        if q.get("status_code")
+        else None,
+        outcome=None if outcome == "all" else outcome,
+        since=parse_time("since", q["since"]) if q.get("since") else None,
+        until=parse_time("until", q["until"]) if q.get("until") else None,
+        before_id=decode_cursor(q["cursor"]) if q.get("cursor") else None,
+        limit=_int_param("limit", q["limit"], 1, MAX_LIMIT) if q.get("limit") else DEFAULT_LIMIT,
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def render_entry(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "timestamp": _iso(r["created_at"]),
+        "tenant_id": r["tenant_id"],
+        "event_id": str(r["event_id"]),
+        "event_name": r["event_name"],
+        "organization_id": r["organization_id"],
+        "event_sink_id": str(r["event_sink_id"]),
+        "event_sink_type": r["event_sink_type"],
+        "attempt": r["attempt"],
+        "outcome": r["outcome"],
+        "status_code": r["status_code"],
+        "error": r["error"],
+        "response_body": r["response_body"],
+        "duration_ms": r["duration_ms"],
+        "next_attempt_at": _iso(r["next_attempt_at"]),
+    }
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    key = api_key(request)
+    tenant_id = request.query.get("tenant_id", "")
+    if not tenant_id.strip():
+        raise _bad("tenant_id", "is required")
+    require_tenant(key, tenant_id)
+    flt = parse_filter(request.query, tenant_id)
+    # One row more than asked tells whether another page exists.
+    rows = await repo.audit_log_page(
+        request.app[POOL], repo.AuditFilter(**{**flt.__dict__, "limit": flt.limit + 1})
+    )
+    page = rows[: flt.limit]
+    pagination = {"next_cursor": encode_cursor(page[-1]["id"])} if len(rows) > flt.limit else None
+    return web.json_response(
+        {"data": {"audit_logs": [render_entry(r) for r in page]}, "pagination": pagination}
+    )

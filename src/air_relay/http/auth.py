@@ -1,0 +1,42 @@
+"""Bearer-token checks for ingest (tokens -> tenant) and the management API (keys -> tenants)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from air_relay.config import ApiKey
+from air_relay.http.errors import ApiError
+from air_relay.http.keys import CONFIG
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def unauthorized(message: str = "A valid Bearer token is required.") -> ApiError:
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+def ingest_tenant(request: web.Request) -> str:
+    token = bearer_token(request)
+    tenant = request.app[CONFIG].tenant_for_token(token) if token else None
+    if tenant is None:
+        raise unauthorized()
+    return tenant
+
+
+def api_key(request: web.Request) -> ApiKey:
+    token = bearer_token(request)
+    key = request.app[CONFIG].api_key(token) if token else None
+    if key is None:
+        raise unauthorized()
+    return key
+
+
+def require_tenant(key: ApiKey, tenant_id: str) -> None:
+    if not key.allows(tenant_id):
+        raise ApiError(403, "forbidden", "This API key does not grant access to that tenant.")

@@ -1,0 +1,81 @@
+"""The one error body shape, ``{"error": {"code", "message"}}``, and the middleware that makes
+every failure (aiohttp's own 404/405/413 included) come out in it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+from aiohttp import web
+
+from air_relay.db.pool import DB_UNAVAILABLE
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+_DEFAULT_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_event",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+def unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "unavailable",
+        "The database cannot take the request right now; retry shortly.",
+        {"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "payload_too_large", "The request body is too large.")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _DEFAULT_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, code, exc.reason, headers)
+    except DB_UNAVAILABLE as exc:
+        log.warning("database_unavailable", path=request.path, error=type(exc).__name__)
+        err = unavailable()
+        return error_response(err.status, err.code, err.message, err.headers)
+    except Exception:
+        log.exception("request_failed", path=request.path, method=request.method)
+        return error_response(500, "internal_error", "An unexpected error occurred.")

@@ -1,0 +1,101 @@
+"""``POST /v1/air/events``: what AIR calls (SPEC 3.1).
+
+The event and one delivery per routed sink commit in one statement before the 202; if the
+database cannot take the write the answer is 503 with Retry-After, never a 202.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from air_relay.catalog import parameter_mismatches
+from air_relay.db import repository as repo
+from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.http.auth import ingest_tenant
+from air_relay.http.errors import ApiError, unavailable
+from air_relay.http.jsonbody import is_json_content_type, read_json
+from air_relay.http.keys import CONFIG, DISPATCHER, METRICS, POOL
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENT_NAME = 256
+INGEST_FAILURES: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
+
+
+def validate_envelope(value: Any) -> tuple[str, int | str]:
+    """(eventName, organizationId) of a well-formed envelope; ApiError 422 otherwise."""
+
+    def invalid(message: str) -> ApiError:
+        return ApiError(422, "invalid_event", message)
+
+    if not isinstance(value, dict):
+        raise invalid("The body must be a JSON object (the AIR event envelope).")
+    name = value.get("eventName")
+    if not isinstance(name, str) or not name.strip():
+        raise invalid("eventName must be a non-empty string.")
+    if len(name) > MAX_EVENT_NAME:
+        raise invalid(f"eventName must be at most {MAX_EVENT_NAME} characters.")
+    if "organizationId" not in value:
+        raise invalid("organizationId is required.")
+    org = value["organizationId"]
+    if isinstance(org, bool) or not isinstance(org, int | str) or org == "":
+        raise invalid("organizationId must be an integer or a non-empty string.")
+    if isinstance(org, int) and not -(2**63) <= org < 2**63:
+        raise invalid("organizationId is out of range.")
+    if not isinstance(value.get("data"), dict):
+        raise invalid("data must be a JSON object.")
+    return name, org
+
+
+async def handle_ingest(request: web.Request) -> web.Response:
+    app = request.app
+    metrics = app[METRICS]
+    try:
+        tenant_id = ingest_tenant(request)
+        if not is_json_content_type(request):
+            raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json.")
+        raw, value = await read_json(request, app[CONFIG].server.max_body_bytes)
+        event_name, org = validate_envelope(value)
+    except ApiError as exc:
+        metrics.ingest_rejected.labels(exc.code).inc()
+        raise
+
+    mismatches = parameter_mismatches(event_name, value["data"])
+    if mismatches:
+        metrics.event_schema_mismatches.labels(metrics.event_label(event_name)).inc()
+        log.warning("event_schema_mismatch", event_name=event_name, problems=mismatches)
+
+    event_id = uuid.uuid4()
+    try:
+        deliveries = await repo.ingest_event(
+            app[POOL],
+            event_id=event_id,
+            tenant_id=tenant_id,
+            event_name=event_name,
+            organization_id=org,
+            body=raw,
+            timeout=app[CONFIG].database.acquire_timeout_seconds,
+        )
+    except INGEST_FAILURES as exc:
+        # Whatever stopped the commit (server gone, read-only after failover, disk full),
+        # AIR must hear "not accepted, retry" rather than a 500 or a 202.
+        metrics.ingest_rejected.labels("unavailable").inc()
+        log.warning("event_not_committed", event_name=event_name, error=type(exc).__name__)
+        raise unavailable() from exc
+    metrics.events_received.labels(metrics.event_label(event_name)).inc()
+    log.info(
+        "event_received",
+        event_id=str(event_id),
+        event_name=event_name,
+        organization_id=org,
+        tenant_id=tenant_id,
+        deliveries=deliveries,
+    )
+    if deliveries and DISPATCHER in app:
+        app[DISPATCHER].wake()  # same process: no need to wait for the NOTIFY round trip
+    return web.json_response({"event_id": str(event_id), "deliveries": deliveries}, status=202)

@@ -1,0 +1,53 @@
+"""Operations endpoints: ``/healthz`` (alive), ``/readyz`` (database migrated), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from air_relay.db import repository as repo
+from air_relay.db.migrate import current_version, latest_version
+from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.http.errors import error_response
+from air_relay.http.keys import METRICS, POOL
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire(timeout=2) as conn:
+            version = await asyncio.wait_for(current_version(conn), timeout=2)
+    except DB_UNAVAILABLE:
+        return error_response(
+            503, "unavailable", "The database is not reachable.", {"Retry-After": "5"}
+        )
+    if version < latest_version():
+        return error_response(
+            503, "unavailable", "The database schema is not migrated yet.", {"Retry-After": "5"}
+        )
+    return web.json_response({"status": "ready", "schema_version": version})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    try:
+        pending, oldest = await asyncio.wait_for(repo.pending_stats(request.app[POOL]), timeout=2)
+        m.deliveries_pending.set(pending)
+        m.oldest_pending_age.set(oldest)
+    except DB_UNAVAILABLE:
+        pass  # keep the last values; the counters are still worth scraping
+    resp = web.Response(body=m.render())
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.charset = "utf-8"
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

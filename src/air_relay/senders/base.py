@@ -1,0 +1,107 @@
+"""What every sender returns, and the HTTP failure classification they share (SPEC 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from air_relay.db.repository import ClaimedDelivery
+
+RESPONSE_BODY_LIMIT = 2048
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    status_code: int | None = None
+    # Short text for the audit row: http_404, timeout, connection_refused, channel_not_found ...
+    error: str | None = None
+    # The metrics reason: client_error, server_error, rate_limited, auth_error, timeout,
+    # connection_error, other.
+    reason: str | None = None
+    transient: bool = False
+    response_body: str | None = None
+    retry_after: float | None = None
+
+
+class Sender(Protocol):
+    sink_type: str
+
+    async def send(self, delivery: ClaimedDelivery) -> SendResult: ...
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def reason_for_status(status: int) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth_error"
+    if 500 <= status < 600:
+        return "server_error"
+    if 400 <= status < 500:
+        return "client_error"
+    return "other"
+
+
+def is_transient_status(status: int) -> bool:
+    return status in TRANSIENT_STATUSES or 500 <= status < 600
+
+
+def http_failure(status: int, body: str | None, retry_after: float | None) -> SendResult:
+    return SendResult(
+        ok=False,
+        status_code=status,
+        error=f"http_{status}",
+        reason=reason_for_status(status),
+        transient=is_transient_status(status),
+        response_body=body,
+        retry_after=retry_after,
+    )
+
+
+def exception_failure(exc: BaseException) -> SendResult:
+    """A send that got no HTTP response: transient, unless the URL itself is unusable."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return SendResult(ok=False, error="timeout", reason="timeout", transient=True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return SendResult(ok=False, error="invalid_url", reason="other", transient=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = isinstance(exc.os_error, ConnectionRefusedError)
+        return SendResult(
+            ok=False,
+            error="connection_refused" if refused else "connection_error",
+            reason="connection_error",
+            transient=True,
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return SendResult(
+            ok=False, error="connection_error", reason="connection_error", transient=True
+        )
+    return SendResult(ok=False, error=type(exc).__name__, reason="other", transient=True)
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_LIMIT) -> str:
+    """The first ``limit`` bytes of a response body as text, never the whole of a huge one."""
+    chunk = await resp.content.read(limit)
+    return chunk.decode("utf-8", errors="replace")
