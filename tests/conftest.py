@@ -51,7 +51,7 @@ def with_database(dsn: str, database: str) -> str:
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """The server's admin DSN: $AIR_RELAY_TEST_DSN, or one embedded server per session."""
-    configure_logging("console", "warning")
+    configure_logging("console", "info")
     external = os.environ.get("AIR_RELAY_TEST_DSN")
     if external:
         yield external

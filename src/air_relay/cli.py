@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 
 import structlog
@@ -14,7 +15,9 @@ from air_relay import __version__
 from air_relay.config import Config, ConfigError, load_config, redacted
 from air_relay.logs import configure_logging
 
+EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+DEFAULT_MIGRATE_WAIT_SECONDS = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,26 +35,68 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get("AIR_RELAY_CONFIG"),
             help="path to the YAML config (default: $AIR_RELAY_CONFIG)",
         )
+        if name == "migrate":
+            cmd.add_argument(
+                "--wait",
+                type=float,
+                default=DEFAULT_MIGRATE_WAIT_SECONDS,
+                metavar="SECONDS",
+                help="how long to wait for the database to accept connections "
+                f"(default: {DEFAULT_MIGRATE_WAIT_SECONDS:g})",
+            )
     return parser
 
 
-async def _migrate(cfg: Config) -> int:
+async def _connect_error(dsn: str) -> str:
+    """Why a connection to ``dsn`` fails right now (the waiting loop logs only the type)."""
+    import asyncpg
+
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(dsn), timeout=5)
+    except Exception as exc:  # any failure is the answer
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return "it accepts connections now"
+
+
+async def _migrate(cfg: Config, wait_seconds: float) -> int:
+    import asyncpg
+
     from air_relay.db.migrate import apply_migrations
-    from air_relay.db.pool import connect, wait_for_database
+    from air_relay.db.pool import DB_UNAVAILABLE, connect, wait_for_database
     from air_relay.server import resolve_dsn
 
-    dsn, embedded = await resolve_dsn(cfg)
+    log = structlog.get_logger("air_relay.cli")
+    failures: tuple[type[BaseException], ...] = (
+        *DB_UNAVAILABLE,
+        asyncpg.PostgresError,
+        subprocess.SubprocessError,  # the embedded server would not start
+        ValueError,  # a DSN asyncpg cannot parse (bad port, bad sslmode ...)
+    )
+    embedded = None
     try:
-        await wait_for_database(dsn)
+        dsn, embedded = await resolve_dsn(cfg)
+        try:
+            await asyncio.wait_for(wait_for_database(dsn), timeout=wait_seconds)
+        except TimeoutError:
+            reason = await _connect_error(dsn)
+            log.error(
+                "migrate_failed",
+                error=f"database not reachable within {wait_seconds:g} s ({reason})",
+            )
+            return EXIT_FAILURE
         conn = await connect(dsn)
         try:
             applied = await apply_migrations(conn)
         finally:
             await conn.close()
-        structlog.get_logger("air_relay.cli").info("migrations_done", applied=applied)
+    except failures as exc:
+        log.error("migrate_failed", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+    log.info("migrations_done", applied=applied)
     return 0
 
 
@@ -70,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configure_logging(cfg.logging.format, cfg.logging.level)
     if args.command == "migrate":
-        return asyncio.run(_migrate(cfg))
+        return asyncio.run(_migrate(cfg, args.wait))
     from air_relay.server import serve
 
     return asyncio.run(serve(cfg))

@@ -7,8 +7,10 @@ unknown key, a wrong type or a missing required value is reported with its dotte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
+import math
 import os
 import re
 import types
@@ -149,8 +151,10 @@ class Config:
         return found
 
 
-# Keys whose values are secrets: redacted by check-config, never logged.
-SECRET_KEYS = frozenset({"token", "key", "bot_token", "dsn_password"})
+# Keys whose values are secrets: redacted by check-config, never logged. (The password in
+# ``database.dsn`` is redacted separately, keeping the rest of the DSN readable.)
+SECRET_KEYS = frozenset({"token", "key", "bot_token"})
+REDACTED = "***"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -196,6 +200,9 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:  # noqa: C901 - one branch per kind of type
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -219,19 +226,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:  # noqa: C901 - one branch pe
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.strip().lower()]  # a boolean from ${VAR} arrives as text
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)  # a number from ${VAR} expansion arrives as text
     elif tp is float:
+        number: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(key, "must be a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -260,48 +272,119 @@ def _build(cls: type[Any], data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_values(cfg: Config) -> None:  # noqa: C901 - a flat list of independent checks
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            raise ConfigError(key, "must be greater than 0")
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, "must be greater than 0")
 
-    if not 0 < cfg.server.port < 65536:
-        raise ConfigError("server.port", "must be between 1 and 65535")
-    positive("server.max_body_bytes", cfg.server.max_body_bytes)
-    if not cfg.ingest.path.startswith("/"):
-        raise ConfigError("ingest.path", "must start with /")
+
+def _not_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(key, "must not be negative")
+
+
+def _http_url(key: str, value: str) -> None:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ConfigError(key, "must be an http:// or https:// URL")
+
+
+def _check_credentials(cfg: Config) -> None:
+    tokens: dict[str, int] = {}
     for i, tok in enumerate(cfg.ingest.tokens):
         if not tok.token:
             raise ConfigError(f"ingest.tokens[{i}].token", "must not be empty")
         if not tok.tenant_id:
             raise ConfigError(f"ingest.tokens[{i}].tenant_id", "must not be empty")
+        if tok.token in tokens:
+            # Two tenants behind one token would make the tenant of an event a guess.
+            raise ConfigError(
+                f"ingest.tokens[{i}].token", f"repeats ingest.tokens[{tokens[tok.token]}].token"
+            )
+        tokens[tok.token] = i
+    keys: dict[str, int] = {}
     for i, api_key in enumerate(cfg.api.keys):
         if not api_key.key:
             raise ConfigError(f"api.keys[{i}].key", "must not be empty")
-    positive("delivery.concurrency", cfg.delivery.concurrency)
-    positive("delivery.timeout_seconds", cfg.delivery.timeout_seconds)
-    positive("delivery.batch_size", cfg.delivery.batch_size)
-    positive("delivery.poll_interval_seconds", cfg.delivery.poll_interval_seconds)
-    positive("delivery.retry.attempts_per_claim", cfg.delivery.retry.attempts_per_claim)
-    for i, sec in enumerate(cfg.delivery.retry.schedule_seconds):
-        if sec < 0:
-            raise ConfigError(f"delivery.retry.schedule_seconds[{i}]", "must not be negative")
-    if not 0 <= cfg.delivery.retry.jitter < 1:
-        raise ConfigError("delivery.retry.jitter", "must be between 0 and 1")
+        if api_key.key in keys:
+            raise ConfigError(f"api.keys[{i}].key", f"repeats api.keys[{keys[api_key.key]}].key")
+        keys[api_key.key] = i
+        if not api_key.tenant_ids:
+            raise ConfigError(f"api.keys[{i}].tenant_ids", 'must name at least one tenant, or "*"')
+        for j, tenant in enumerate(api_key.tenant_ids):
+            if not tenant:
+                raise ConfigError(f"api.keys[{i}].tenant_ids[{j}]", "must not be empty")
     for name, integ in cfg.slack.integrations.items():
         if not integ.bot_token:
             raise ConfigError(f"slack.integrations.{name}.bot_token", "must not be empty")
+
+
+def _check_delivery(d: DeliveryConfig) -> None:
+    _positive("delivery.concurrency", d.concurrency)
+    _positive("delivery.timeout_seconds", d.timeout_seconds)
+    _positive("delivery.batch_size", d.batch_size)
+    _positive("delivery.poll_interval_seconds", d.poll_interval_seconds)
+    r = d.retry
+    _positive("delivery.retry.attempts_per_claim", r.attempts_per_claim)
+    for i, sec in enumerate(r.schedule_seconds):
+        _not_negative(f"delivery.retry.schedule_seconds[{i}]", sec)
+    _not_negative("delivery.retry.backoff_initial_seconds", r.backoff_initial_seconds)
+    _not_negative("delivery.retry.backoff_max_seconds", r.backoff_max_seconds)
+    if r.backoff_initial_seconds > r.backoff_max_seconds:
+        raise ConfigError(
+            "delivery.retry.backoff_initial_seconds",
+            "must not exceed delivery.retry.backoff_max_seconds",
+        )
+    _not_negative("delivery.retry.retry_after_max_seconds", r.retry_after_max_seconds)
+    if not 0 <= r.jitter < 1:
+        raise ConfigError("delivery.retry.jitter", "must be at least 0 and less than 1")
+
+
+def _check_values(cfg: Config) -> None:
+    if not 0 < cfg.server.port < 65536:
+        raise ConfigError("server.port", "must be between 1 and 65535")
+    if not cfg.server.host:
+        raise ConfigError("server.host", "must not be empty")
+    _positive("server.max_body_bytes", cfg.server.max_body_bytes)
+    db = cfg.database
+    _not_negative("database.pool_min_size", db.pool_min_size)
+    _positive("database.pool_max_size", db.pool_max_size)
+    if db.pool_min_size > db.pool_max_size:
+        raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
+    _positive("database.acquire_timeout_seconds", db.acquire_timeout_seconds)
+    if db.dsn and not re.match(r"^postgres(ql)?://", db.dsn):
+        # asyncpg takes URIs only, not libpq's "host=... dbname=..." form.
+        raise ConfigError("database.dsn", "must be a postgresql:// URI (or empty for embedded)")
+    if not db.dsn and not cfg.state_dir:
+        raise ConfigError("state_dir", "must not be empty when database.dsn is not set")
+    if not cfg.ingest.path.startswith("/"):
+        raise ConfigError("ingest.path", "must start with /")
+    _check_credentials(cfg)
+    _check_delivery(cfg.delivery)
+    _http_url("slack.api_base_url", cfg.slack.api_base_url)
+    _http_url("pagerduty.events_url", cfg.pagerduty.events_url)
     if cfg.logging.format not in ("json", "console"):
         raise ConfigError("logging.format", "must be json or console")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("logging.level", "must be debug, info, warning, error or critical")
-    if cfg.database.pool_min_size > cfg.database.pool_max_size:
-        raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(str(key), f"is given twice in one mapping (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_config(text: str, env: typing.Mapping[str, str] | None = None) -> Config:
+    """YAML text to a validated Config; ``env`` (default: ``os.environ``) feeds ``${VAR}``."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ConfigError("", f"not valid YAML: {exc}") from exc
     expanded = _expand_tree(raw, os.environ if env is None else env, "")
@@ -315,11 +398,31 @@ def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"config file {path} is not UTF-8 text") from exc
     return parse_config(text, env)
 
 
-def _redact_dsn(dsn: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``***``, in URI or ``key=value`` form."""
+    scheme, sep, rest = dsn.partition("://")
+    if sep:
+        # The user info ends at the last "@" before the path: a password may contain "@".
+        authority_end = len(rest)
+        for stop in ("/", "?"):
+            at_stop = rest.find(stop, rest.rfind("@") + 1)
+            if at_stop != -1:
+                authority_end = min(authority_end, at_stop)
+        authority, tail = rest[:authority_end], rest[authority_end:]
+        userinfo, at, host = authority.rpartition("@")
+        user, colon, password = userinfo.partition(":")
+        if at and colon and password:
+            authority = f"{user}:{REDACTED}@{host}"
+        tail = re.sub(r"([?&]password=)[^&#]*", rf"\g<1>{REDACTED}", tail, flags=re.IGNORECASE)
+        return f"{scheme}://{authority}{tail}"
+    return re.sub(
+        r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", rf"\g<1>{REDACTED}", dsn, flags=re.I
+    )
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
@@ -331,9 +434,9 @@ def redacted(cfg: Config) -> dict[str, Any]:
         if isinstance(node, list):
             return [walk(v, name) for v in node]
         if name in SECRET_KEYS and node:
-            return "***"
+            return REDACTED
         if name == "dsn" and isinstance(node, str):
-            return _redact_dsn(node)
+            return redact_dsn(node)
         return node
 
     result: dict[str, Any] = walk(dataclasses.asdict(cfg), "")

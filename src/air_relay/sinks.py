@@ -169,7 +169,7 @@ def parse_sink_args(
     if not isinstance(args, dict):
         raise InvalidArgument(prefix, "must be an object")
     if existing is not None and existing.sink_type == sink_type:
-        args = _merge(existing.args, args)
+        args = _merge(existing.args, args, sink_type)
     validators: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
         "Webhook": _webhook,
         "Slack": lambda a, p: _slack(a, p, cfg),
@@ -178,8 +178,13 @@ def parse_sink_args(
     return sink_type, validators[sink_type](args, prefix)
 
 
-def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def _merge(old: dict[str, Any], new: dict[str, Any], sink_type: str) -> dict[str, Any]:
     merged = dict(old)
+    if sink_type == "Slack" and any(new.get(k) is not None for k in ("channel_id", "channel")):
+        # channel_id and the deprecated channel name one destination: an update naming either
+        # replaces both, or the old one would go on deciding where messages are posted.
+        merged.pop("channel_id", None)
+        merged.pop("channel", None)
     for key, value in new.items():
         if (
             key in ("secret", "bearer_token")
@@ -187,14 +192,6 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             and value == mask(key, old.get(key))
         ):
             continue
-        if key == "headers" and isinstance(value, dict) and isinstance(old.get("headers"), dict):
-            old_headers = old["headers"]
-            value = {
-                name: old_headers[name]
-                if name in old_headers and val == mask("header", old_headers[name])
-                else val
-                for name, val in value.items()
-            }
         merged[key] = value
     return {k: v for k, v in merged.items() if v is not None}
 
@@ -208,12 +205,11 @@ def mask(kind: str, value: Any) -> Any:
 
 
 def masked_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The args as ``configuration`` echoes them: everything but the write-only secrets."""
     out = dict(args)
     for key in ("secret", "bearer_token"):
         if key in out:
             out[key] = mask(key, out[key])
-    if isinstance(out.get("headers"), dict):
-        out["headers"] = {k: mask("header", v) for k, v in out["headers"].items()}
     return out
 
 

@@ -11,8 +11,11 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# What a lost or unreachable database looks like to asyncpg callers.
+# What a lost, unreachable or refusing database looks like to asyncpg callers. Server-side
+# errors are included: a database that will not take a write (read-only after failover, not
+# accepting connections, disk full) is "unavailable" to ingest, never a reason for a 500.
 DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,

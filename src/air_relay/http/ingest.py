@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
@@ -24,7 +23,6 @@ from air_relay.http.keys import CONFIG, DISPATCHER, METRICS, POOL
 log = structlog.get_logger(__name__)
 
 MAX_EVENT_NAME = 256
-INGEST_FAILURES: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
 
 
 def validate_envelope(value: Any) -> tuple[str, int | str]:
@@ -81,7 +79,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
             body=raw,
             timeout=app[CONFIG].database.acquire_timeout_seconds,
         )
-    except INGEST_FAILURES as exc:
+    except DB_UNAVAILABLE as exc:
         # Whatever stopped the commit (server gone, read-only after failover, disk full),
         # AIR must hear "not accepted, retry" rather than a 500 or a 202.
         metrics.ingest_rejected.labels("unavailable").inc()

@@ -64,6 +64,15 @@ def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
             raise InvalidArgument(name, "is not a known field")
 
 
+def _parse_uuid(value: Any) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
 def _sink_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
@@ -125,7 +134,7 @@ async def get_sink(request: web.Request) -> web.Response:
 
 def _updated_fields(body: dict[str, Any], sink: repo.Sink, request: web.Request) -> repo.SinkFields:
     _check_fields(body, _UPDATE_FIELDS)
-    if "id" in body and str(body["id"]) != str(sink.id):
+    if "id" in body and _parse_uuid(body["id"]) != sink.id:
         raise InvalidArgument("id", "does not match the id in the path")
     if "tenant_id" in body and body["tenant_id"] != sink.tenant_id:
         raise InvalidArgument("tenant_id", "cannot be changed")

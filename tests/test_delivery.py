@@ -1,0 +1,322 @@
+"""Webhook delivery end to end: what arrives, retries, dead letters, audit rows and log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
+
+from conftest import (
+    ADMIN_KEY,
+    CATALOG,
+    SLACK_INTEGRATION,
+    TENANT,
+    Reply,
+    SinkServer,
+    auth,
+    create_sink,
+    post_event,
+    wait_until,
+)
+
+EVENT = CATALOG[3]["example"]  # TaskProcessingFailedEvent
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:
+    row = await db.fetchrow("SELECT * FROM deliveries")
+    assert row is not None
+    return row
+
+
+async def wait_final(db: asyncpg.Connection, count: int = 1, timeout: float = 15) -> None:
+    async def done() -> bool:
+        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
+        return bool(n >= count)
+
+    await wait_until(done, timeout=timeout)
+
+
+async def audit(relay: Any, **params: str) -> list[dict[str, Any]]:
+    resp = await relay.get(
+        "/v1/audit_log", params={"tenant_id": TENANT, **params}, headers=auth(ADMIN_KEY)
+    )
+    assert resp.status == 200
+    rows: list[dict[str, Any]] = (await resp.json())["data"]["audit_logs"]
+    return rows
+
+
+async def test_all_28_catalog_events_arrive_unchanged(relay: Any, sink_server: SinkServer) -> None:
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    sent: dict[str, bytes] = {}
+    for entry in CATALOG:
+        raw = json.dumps(entry["example"], indent=1).encode()  # odd formatting on purpose
+        resp = await post_event(relay, raw)
+        assert resp.status == 202
+        assert (await resp.json())["deliveries"] == 1
+        sent[entry["eventName"]] = raw
+    received = await sink_server.wait_for(len(CATALOG))
+    got = {json.loads(r.body)["eventName"]: r.body for r in received}
+    assert got == sent  # byte for byte
+    for r in received:
+        assert r.headers["Content-Type"] == "application/json"
+        assert r.headers["User-Agent"].startswith("air-relay/")
+        assert r.headers["webhook-id"].startswith("msg_")
+        assert abs(int(r.headers["webhook-timestamp"]) - time.time()) < 60
+        assert "webhook-signature" not in r.headers
+        assert "Authorization" not in r.headers
+    assert len({r.headers["webhook-id"] for r in received}) == len(CATALOG)
+
+
+async def test_404_is_one_attempt_then_dead(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(status=404, body="no such hook")
+    sink = await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    with capture_logs() as logs:
+        resp = await post_event(relay, EVENT)
+        event_id = (await resp.json())["event_id"]
+        await wait_final(db)
+    await asyncio.sleep(0.2)  # nothing more may arrive
+    assert len(sink_server.received) == 1
+    state = await delivery_state(db)
+    assert (state["status"], state["attempts"], state["last_error"]) == ("dead", 1, "http_404")
+    (row,) = await audit(relay)
+    assert row["event_id"] == event_id
+    assert row["event_sink_id"] == sink["id"]
+    assert row["event_sink_type"] == "Webhook"
+    assert row["event_name"] == EVENT["eventName"]
+    assert row["organization_id"] == EVENT["organizationId"]
+    assert row["tenant_id"] == TENANT
+    assert (row["attempt"], row["outcome"], row["status_code"]) == (1, "failure", 404)
+    assert row["error"] == "http_404"
+    assert row["response_body"] == "no such hook"
+    assert row["next_attempt_at"] is None
+    assert isinstance(row["duration_ms"], int)
+    failed = [e for e in logs if e["event"] == "delivery_failed"]
+    assert len(failed) == 1
+    for key in ("event_id", "event_sink_id", "attempt", "status_code", "error", "next_attempt_at"):
+        assert failed[0][key] == row[key], key
+    assert [e for e in logs if e["event"] == "delivery_dead"]
+
+
+async def test_500_exhausts_claims_and_schedule_then_dead(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(status=500, body="boom")
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    expected = 3 * (1 + 2)  # attempts_per_claim x (1 + len(schedule_seconds))
+    with capture_logs() as logs:
+        await post_event(relay, EVENT)
+        await wait_final(db)
+    await asyncio.sleep(0.3)
+    assert len(sink_server.received) == expected
+    state = await delivery_state(db)
+    assert (state["status"], state["attempts"], state["claims"]) == ("dead", expected, 3)
+    rows = await audit(relay)
+    assert [r["attempt"] for r in rows] == list(range(expected, 0, -1))  # newest first
+    assert all(r["outcome"] == "failure" and r["status_code"] == 500 for r in rows)
+    assert rows[0]["next_attempt_at"] is None
+    assert all(r["next_attempt_at"] is not None for r in rows[1:])
+    # One webhook-id for every retry of one delivery.
+    assert len({r.headers["webhook-id"] for r in sink_server.received}) == 1
+    assert len([e for e in logs if e["event"] == "delivery_failed"]) == expected
+    assert len([e for e in logs if e["event"] == "retry_scheduled"]) == 2
+    metrics = await (await relay.get("/metrics")).text()
+    assert (
+        'air_relay_delivery_attempts_failed_total{reason="server_error",sink_type="Webhook"} 9.0'
+        in metrics
+    )
+    assert 'air_relay_deliveries_total{outcome="dead",sink_type="Webhook"} 1.0' in metrics
+
+
+async def test_500_503_then_200_is_delivered(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.script.extend([Reply(status=500), Reply(status=503)])
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    await post_event(relay, EVENT)
+    await wait_final(db)
+    state = await delivery_state(db)
+    assert (state["status"], state["attempts"]) == ("delivered", 3)
+    rows = await audit(relay)
+    assert [(r["attempt"], r["status_code"], r["outcome"]) for r in rows] == [
+        (3, 200, "success"),
+        (2, 503, "failure"),
+        (1, 500, "failure"),
+    ]
+    assert len(await audit(relay, outcome="failure")) == 2
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'air_relay_deliveries_total{outcome="delivered",sink_type="Webhook"} 1.0' in metrics
+
+
+async def test_signed_delivery_verifies_with_standardwebhooks(
+    relay: Any, sink_server: SinkServer
+) -> None:
+    sink_server.script.append(Reply(status=502))
+    await create_sink(relay, {"Webhook": {"url": sink_server.url(), "secret": SECRET}})
+    await post_event(relay, EVENT)
+    first, second = await sink_server.wait_for(2)
+    verifier = Webhook(SECRET)
+    for got in (first, second):
+        assert verifier.verify(got.body, got.headers) == EVENT
+        assert got.headers["webhook-signature"].startswith("v1,")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    tampered = dict(second.headers, **{"webhook-id": "msg_other"})
+    try:
+        verifier.verify(second.body, tampered)
+    except Exception as exc:
+        assert "signature" in str(exc).lower()
+    else:
+        raise AssertionError("a changed webhook-id must not verify")
+
+
+async def test_bearer_token_and_extra_headers_are_sent(relay: Any, sink_server: SinkServer) -> None:
+    args = {
+        "url": sink_server.url(),
+        "bearer_token": "sink-bearer-secret",
+        "headers": {"X-Team": "dfir"},
+    }
+    await create_sink(relay, {"Webhook": args})
+    await post_event(relay, EVENT)
+    (got,) = await sink_server.wait_for(1)
+    assert got.headers["Authorization"] == "Bearer sink-bearer-secret"
+    assert got.headers["X-Team"] == "dfir"
+
+
+async def test_redirect_is_not_followed(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(status=302, headers={"Location": sink_server.url("/elsewhere")})
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    await post_event(relay, EVENT)
+    await wait_final(db)
+    await asyncio.sleep(0.2)
+    assert [r.path for r in sink_server.received] == ["/hook"]
+    state = await delivery_state(db)
+    assert (state["status"], state["last_error"]) == ("dead", "http_302")
+
+
+async def test_timeout_and_connection_refused_are_transient(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection, unused_tcp_port: int
+) -> None:
+    relay = await make_relay(
+        delivery={
+            "timeout_seconds": 0.3,
+            "retry": {"attempts_per_claim": 2, "schedule_seconds": []},
+        }
+    )
+    sink_server.default = Reply(delay=1.0)
+    slow = await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    closed = await create_sink(relay, {"Webhook": {"url": f"http://127.0.0.1:{unused_tcp_port}/x"}})
+    await post_event(relay, EVENT)
+    await wait_final(db, count=2)
+    rows = await audit(relay)
+    by_sink = {r["event_sink_id"]: r for r in rows}
+    assert {r["error"] for r in rows if r["event_sink_id"] == slow["id"]} == {"timeout"}
+    assert {r["error"] for r in rows if r["event_sink_id"] == closed["id"]} == {
+        "connection_refused"
+    }
+    assert len(rows) == 4  # two attempts each: both errors were retried
+    assert by_sink[slow["id"]]["status_code"] is None
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'reason="timeout"' in metrics
+    assert 'reason="connection_error"' in metrics
+
+
+async def test_retry_after_is_honoured(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.script.append(Reply(status=429, headers={"Retry-After": "1"}))
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    await post_event(relay, EVENT)
+    first, second = await sink_server.wait_for(2)
+    assert second.at - first.at >= 0.95
+    await wait_final(db)
+    assert (await delivery_state(db))["status"] == "delivered"
+    rows = await audit(relay)
+    assert rows[1]["error"] == "http_429"
+
+
+async def test_slack_and_pagerduty_deliveries_wait_as_pending(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    await create_sink(
+        relay, {"Slack": {"channel_id": "C1", "slack_integration_id": SLACK_INTEGRATION}}
+    )
+    await create_sink(relay, {"PagerDuty": {"integration_key": "e93facc04764012d7bfb002500d5d1a6"}})
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    resp = await post_event(relay, EVENT)
+    assert (await resp.json())["deliveries"] == 3
+    await sink_server.wait_for(1)
+    await wait_final(db)
+    await asyncio.sleep(0.2)
+    rows = await db.fetch("SELECT sink_type, status, attempts FROM deliveries ORDER BY sink_type")
+    assert [(r["sink_type"], r["status"], r["attempts"]) for r in rows] == [
+        ("PagerDuty", "pending", 0),
+        ("Slack", "pending", 0),
+        ("Webhook", "delivered", 1),
+    ]
+
+
+async def test_deleted_sink_ends_dead(
+    make_relay: Any, db: asyncpg.Connection, sink_server: SinkServer
+) -> None:
+    relay = await make_relay(run_dispatcher=False)
+    sink = await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    await post_event(relay, EVENT)
+    resp = await relay.delete(f"/v1/event_sink/{sink['id']}", headers=auth(ADMIN_KEY))
+    assert resp.status == 200
+    worker = await make_relay()  # a second process-like app with a dispatcher, same database
+    await wait_final(db)
+    state = await delivery_state(db)
+    assert (state["status"], state["last_error"]) == ("dead", "sink_deleted")
+    assert sink_server.received == []
+    assert (await audit(worker))[0]["error"] == "sink_deleted"
+
+
+async def test_no_secret_in_logs_or_audit_rows(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(status=500, body="nope")
+    args = {"url": sink_server.url(), "secret": SECRET, "bearer_token": "tok-very-secret-123"}
+    with capture_logs() as logs:
+        await create_sink(relay, {"Webhook": args})
+        await post_event(relay, EVENT)
+        await wait_final(db)
+    text = json.dumps(logs, default=str) + json.dumps(await audit(relay))
+    for secret in (SECRET, SECRET.removeprefix("whsec_"), "tok-very-secret-123", "ingest-token"):
+        assert secret not in text
+
+
+async def test_two_dispatchers_split_work_without_duplicates(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(delay=0.01)
+    first = await make_relay()
+    second = await make_relay()
+    await create_sink(first, {"Webhook": {"url": sink_server.url()}})
+    count = 60
+    for i in range(count):
+        client = first if i % 2 else second
+        assert (await post_event(client, EVENT)).status == 202
+    await wait_final(db, count=count, timeout=30)
+    await asyncio.sleep(0.2)
+    ids = [r.headers["webhook-id"] for r in sink_server.received]
+    assert len(ids) == count
+    assert len(set(ids)) == count
+    workers = await db.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_attempts")
+    assert workers == count
+
+
+async def test_delivery_row_ids_are_uuids(relay: Any, db: asyncpg.Connection) -> None:
+    await create_sink(relay, {"Webhook": {"url": "http://127.0.0.1:9/x"}})
+    resp = await post_event(relay, EVENT)
+    event_id = uuid.UUID((await resp.json())["event_id"])
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE event_id = $1", event_id) == 1
