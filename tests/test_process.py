@@ -1,0 +1,148 @@
+"""``air-relay serve`` as a real process: embedded database, an event through curl, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conftest import SinkServer
+
+ROOT = Path(__file__).resolve().parent.parent
+INGEST = "process-ingest-token"
+API = "process-api-key"
+
+
+def relay_command() -> list[str]:
+    script = Path(sys.executable).parent / "air-relay"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "air_relay"]
+
+
+async def read_until(stream: asyncio.StreamReader, event: str, lines: list[str]) -> dict[str, Any]:
+    while True:
+        raw = await asyncio.wait_for(stream.readline(), timeout=60)
+        if not raw:
+            raise AssertionError("serve exited early:\n" + "".join(lines))
+        line = raw.decode()
+        lines.append(line)
+        record: dict[str, Any] = json.loads(line)  # every line is one JSON object
+        if record.get("event") == event:
+            return record
+
+
+async def post_with_curl(url: str, body: str) -> tuple[int, str]:
+    if shutil.which("curl") is None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                url,
+                data=body,
+                headers={"Authorization": f"Bearer {INGEST}", "Content-Type": "application/json"},
+            ) as resp,
+        ):
+            return resp.status, await resp.text()
+    proc = await asyncio.create_subprocess_exec(
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        url,
+        "-H",
+        f"Authorization: Bearer {INGEST}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    text, _, code = out.decode().rpartition("\n")
+    return int(code), text
+
+
+async def test_serve_process_end_to_end(
+    tmp_path: Path, sink_server: SinkServer, unused_tcp_port: int
+) -> None:
+    config = (ROOT / "config.example.yaml").read_text()
+    config = config.replace("port: 8080", f"port: {unused_tcp_port}")
+    (tmp_path / "config.yaml").write_text(config)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "AIR_RELAY_INGEST_TOKEN": INGEST,
+        "AIR_RELAY_API_KEY": API,
+        "AIR_RELAY_STATE_DIR": str(tmp_path / "state"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command(),
+        "serve",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        cwd=tmp_path,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        ready = await read_until(proc.stderr, "server_ready", lines)
+        base = ready["address"]
+        assert base == f"http://127.0.0.1:{unused_tcp_port}"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
+            resp = await http.post(
+                f"{base}/v1/event_sink",
+                json={
+                    "tenant_id": "00000000-0000-0000-0000-000000000000",
+                    "name": "receiver",
+                    "description": "local receiver",
+                    "event_sink_args": {"Webhook": {"url": sink_server.url()}},
+                },
+            )
+            assert resp.status == 200, await resp.text()
+            event = {
+                "eventName": "CaseCreatedEvent",
+                "organizationId": 1,
+                "data": {"id": "case-1", "name": "Case", "ownerUser": "alice"},
+            }
+            status, text = await post_with_curl(f"{base}/v1/air/events", json.dumps(event))
+            assert status == 202, text
+            assert json.loads(text)["deliveries"] == 1
+            (got,) = await sink_server.wait_for(1, timeout=20)
+            assert got.json() == event
+            assert (await http.get(f"{base}/readyz")).status == 200
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stderr.read(), timeout=30)
+        code = await asyncio.wait_for(proc.wait(), timeout=30)
+    log = "".join(lines) + rest.decode()
+    assert code == 0, log
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.strip()]
+    for name in ("embedded_database_started", "event_received", "shutdown_complete"):
+        assert name in events
+    assert INGEST not in log and API not in log
+
+
+@pytest.mark.parametrize("bad", ["nonsense_key: 1\n", "server:\n  port: eighty\n"])
+async def test_serve_refuses_bad_config(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "bad.yaml").write_text(bad)
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command(),
+        "serve",
+        "--config",
+        str(tmp_path / "bad.yaml"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert (b"nonsense_key" if "nonsense" in bad else b"server.port") in err
