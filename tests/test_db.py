@@ -64,15 +64,7 @@ async def _seed(pool: asyncpg.Pool, n: int) -> None:
     )
     assert sink.active
     for _ in range(n):
-        await repo.ingest_event(
-            pool,
-            event_id=uuid.uuid4(),
-            tenant_id="t",
-            event_name="E",
-            organization_id=1,
-            body=b"{}",
-            timeout=5,
-        )
+        await repo.ingest_event(pool, repo.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}"), timeout=5)
 
 
 async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:

@@ -14,7 +14,7 @@ from prometheus_client import (
 from air_relay.catalog import catalog
 
 # The *_created series double the output for no use here.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Failure reasons of air_relay_delivery_attempts_failed_total (SPEC 3.4).
 REASONS = (

@@ -34,6 +34,9 @@ RESERVED_HEADERS = frozenset(
     }
 )
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# What an Authorization header can carry after "Bearer ": visible ASCII, no spaces.
+_BEARER_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 ELLIPSIS = "\u2026"
 
 
@@ -44,9 +47,27 @@ class InvalidArgument(Exception):
         self.message = message
 
 
+def storable(value: str) -> bool:
+    """PostgreSQL text and jsonb take neither NUL nor an unpaired surrogate (JSON allows both)."""
+    if "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(value: str, field: str) -> str:
+    if not storable(value):
+        raise InvalidArgument(field, "must not contain NUL characters or unpaired surrogates")
+    return value
+
+
 def _string(value: Any, field: str, *, allow_empty: bool = False, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(field, "must be a string")
+    check_text(value, field)
     if not allow_empty and not value.strip():
         raise InvalidArgument(field, "must not be empty")
     if len(value) > limit:
@@ -62,6 +83,8 @@ def _check_keys(args: Mapping[str, Any], allowed: set[str], prefix: str) -> None
 
 def _url(value: Any, field: str) -> str:
     url = _string(value, field, limit=2048)
+    if _URL_FORBIDDEN.search(url):
+        raise InvalidArgument(field, "must not contain spaces or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise InvalidArgument(field, "must be an http or https URL")
@@ -101,7 +124,7 @@ def _headers(value: Any, field: str) -> dict[str, str]:
             raise InvalidArgument(f"{field}.{name}", "is not a valid header name")
         if name.lower() in RESERVED_HEADERS:
             raise InvalidArgument(f"{field}.{name}", "is set by air-relay and cannot be replaced")
-        if not isinstance(val, str) or any(c in val for c in "\r\n\0"):
+        if not isinstance(val, str) or any(c in val for c in "\r\n\0") or not storable(val):
             raise InvalidArgument(f"{field}.{name}", "must be a single-line string")
         out[name] = val
     return out
@@ -115,7 +138,11 @@ def _webhook(args: dict[str, Any], prefix: str) -> dict[str, Any]:
     if args.get("secret") is not None:
         out["secret"] = _secret(args["secret"], f"{prefix}.secret")
     if args.get("bearer_token") is not None:
-        out["bearer_token"] = _string(args["bearer_token"], f"{prefix}.bearer_token", limit=4096)
+        field = f"{prefix}.bearer_token"
+        token = _string(args["bearer_token"], field, limit=4096)
+        if not _BEARER_TOKEN.match(token):
+            raise InvalidArgument(field, "must be visible ASCII characters without spaces")
+        out["bearer_token"] = token
     if args.get("headers") is not None:
         out["headers"] = _headers(args["headers"], f"{prefix}.headers")
     return out
@@ -230,7 +257,7 @@ def parse_organization_ids(value: Any, field: str = "organization_ids") -> list[
     for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, int | str) or v == "":
             raise InvalidArgument(f"{field}[{i}]", "must be an integer or a non-empty string")
-        out.append(str(v))
+        out.append(check_text(str(v), f"{field}[{i}]"))
     return out
 
 

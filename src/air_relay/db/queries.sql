@@ -1,27 +1,37 @@
 -- Every SQL statement air-relay runs, as named blocks ("-- name: NAME").
 -- Loaded by air_relay.db.queries; called through air_relay.db.repository.
 
--- name: ingest_event
--- One statement, so one implicit transaction: the event, one delivery per routed sink, and
--- the wake-up for the dispatchers commit together or not at all.
-WITH event AS (
+-- name: ingest_events
+-- One statement, so one implicit transaction: a batch of events, one delivery per routed
+-- sink, and the wake-up for the dispatchers commit together or not at all. Batching many
+-- concurrent requests into one commit is what keeps ingest fast (one WAL flush per batch).
+WITH input AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[])
+         AS i(id, tenant_id, event_name, organization_id, org_text, body)
+), event AS (
     INSERT INTO events (id, tenant_id, event_name, organization_id, body)
-    VALUES ($1, $2, $3, $4, $6)
+    SELECT id, tenant_id, event_name, organization_id, body FROM input
     RETURNING id
 ), routed AS (
     INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type)
-    SELECT gen_random_uuid(), event.id, s.id, s.tenant_id, s.sink_type
-    FROM event CROSS JOIN event_sinks s
-    WHERE s.tenant_id = $2
-      AND s.active
-      AND (s.events IS NULL OR $3 = ANY (s.events))
-      AND (s.organization_ids IS NULL OR $5 = ANY (s.organization_ids))
-    RETURNING 1
+    SELECT gen_random_uuid(), i.id, s.id, s.tenant_id, s.sink_type
+    FROM input i
+    JOIN event_sinks s
+      ON s.tenant_id = i.tenant_id
+     AND s.active
+     AND (s.events IS NULL OR i.event_name = ANY (s.events))
+     AND (s.organization_ids IS NULL OR i.org_text = ANY (s.organization_ids))
+    RETURNING event_id
 ), counted AS (
-    SELECT count(*) AS n FROM routed
+    SELECT i.id, count(r.event_id) AS n
+    FROM input i LEFT JOIN routed r ON r.event_id = i.id
+    GROUP BY i.id
 )
-SELECT n, CASE WHEN n > 0 THEN pg_notify('air_relay_deliveries', '')::text END AS notified
-FROM counted;
+SELECT c.id, c.n,
+       CASE WHEN (SELECT count(*) FROM routed) > 0
+            THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+FROM counted c;
 
 -- name: claim_deliveries
 -- Claim due deliveries: the lease end goes into next_attempt_at, so an expired lease is just

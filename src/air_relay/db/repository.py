@@ -101,30 +101,35 @@ class AuditFilter:
     limit: int = 100
 
 
-async def ingest_event(
-    pool: asyncpg.Pool,
-    *,
-    event_id: uuid.UUID,
-    tenant_id: str,
-    event_name: str,
-    organization_id: JsonScalar,
-    body: bytes,
-    timeout: float,
-) -> int:
-    """Commit the event and its routed deliveries; returns how many deliveries were made."""
+@dataclass(frozen=True)
+class NewEvent:
+    event_id: uuid.UUID
+    tenant_id: str
+    event_name: str
+    organization_id: JsonScalar
+    body: bytes
+
+
+async def ingest_events(
+    pool: asyncpg.Pool, events: Sequence[NewEvent], *, timeout: float
+) -> dict[uuid.UUID, int]:
+    """Commit events and their routed deliveries; returns deliveries made per event id."""
     async with pool.acquire(timeout=timeout) as conn:
-        row = await conn.fetchrow(
-            QUERIES["ingest_event"],
-            event_id,
-            tenant_id,
-            event_name,
-            organization_id,
-            str(organization_id),
-            body,
+        rows = await conn.fetch(
+            QUERIES["ingest_events"],
+            [e.event_id for e in events],
+            [e.tenant_id for e in events],
+            [e.event_name for e in events],
+            [e.organization_id for e in events],
+            [str(e.organization_id) for e in events],
+            [e.body for e in events],
         )
-    assert row is not None
-    count: int = row["n"]
-    return count
+    return {r["id"]: r["n"] for r in rows}
+
+
+async def ingest_event(pool: asyncpg.Pool, event: NewEvent, *, timeout: float) -> int:
+    counts = await ingest_events(pool, [event], timeout=timeout)
+    return counts[event.event_id]
 
 
 async def claim_deliveries(

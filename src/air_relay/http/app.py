@@ -9,13 +9,22 @@ import aiohttp
 from aiohttp import web
 
 from air_relay.config import Config
+from air_relay.db.batcher import IngestBatcher
 from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import connect, create_pool, wait_for_database
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.http import audit_api, ops, sinks_api
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
-from air_relay.http.keys import CLIENT_SESSION, CONFIG, DISPATCHER, DSN, METRICS, POOL
+from air_relay.http.keys import (
+    CLIENT_SESSION,
+    CONFIG,
+    DISPATCHER,
+    DSN,
+    INGEST_BATCHER,
+    METRICS,
+    POOL,
+)
 from air_relay.metrics import Metrics
 from air_relay.senders.base import Sender
 from air_relay.senders.webhook import WebhookSender
@@ -30,6 +39,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     finally:
         await conn.close()
     app[POOL] = await create_pool(app[DSN], cfg.database.pool_min_size, cfg.database.pool_max_size)
+    app[INGEST_BATCHER] = IngestBatcher(
+        app[POOL], acquire_timeout=cfg.database.acquire_timeout_seconds
+    )
     yield
     await app[POOL].close()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -15,10 +16,13 @@ from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.keys import POOL
+from air_relay.sinks import storable
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 OUTCOMES = ("failure", "success", "all")
+BIGINT_MAX = 2**63 - 1
+_SPACE_OFFSET = re.compile(r"(?<=\d) (\d{2}:\d{2})$")
 
 
 def _bad(name: str, message: str) -> ApiError:
@@ -33,21 +37,30 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, number = text.partition(":")
-        if prefix != "a":
+        if prefix != "a" or not number.isdigit():
             raise ValueError(cursor)
-        return int(number)
+        last_id = int(number)
+        # Ids are positive bigints: anything else was not made here (and would not bind).
+        if not 0 < last_id <= BIGINT_MAX:
+            raise ValueError(cursor)
+        return last_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise _bad("cursor", "is not a cursor this API returned") from exc
 
 
 def parse_time(name: str, value: str) -> datetime:
+    # An unencoded "+" in a query string arrives as a space: "...T12:00:00 02:00".
+    value = _SPACE_OFFSET.sub(r"+\1", value)
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError as exc:
         raise _bad(name, "must be an RFC 3339 timestamp, e.g. 2025-01-28T12:00:00Z") from exc
     if parsed.tzinfo is None:
         raise _bad(name, "must carry a time zone (Z or +hh:mm)")
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise _bad(name, "is out of range") from exc
 
 
 def _int_param(name: str, value: str, low: int, high: int) -> int:
@@ -115,6 +128,9 @@ async def audit_log(request: web.Request) -> web.Response:
     tenant_id = request.query.get("tenant_id", "")
     if not tenant_id.strip():
         raise _bad("tenant_id", "is required")
+    for name in ("tenant_id", "event_name"):
+        if not storable(request.query.get(name, "")):
+            raise _bad(name, "contains NUL characters or unpaired surrogates")
     require_tenant(key, tenant_id)
     flt = parse_filter(request.query, tenant_id)
     # One row more than asked tells whether another page exists.

@@ -18,7 +18,7 @@ from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.http.auth import ingest_tenant
 from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import is_json_content_type, read_json
-from air_relay.http.keys import CONFIG, DISPATCHER, METRICS, POOL
+from air_relay.http.keys import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS
 
 log = structlog.get_logger(__name__)
 
@@ -70,14 +70,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
 
     event_id = uuid.uuid4()
     try:
-        deliveries = await repo.ingest_event(
-            app[POOL],
-            event_id=event_id,
-            tenant_id=tenant_id,
-            event_name=event_name,
-            organization_id=org,
-            body=raw,
-            timeout=app[CONFIG].database.acquire_timeout_seconds,
+        deliveries = await app[INGEST_BATCHER].submit(
+            repo.NewEvent(event_id, tenant_id, event_name, org, raw)
         )
     except DB_UNAVAILABLE as exc:
         # Whatever stopped the commit (server gone, read-only after failover, disk full),

@@ -20,11 +20,13 @@ from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import CONFIG, POOL
 from air_relay.sinks import (
     InvalidArgument,
+    check_text,
     parse_active,
     parse_events,
     parse_organization_ids,
     parse_sink_args,
     render_sink,
+    storable,
 )
 
 log = structlog.get_logger(__name__)
@@ -55,7 +57,7 @@ def _require_string(body: dict[str, Any], name: str, *, allow_empty: bool = Fals
         )
     if len(value) > 1024:
         raise InvalidArgument(name, "must be at most 1024 characters")
-    return value
+    return check_text(value, name)
 
 
 def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
@@ -119,6 +121,8 @@ async def list_sinks(request: web.Request) -> web.Response:
     tenant_id = request.query.get("tenant_id", "")
     if not tenant_id.strip():
         raise ApiError(400, "invalid_argument", "tenant_id is required.")
+    if not storable(tenant_id):
+        raise ApiError(400, "invalid_argument", "tenant_id contains characters no tenant has.")
     require_tenant(key, tenant_id)
     sinks = await repo.list_sinks(request.app[POOL], tenant_id)
     return web.json_response(
