@@ -320,3 +320,36 @@ async def test_delivery_row_ids_are_uuids(relay: Any, db: asyncpg.Connection) ->
     resp = await post_event(relay, EVENT)
     event_id = uuid.UUID((await resp.json())["event_id"])
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE event_id = $1", event_id) == 1
+
+
+async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) -> None:
+    from air_relay.db import repository as repo
+    from air_relay.db.pool import create_pool
+    from air_relay.delivery.attempts import ClaimRunner
+    from air_relay.metrics import Metrics
+    from conftest import make_config
+
+    class BrokenSender:
+        sink_type = "Webhook"
+
+        async def send(self, delivery: repo.ClaimedDelivery) -> Any:
+            raise RuntimeError("bug in a sender")
+
+    cfg = make_config(delivery={"retry": {"attempts_per_claim": 2, "schedule_seconds": []}})
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        fields = repo.SinkFields(
+            TENANT, "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True
+        )
+        await repo.insert_sink(pool, uuid.uuid4(), fields)
+        await repo.ingest_event(pool, repo.NewEvent(uuid.uuid4(), TENANT, "E", 1, b"{}"), timeout=5)
+        (claimed,) = await repo.claim_deliveries(
+            pool, sink_types=["Webhook"], limit=1, lease_seconds=60, worker="w"
+        )
+        await ClaimRunner(pool, cfg.delivery, Metrics()).run(BrokenSender(), claimed)
+        state = await repo.delivery_status(pool, claimed.id)
+        assert state is not None
+        assert (state["status"], state["attempts"]) == ("dead", 2)
+        assert state["last_error"] == "internal_error:RuntimeError"
+    finally:
+        await pool.close()

@@ -143,6 +143,10 @@ async def test_invalid_json(relay: Any, raw: bytes) -> None:
         {"eventName": "E", "organizationId": 1, "data": []},
         {"eventName": "E", "organizationId": 1, "data": "x"},
         {"eventName": "E" * 300, "organizationId": 1, "data": {}},
+        {"eventName": "a\u0000", "organizationId": 1, "data": {}},
+        {"eventName": "a\ud800", "organizationId": 1, "data": {}},
+        {"eventName": "E", "organizationId": "x\u0000", "data": {}},
+        {"eventName": "E", "organizationId": "\udfff", "data": {}},
     ],
 )
 async def test_invalid_envelope(relay: Any, event: Any, db: asyncpg.Connection) -> None:

@@ -84,7 +84,18 @@ class ClaimRunner:
                 duration = 0.0
             else:
                 started = time.monotonic()
-                result = await sender.send(delivery)
+                try:
+                    result = await sender.send(delivery)
+                except Exception as exc:
+                    # A sender bug must still end in an audit row and, in time, "dead":
+                    # never a task that dies and a delivery re-claimed forever.
+                    log.exception("sender_crashed", delivery_id=str(delivery.id))
+                    result = SendResult(
+                        ok=False,
+                        error=f"internal_error:{type(exc).__name__}",
+                        reason="other",
+                        transient=True,
+                    )
                 duration = time.monotonic() - started
                 self._metrics.delivery_duration.labels(delivery.sink_type).observe(duration)
             if not result.ok:

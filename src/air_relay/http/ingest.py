@@ -25,6 +25,11 @@ log = structlog.get_logger(__name__)
 MAX_EVENT_NAME = 256
 
 
+def _storable(text: str) -> bool:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold a lone surrogate."""
+    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def validate_envelope(value: Any) -> tuple[str, int | str]:
     """(eventName, organizationId) of a well-formed envelope; ApiError 422 otherwise."""
 
@@ -36,6 +41,8 @@ def validate_envelope(value: Any) -> tuple[str, int | str]:
     name = value.get("eventName")
     if not isinstance(name, str) or not name.strip():
         raise invalid("eventName must be a non-empty string.")
+    if not _storable(name):
+        raise invalid("eventName must not contain NUL or unpaired surrogate characters.")
     if len(name) > MAX_EVENT_NAME:
         raise invalid(f"eventName must be at most {MAX_EVENT_NAME} characters.")
     if "organizationId" not in value:
@@ -43,6 +50,8 @@ def validate_envelope(value: Any) -> tuple[str, int | str]:
     org = value["organizationId"]
     if isinstance(org, bool) or not isinstance(org, int | str) or org == "":
         raise invalid("organizationId must be an integer or a non-empty string.")
+    if isinstance(org, str) and (not _storable(org) or len(org) > MAX_EVENT_NAME):
+        raise invalid("organizationId must be printable text of at most 256 characters.")
     if isinstance(org, int) and not -(2**63) <= org < 2**63:
         raise invalid("organizationId is out of range.")
     if not isinstance(value.get("data"), dict):
