@@ -353,3 +353,21 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
         assert state["last_error"] == "internal_error:RuntimeError"
     finally:
         await pool.close()
+
+
+async def test_shutdown_releases_a_send_that_outlives_the_grace(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    relay = await make_relay(delivery={"timeout_seconds": 1})
+    sink_server.default = Reply(delay=5)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    await post_event(relay, EVENT)
+    await sink_server.wait_for(1)
+    started = time.monotonic()
+    await relay.close()  # the app's shutdown: dispatcher drain, then release
+    assert time.monotonic() - started < 4
+    state = await delivery_state(db)
+    assert state["status"] == "pending"
+    assert state["claim_token"] is None
+    assert state["claims"] == 0  # released: the claim does not count toward the schedule
+    assert state["next_attempt_at"] <= await db.fetchval("SELECT now()")
