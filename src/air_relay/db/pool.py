@@ -40,12 +40,21 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: nothing to reset (see create_pool)."""
+
+
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        # Pooled connections never SET, LISTEN or take session locks (the listener and the
+        # migrator use their own connections), so the default reset, a round trip of
+        # RESET ALL / UNLISTEN * / CLOSE ALL on every release, buys nothing. An open
+        # transaction is still rolled back by asyncpg itself.
+        reset=_keep_session,
         # A statement that hangs (server gone mid-query) must not hang ingest forever.
         command_timeout=30,
     )
