@@ -1,0 +1,541 @@
+"""The configuration contract (SPEC 2): ${VAR} expansion, errors that name the dotted key,
+value checks, defaults, redaction, and the constant-time credential lookups."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from air_relay import config as config_module
+from air_relay.config import (
+    ApiKey,
+    Config,
+    ConfigError,
+    expand_env,
+    load_config,
+    parse_config,
+    redact_dsn,
+    redacted,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.yaml"
+EXAMPLE_ENV = {
+    "AIR_RELAY_INGEST_TOKEN": "ingest-secret-value-1",
+    "AIR_RELAY_API_KEY": "api-secret-value-2",
+    "SLACK_BOT_TOKEN": "xoxb-secret-value-3",
+}
+
+
+def parse(text: str, **env: str) -> Config:
+    return parse_config(textwrap.dedent(text), env=env)
+
+
+def config_error(text: str, **env: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(text, **env)
+    return info.value
+
+
+# --- ${VAR} expansion ------------------------------------------------------------------------
+
+
+def test_var_is_replaced_by_its_value() -> None:
+    cfg = parse(
+        """
+        ingest:
+          tokens:
+            - token: ${TOKEN}
+              tenant_id: ${TENANT}
+        """,
+        TOKEN="abc123",
+        TENANT="t-1",
+    )
+    assert cfg.ingest.tokens[0].token == "abc123"
+    assert cfg.ingest.tokens[0].tenant_id == "t-1"
+
+
+def test_default_is_used_when_var_is_unset_or_empty() -> None:
+    text = "state_dir: ${STATE:-/var/lib/air-relay}\n"
+    assert parse(text).state_dir == "/var/lib/air-relay"
+    assert parse(text, STATE="").state_dir == "/var/lib/air-relay"
+    assert parse(text, STATE="/srv/relay").state_dir == "/srv/relay"
+
+
+def test_empty_default_gives_empty_string() -> None:
+    # config.example.yaml: an unset AIR_RELAY_DATABASE_DSN means the embedded server.
+    cfg = parse("database:\n  dsn: ${AIR_RELAY_DATABASE_DSN:-}\n")
+    assert cfg.database.dsn == ""
+    assert not cfg.database.dsn
+
+
+def test_vars_inside_a_longer_string() -> None:
+    cfg = parse(
+        "database:\n  dsn: postgresql://relay:${PW}@${HOST:-db.internal}:5432/${DB:-air}\n",
+        PW="pa55",
+        DB="relay_prod",
+    )
+    assert cfg.database.dsn == "postgresql://relay:pa55@db.internal:5432/relay_prod"
+
+
+def test_numbers_and_booleans_from_env_arrive_as_text_and_are_converted() -> None:
+    cfg = parse(
+        """
+        server:
+          port: ${PORT}
+          max_body_bytes: ${MAX_BODY:-2048}
+        delivery:
+          timeout_seconds: ${TIMEOUT}
+          allow_private_destinations: ${ALLOW_PRIVATE}
+          retry:
+            schedule_seconds: ["${FIRST}", 30]
+        """,
+        PORT="9090",
+        TIMEOUT="2.5",
+        ALLOW_PRIVATE="true",
+        FIRST="7",
+    )
+    assert cfg.server.port == 9090
+    assert isinstance(cfg.server.port, int)
+    assert cfg.server.max_body_bytes == 2048
+    assert cfg.delivery.timeout_seconds == 2.5
+    assert cfg.delivery.allow_private_destinations is True
+    assert cfg.delivery.retry.schedule_seconds == [7.0, 30.0]
+
+
+def test_boolean_text_false() -> None:
+    cfg = parse("delivery:\n  allow_private_destinations: ${X}\n", X="False")
+    assert cfg.delivery.allow_private_destinations is False
+
+
+def test_non_numeric_env_value_for_a_number_names_the_key() -> None:
+    err = config_error("server:\n  port: ${PORT}\n", PORT="eighty")
+    assert err.key == "server.port"
+    assert "integer" in str(err)
+
+
+def test_unset_var_without_default_names_key_and_variable() -> None:
+    err = config_error(
+        """
+        ingest:
+          tokens:
+            - token: ${AIR_RELAY_INGEST_TOKEN}
+              tenant_id: t-1
+        """
+    )
+    assert err.key == "ingest.tokens[0].token"
+    assert str(err).startswith("ingest.tokens[0].token:")
+    assert "AIR_RELAY_INGEST_TOKEN" in str(err)
+
+
+def test_unset_var_in_a_list_item_names_the_index() -> None:
+    err = config_error('delivery:\n  retry:\n    schedule_seconds: [5, "${LATER}"]\n')
+    assert err.key == "delivery.retry.schedule_seconds[1]"
+
+
+def test_expansion_is_not_recursive() -> None:
+    # A value that itself looks like ${...} is taken literally, never expanded again.
+    assert expand_env("${A}", {"A": "${B}", "B": "oops"}, "k") == "${B}"
+
+
+@given(
+    value=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+        min_size=1,
+    )
+)
+def test_any_set_value_is_substituted_verbatim(value: str) -> None:
+    assert expand_env("x-${V}-y", {"V": value}, "k") == f"x-{value}-y"
+    assert expand_env("${V:-fallback}", {"V": value}, "k") == value
+
+
+# --- unknown keys, wrong types, missing values -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("servr:\n  port: 1\n", "servr"),
+        ("delivery:\n  retry:\n    schedule: [1]\n", "delivery.retry.schedule"),
+        (
+            "ingest:\n  tokens:\n    - {token: a, tenant_id: t, tenant: x}\n",
+            "ingest.tokens[0].tenant",
+        ),
+        (
+            "slack:\n  integrations:\n    i-1: {bot_token: b, channel: c}\n",
+            "slack.integrations.i-1.channel",
+        ),
+    ],
+)
+def test_unknown_key_is_refused_by_name(text: str, key: str) -> None:
+    err = config_error(text)
+    assert err.key == key
+    assert "unknown key" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            "delivery:\n  retry:\n    schedule_seconds: [5, soon, 60]\n",
+            "delivery.retry.schedule_seconds[1]",
+        ),
+        ("delivery:\n  retry:\n    schedule_seconds: 5\n", "delivery.retry.schedule_seconds"),
+        ("server:\n  port: http\n", "server.port"),
+        ("server:\n  port: 8080.5\n", "server.port"),
+        ("server:\n  port: true\n", "server.port"),
+        ("server: [1, 2]\n", "server"),
+        ("api:\n  keys:\n    - {key: k, tenant_ids: '*'}\n", "api.keys[0].tenant_ids"),
+        ("delivery:\n  allow_private_destinations: maybe\n", "delivery.allow_private_destinations"),
+        ("delivery:\n  allow_private_destinations: 1\n", "delivery.allow_private_destinations"),
+        ("delivery:\n  timeout_seconds: [1]\n", "delivery.timeout_seconds"),
+        ("logging:\n  level: {a: 1}\n", "logging.level"),
+        ("slack:\n  integrations: [a, b]\n", "slack.integrations"),
+        ("ingest:\n  tokens:\n    - just-a-string\n", "ingest.tokens[0]"),
+    ],
+)
+def test_wrong_type_names_the_dotted_key(text: str, key: str) -> None:
+    err = config_error(text)
+    assert err.key == key
+    assert str(err).startswith(f"{key}: must be")
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    err = config_error("- a\n- b\n")
+    assert "mapping" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("ingest:\n  tokens:\n    - token: abc\n", "ingest.tokens[0].tenant_id"),
+        ("ingest:\n  tokens:\n    - tenant_id: t\n", "ingest.tokens[0].token"),
+        ("api:\n  keys:\n    - tenant_ids: ['*']\n", "api.keys[0].key"),
+        ("slack:\n  integrations:\n    i-1: {}\n", "slack.integrations.i-1.bot_token"),
+    ],
+)
+def test_missing_required_value_names_the_key(text: str, key: str) -> None:
+    err = config_error(text)
+    assert err.key == key
+    assert "required" in str(err)
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    err = config_error("server:\n  port: 1\nserver:\n  port: 2\n")
+    assert err.key == "server"
+    assert "twice" in str(err)
+    assert "line 3" in str(err)
+
+
+def test_invalid_yaml() -> None:
+    err = config_error("server: [unclosed\n")
+    assert "not valid YAML" in str(err)
+
+
+# --- value checks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("server:\n  port: 0\n", "server.port"),
+        ("server:\n  port: 65536\n", "server.port"),
+        ("server:\n  max_body_bytes: 0\n", "server.max_body_bytes"),
+        ("server:\n  host: ''\n", "server.host"),
+        ("ingest:\n  path: v1/air/events\n", "ingest.path"),
+        ("delivery:\n  concurrency: 0\n", "delivery.concurrency"),
+        ("delivery:\n  timeout_seconds: -1\n", "delivery.timeout_seconds"),
+        ("delivery:\n  timeout_seconds: .nan\n", "delivery.timeout_seconds"),
+        ("delivery:\n  timeout_seconds: .inf\n", "delivery.timeout_seconds"),
+        ("delivery:\n  retry:\n    attempts_per_claim: 0\n", "delivery.retry.attempts_per_claim"),
+        (
+            "delivery:\n  retry:\n    schedule_seconds: [5, 30, -1]\n",
+            "delivery.retry.schedule_seconds[2]",
+        ),
+        ("delivery:\n  retry:\n    jitter: 1\n", "delivery.retry.jitter"),
+        ("delivery:\n  retry:\n    jitter: -0.1\n", "delivery.retry.jitter"),
+        (
+            "delivery:\n  retry:\n    backoff_initial_seconds: 9\n    backoff_max_seconds: 1\n",
+            "delivery.retry.backoff_initial_seconds",
+        ),
+        ("database:\n  pool_min_size: 5\n  pool_max_size: 2\n", "database.pool_min_size"),
+        ("database:\n  pool_max_size: 0\n  pool_min_size: 0\n", "database.pool_max_size"),
+        ("database:\n  acquire_timeout_seconds: 0\n", "database.acquire_timeout_seconds"),
+        ("logging:\n  format: xml\n", "logging.format"),
+        ("logging:\n  level: verbose\n", "logging.level"),
+        ("slack:\n  api_base_url: slack.com/api\n", "slack.api_base_url"),
+        ("pagerduty:\n  events_url: ftp://events.pagerduty.com\n", "pagerduty.events_url"),
+        ("state_dir: ''\n", "state_dir"),
+        ("database:\n  dsn: host=db dbname=air\n", "database.dsn"),
+        ("database:\n  dsn: mysql://db/air\n", "database.dsn"),
+        ("api:\n  keys:\n    - {key: k, tenant_ids: []}\n", "api.keys[0].tenant_ids"),
+        ("api:\n  keys:\n    - {key: k, tenant_ids: ['']}\n", "api.keys[0].tenant_ids[0]"),
+    ],
+)
+def test_value_checks_name_the_key(text: str, key: str) -> None:
+    assert config_error(text).key == key
+
+
+def test_empty_secret_from_env_is_refused() -> None:
+    err = config_error("ingest:\n  tokens:\n    - {token: '${TOKEN:-}', tenant_id: t}\n", TOKEN="")
+    assert err.key == "ingest.tokens[0].token"
+    assert "empty" in str(err)
+
+
+def test_duplicate_ingest_token_is_refused() -> None:
+    err = config_error(
+        """
+        ingest:
+          tokens:
+            - {token: same, tenant_id: a}
+            - {token: other, tenant_id: b}
+            - {token: same, tenant_id: c}
+        """
+    )
+    assert err.key == "ingest.tokens[2].token"
+    assert "ingest.tokens[0]" in str(err)
+
+
+def test_duplicate_api_key_is_refused() -> None:
+    err = config_error("api:\n  keys:\n    - {key: k1}\n    - {key: k1, tenant_ids: [t]}\n")
+    assert err.key == "api.keys[1].key"
+
+
+def test_state_dir_may_be_empty_with_an_external_database() -> None:
+    cfg = parse("state_dir: ''\ndatabase:\n  dsn: postgresql://h/db\n")
+    assert cfg.state_dir == ""
+
+
+# --- defaults --------------------------------------------------------------------------------
+
+
+def test_empty_file_gives_the_documented_defaults() -> None:
+    cfg = parse("")
+    assert cfg == Config()
+    assert cfg.server.host == "127.0.0.1"
+    assert cfg.server.port == 8080
+    assert cfg.server.max_body_bytes == 1_048_576
+    assert cfg.database.dsn is None
+    assert cfg.state_dir == "./var"
+    assert cfg.ingest.path == "/v1/air/events"
+    assert cfg.ingest.tokens == []
+    assert cfg.api.keys == []
+    assert cfg.delivery.concurrency == 32
+    assert cfg.delivery.timeout_seconds == 10
+    assert cfg.delivery.retry.attempts_per_claim == 3
+    assert cfg.delivery.retry.schedule_seconds == [
+        5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200,
+    ]  # fmt: skip
+    assert cfg.delivery.allow_private_destinations is False
+    assert cfg.slack.api_base_url == "https://slack.com/api"
+    assert cfg.slack.integrations == {}
+    assert cfg.pagerduty.events_url == "https://events.pagerduty.com/v2/enqueue"
+    assert cfg.logging.format == "json"
+    assert cfg.logging.level == "info"
+
+
+def test_null_section_means_defaults() -> None:
+    assert parse("server:\ndelivery:\n").server == Config().server
+
+
+def test_api_key_defaults_to_every_tenant() -> None:
+    cfg = parse("api:\n  keys:\n    - key: k\n")
+    assert cfg.api.keys[0].tenant_ids == ["*"]
+    assert cfg.api.keys[0].allows("any-tenant")
+
+
+def test_partial_section_keeps_other_defaults() -> None:
+    cfg = parse("delivery:\n  retry:\n    attempts_per_claim: 5\n")
+    assert cfg.delivery.retry.attempts_per_claim == 5
+    assert cfg.delivery.retry.schedule_seconds == Config().delivery.retry.schedule_seconds
+    assert cfg.delivery.concurrency == 32
+
+
+def test_example_config_matches_the_spec() -> None:
+    cfg = load_config(EXAMPLE, env=EXAMPLE_ENV)
+    assert cfg.ingest.tokens[0].token == EXAMPLE_ENV["AIR_RELAY_INGEST_TOKEN"]
+    assert cfg.ingest.tokens[0].tenant_id == "00000000-0000-0000-0000-000000000000"
+    assert cfg.api.keys[0] == ApiKey(key=EXAMPLE_ENV["AIR_RELAY_API_KEY"], tenant_ids=["*"])
+    integration = cfg.slack.integrations["00000000-0000-0000-0000-000000000001"]
+    assert integration.bot_token == EXAMPLE_ENV["SLACK_BOT_TOKEN"]
+    assert not cfg.database.dsn  # embedded PostgreSQL unless AIR_RELAY_DATABASE_DSN is set
+    assert cfg.state_dir == "./var"
+    moved = load_config(EXAMPLE, env={**EXAMPLE_ENV, "AIR_RELAY_STATE_DIR": "/var/lib/x"})
+    assert moved.state_dir == "/var/lib/x"
+    # Every value shown in the example is the default.
+    defaults = dataclasses.replace(
+        Config(), ingest=cfg.ingest, api=cfg.api, slack=cfg.slack, database=cfg.database
+    )
+    assert cfg == defaults
+
+
+def _dotted_keys(cls: type[Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        key = f"{prefix}{fld.name}"
+        keys.add(key)
+        if dataclasses.is_dataclass(hints[fld.name]):
+            keys |= _dotted_keys(hints[fld.name], f"{key}.")
+    return keys
+
+
+def _yaml_keys(node: Any, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    if isinstance(node, dict):
+        for name, value in node.items():
+            keys.add(f"{prefix}{name}")
+            keys |= _yaml_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def test_example_config_shows_every_section_key() -> None:
+    shown = _yaml_keys(yaml.safe_load(EXAMPLE.read_text()))
+    missing = _dotted_keys(Config) - shown
+    assert not missing, f"config.example.yaml does not show {sorted(missing)}"
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(info.value)
+
+
+def test_load_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"state_dir: caf\xe9\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path)
+
+
+def test_load_config_reads_env_from_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: ${RELAY_TEST_PORT}\n")
+    monkeypatch.setenv("RELAY_TEST_PORT", "8181")
+    assert load_config(path).server.port == 8181
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+SECRETS = {
+    "INGEST_A": "ingest-token-aaaa",
+    "INGEST_B": "ingest-token-bbbb",
+    "API_KEY": "api-key-cccc",
+    "BOT": "xoxb-dddd",
+    "DB_PW": "db-password-eeee",
+}
+SECRET_TEXT = """
+database:
+  dsn: postgresql://relay:${DB_PW}@db.internal:5432/air
+ingest:
+  tokens:
+    - {token: "${INGEST_A}", tenant_id: tenant-a}
+    - {token: "${INGEST_B}", tenant_id: tenant-b}
+api:
+  keys:
+    - {key: "${API_KEY}", tenant_ids: [tenant-a]}
+slack:
+  integrations:
+    int-1: {bot_token: "${BOT}"}
+"""
+
+
+def test_redacted_hides_every_secret_and_keeps_the_rest() -> None:
+    cfg = parse_config(SECRET_TEXT, env=SECRETS)
+    data = redacted(cfg)
+    dumped = yaml.safe_dump(data)
+    for secret in SECRETS.values():
+        assert secret not in dumped
+    assert data["ingest"]["tokens"] == [
+        {"token": "***", "tenant_id": "tenant-a"},
+        {"token": "***", "tenant_id": "tenant-b"},
+    ]
+    assert data["api"]["keys"] == [{"key": "***", "tenant_ids": ["tenant-a"]}]
+    assert data["slack"]["integrations"] == {"int-1": {"bot_token": "***"}}
+    assert data["database"]["dsn"] == "postgresql://relay:***@db.internal:5432/air"
+    assert data["server"]["port"] == 8080
+    # The config object itself is untouched.
+    assert cfg.ingest.tokens[0].token == SECRETS["INGEST_A"]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p@ss:w/rd@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h/db?user=u&password=pw&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
+        ("host=h user=u password=pw dbname=air", "host=h user=u password=*** dbname=air"),
+        ("host=h password='p w' dbname=air", "host=h password=*** dbname=air"),
+        ("postgresql://postgres:@/postgres?host=/tmp/pg", "postgresql://postgres:@/postgres?host=/tmp/pg"),
+    ],
+)  # fmt: skip
+def test_redact_dsn(dsn: str, expected: str) -> None:
+    assert redact_dsn(dsn) == expected
+
+
+def test_redacted_keeps_null_dsn() -> None:
+    assert redacted(Config())["database"]["dsn"] is None
+
+
+# --- constant-time lookups -------------------------------------------------------------------
+
+
+@pytest.fixture
+def creds() -> Config:
+    return parse_config(SECRET_TEXT, env=SECRETS)
+
+
+def test_tenant_for_token(creds: Config) -> None:
+    assert creds.tenant_for_token(SECRETS["INGEST_A"]) == "tenant-a"
+    assert creds.tenant_for_token(SECRETS["INGEST_B"]) == "tenant-b"
+    assert creds.tenant_for_token("ingest-token-") is None  # a prefix is not a match
+    assert creds.tenant_for_token(SECRETS["INGEST_A"] + "x") is None
+    assert creds.tenant_for_token("") is None
+    assert creds.tenant_for_token(SECRETS["API_KEY"]) is None  # API keys do not ingest
+    assert creds.tenant_for_token("ingest-token-\u00e9") is None  # non-ASCII is no crash
+
+
+def test_api_key_lookup(creds: Config) -> None:
+    key = creds.api_key(SECRETS["API_KEY"])
+    assert key is not None
+    assert key.allows("tenant-a")
+    assert not key.allows("tenant-b")
+    assert creds.api_key(SECRETS["INGEST_A"]) is None  # ingest tokens are not API keys
+    assert creds.api_key("api-key-ccc") is None
+    assert creds.api_key("") is None
+
+
+def test_lookups_compare_every_entry_with_compare_digest(
+    creds: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = config_module.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(config_module.hmac, "compare_digest", counting)
+    # The first token matches, yet the second is still compared: no early exit.
+    assert creds.tenant_for_token(SECRETS["INGEST_A"]) == "tenant-a"
+    assert [b for _, b in calls] == [SECRETS["INGEST_A"].encode(), SECRETS["INGEST_B"].encode()]
+    calls.clear()
+    assert creds.tenant_for_token("no-such-token") is None
+    assert len(calls) == 2
+    calls.clear()
+    assert creds.api_key("nope") is None
+    assert len(calls) == 1

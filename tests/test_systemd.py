@@ -1,0 +1,328 @@
+"""sd_notify against real AF_UNIX datagram sockets: READY=1, the abstract "@" form, the no-op
+outside systemd, the watchdog period, and ``air-relay serve`` speaking it end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from air_relay import systemd
+from conftest import INGEST_TOKEN, TENANT
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "air-relay.service"
+ENV_EXAMPLE = ROOT / "systemd" / "air-relay.env.example"
+AIR_RELAY = Path(sys.executable).parent / "air-relay"
+if not AIR_RELAY.exists():
+    AIR_RELAY = Path(shutil.which("air-relay") or AIR_RELAY)
+
+
+class Listener:
+    """A bound AF_UNIX datagram socket standing in for systemd's notification socket."""
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self.sock = sock
+        self.address = address  # the NOTIFY_SOCKET value
+
+    def receive(self, timeout: float = 5.0) -> str:
+        self.sock.settimeout(timeout)
+        return self.sock.recv(4096).decode()
+
+    def nothing_within(self, seconds: float) -> bool:
+        self.sock.settimeout(seconds)
+        try:
+            self.sock.recv(4096)
+        except TimeoutError:
+            return True
+        return False
+
+    def receive_until(self, wanted: str, timeout: float) -> list[str]:
+        """Every message up to and including ``wanted``; AssertionError if it never comes."""
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while wanted not in got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {wanted!r} within {timeout} s; got {got}")
+            try:
+                got.append(self.receive(timeout=left))
+            except TimeoutError:
+                continue
+        return got
+
+
+def _short_dir(tmp_path: Path) -> Path:
+    # sun_path holds 107 bytes; pytest's tmp_path can be longer than that.
+    if len(str(tmp_path / "notify.sock")) < 100:
+        return tmp_path
+    return Path(tempfile.mkdtemp(prefix="ar-notify-"))
+
+
+@pytest.fixture
+def path_listener(tmp_path: Path) -> Iterator[Listener]:
+    path = _short_dir(tmp_path) / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    try:
+        yield Listener(sock, str(path))
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def abstract_listener() -> Iterator[Listener]:
+    name = f"air-relay-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    try:
+        yield Listener(sock, "@" + name)
+    finally:
+        sock.close()
+
+
+# --- notify ----------------------------------------------------------------------------------
+
+
+def test_notify_sends_ready_to_a_path_socket(
+    path_listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", path_listener.address)
+    assert systemd.notify("READY=1") is True
+    assert path_listener.receive() == "READY=1"
+    assert systemd.notify("STOPPING=1") is True
+    assert path_listener.receive() == "STOPPING=1"
+
+
+def test_notify_sends_to_an_abstract_socket(
+    abstract_listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", abstract_listener.address)
+    assert abstract_listener.address.startswith("@")
+    assert systemd.notify("READY=1") is True
+    assert abstract_listener.receive() == "READY=1"
+
+
+def test_notify_without_notify_socket_is_a_no_op(
+    path_listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.notify("READY=1") is False
+    assert path_listener.nothing_within(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", "")
+    assert systemd.notify("READY=1") is False
+    assert path_listener.nothing_within(0.2)
+
+
+def test_notify_to_a_missing_socket_fails_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(_short_dir(tmp_path) / "gone.sock"))
+    assert systemd.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "@air-relay-test-nobody-listens-" + uuid.uuid4().hex)
+    assert systemd.notify("READY=1") is False
+
+
+def test_notify_ignores_a_relative_or_foreign_address(
+    path_listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(path_listener.address).parent)
+    monkeypatch.setenv("NOTIFY_SOCKET", "notify.sock")
+    assert systemd.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    assert systemd.notify("READY=1") is False
+    assert path_listener.nothing_within(0.2)
+
+
+# --- watchdog --------------------------------------------------------------------------------
+
+
+def test_watchdog_interval_is_half_the_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert systemd.watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert systemd.watchdog_interval() == 15.0
+
+
+def test_watchdog_meant_for_another_process_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert systemd.watchdog_interval() is None
+
+
+@pytest.mark.parametrize("usec", [None, "", "0", "-5", "soon"])
+def test_watchdog_off(usec: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    if usec is None:
+        monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_USEC", usec)
+    assert systemd.watchdog_interval() is None
+
+
+async def test_watchdog_loop_pings_repeatedly(
+    path_listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", path_listener.address)
+    task = asyncio.create_task(systemd.watchdog_loop(0.05))
+    try:
+        first = await asyncio.to_thread(path_listener.receive)
+        second = await asyncio.to_thread(path_listener.receive)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [first, second] == ["WATCHDOG=1", "WATCHDOG=1"]
+
+
+# --- end to end: air-relay serve under a fake systemd ----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        status: int = resp.status
+        return status
+
+
+async def test_serve_notifies_ready_pings_watchdog_and_stops_on_sigterm(
+    db_dsn: str, path_listener: Listener, tmp_path: Path
+) -> None:
+    port = _free_port()
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"host": "127.0.0.1", "port": port},
+                "database": {"dsn": db_dsn},
+                "ingest": {"tokens": [{"token": INGEST_TOKEN, "tenant_id": TENANT}]},
+                "logging": {"format": "json", "level": "info"},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": path_listener.address,
+        "WATCHDOG_USEC": "200000",  # a 0.2 s period: a ping every 0.1 s
+    }
+    env.pop("WATCHDOG_PID", None)
+    env.pop("AIR_RELAY_CONFIG", None)
+    proc = subprocess.Popen(
+        [str(AIR_RELAY), "serve", "--config", str(cfg_path)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        before_ready = await asyncio.to_thread(path_listener.receive_until, "READY=1", 60)
+        assert "WATCHDOG=1" not in before_ready  # the watchdog starts once serving
+        # READY=1 means serving: the port answers at once, no retry needed.
+        assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz") == 200
+        assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz") == 200
+        after_ready = await asyncio.to_thread(path_listener.receive_until, "WATCHDOG=1", 5)
+        assert after_ready == ["WATCHDOG=1"]
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(path_listener.receive_until, "STOPPING=1", 10)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    log = stderr.decode()
+    assert '"event": "server_ready"' in log
+    assert f'"address": "http://127.0.0.1:{port}"' in log
+    assert '"event": "shutdown_complete"' in log
+
+
+# --- the unit file ---------------------------------------------------------------------------
+
+
+def _unit() -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNIT)
+    return parser
+
+
+def test_unit_is_a_sandboxed_notify_service() -> None:
+    svc = _unit()["Service"]
+    assert svc["Type"] == "notify"
+    assert svc["ExecStart"] == (
+        "/opt/air-relay/venv/bin/air-relay serve --config /etc/air-relay/config.yaml"
+    )
+    assert svc["User"] == svc["Group"] == "air-relay"
+    assert svc["EnvironmentFile"] == "/etc/air-relay/air-relay.env"
+    assert svc["StateDirectory"] == "air-relay"
+    assert svc["ReadWritePaths"] == "/var/lib/air-relay"
+    assert svc["Restart"] == "on-failure"
+    assert svc["KillSignal"] == "SIGTERM"
+    assert svc["CapabilityBoundingSet"] == ""
+    assert svc["ProtectSystem"] == "strict"
+    # The daemon pings every WatchdogSec/2; stopping must outlast the delivery drain.
+    assert int(svc["WatchdogSec"]) == 30
+    assert int(svc["TimeoutStopSec"]) > 10 + 5  # delivery.timeout_seconds + HTTP shutdown
+
+
+def test_unit_points_state_dir_at_the_state_directory() -> None:
+    text = UNIT.read_text()
+    assert "Environment=AIR_RELAY_STATE_DIR=/var/lib/air-relay" in text
+    assert "${AIR_RELAY_STATE_DIR:-" in (ROOT / "config.example.yaml").read_text()
+
+
+def test_env_example_names_every_variable_the_example_config_requires() -> None:
+    def strings(node: object) -> list[str]:
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    values = strings(yaml.safe_load((ROOT / "config.example.yaml").read_text()))
+    # ${VAR} without a default: start-up fails unless the environment has it.
+    required = {n for v in values for n in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", v)}
+    assert "AIR_RELAY_INGEST_TOKEN" in required
+    listed = set(re.findall(r"^#?([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    assert required <= listed
+    assert {"SLACK_BOT_TOKEN", "AIR_RELAY_DATABASE_DSN"} <= listed
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify insists that ExecStart exists: point it at this checkout's console script.
+    unit = tmp_path / "air-relay.service"
+    unit.write_text(UNIT.read_text().replace("/opt/air-relay/venv/bin/air-relay", str(AIR_RELAY)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    ours = [line for line in result.stderr.splitlines() if "air-relay.service" in line]
+    assert result.returncode == 0, result.stderr
+    assert ours == []
