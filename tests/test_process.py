@@ -146,3 +146,33 @@ async def test_serve_refuses_bad_config(tmp_path: Path, bad: str) -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert (b"nonsense_key" if "nonsense" in bad else b"server.port") in err
+
+
+async def test_serve_exits_1_when_the_database_refuses_the_dsn(
+    tmp_path: Path, server_dsn: str, unused_tcp_port: int
+) -> None:
+    from conftest import with_database
+
+    dsn = with_database(server_dsn, "no_such_database")
+    config = (
+        (ROOT / "config.example.yaml").read_text().replace("port: 8080", f"port: {unused_tcp_port}")
+    )
+    (tmp_path / "config.yaml").write_text(config)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AIR_RELAY_INGEST_TOKEN": INGEST,
+        "AIR_RELAY_API_KEY": API,
+        "AIR_RELAY_DATABASE_DSN": dsn,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command(),
+        "serve",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 1
+    (line,) = [json.loads(x) for x in err.decode().splitlines() if "database_refused" in x]
+    assert "no_such_database" in line["error"]

@@ -63,13 +63,14 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
     import asyncpg
 
     from air_relay.db.migrate import apply_migrations
-    from air_relay.db.pool import DB_UNAVAILABLE, connect, wait_for_database
+    from air_relay.db.pool import DB_UNAVAILABLE, DatabaseRefused, connect, wait_for_database
     from air_relay.server import resolve_dsn
 
     log = structlog.get_logger("air_relay.cli")
     failures: tuple[type[BaseException], ...] = (
         *DB_UNAVAILABLE,
         asyncpg.PostgresError,
+        DatabaseRefused,  # wrong credentials, no such database
         subprocess.SubprocessError,  # the embedded server would not start
         ValueError,  # a DSN asyncpg cannot parse (bad port, bad sslmode ...)
     )

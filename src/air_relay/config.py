@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -353,6 +354,11 @@ def _check_values(cfg: Config) -> None:
     if db.dsn and not re.match(r"^postgres(ql)?://", db.dsn):
         # asyncpg takes URIs only, not libpq's "host=... dbname=..." form.
         raise ConfigError("database.dsn", "must be a postgresql:// URI (or empty for embedded)")
+    if db.dsn:
+        try:
+            _ = urlsplit(db.dsn).port
+        except ValueError as exc:
+            raise ConfigError("database.dsn", "has an invalid port") from exc
     if not db.dsn and not cfg.state_dir:
         raise ConfigError("state_dir", "must not be empty when database.dsn is not set")
     if not cfg.ingest.path.startswith("/"):

@@ -13,6 +13,7 @@ from aiohttp import web
 from air_relay import __version__, systemd
 from air_relay.config import Config
 from air_relay.db.embedded import EmbeddedPostgres
+from air_relay.db.pool import DatabaseRefused
 from air_relay.http.app import make_app
 
 log = structlog.get_logger(__name__)
@@ -55,8 +56,12 @@ async def serve(cfg: Config) -> int:
     watchdog: asyncio.Task[None] | None = None
     try:
         # Start-up waits for the database (logging while it does) but still obeys SIGTERM.
-        if not await _until_stopped(stop, asyncio.ensure_future(runner.setup())):
-            return 0
+        try:
+            if not await _until_stopped(stop, asyncio.ensure_future(runner.setup())):
+                return 0
+        except DatabaseRefused as exc:
+            log.error("database_refused", error=str(exc))
+            return 1
         site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
         try:
             await site.start()

@@ -61,15 +61,39 @@ async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
     return pool
 
 
+# Answers that waiting will not change: wrong credentials, unknown role or database.
+DB_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+
+class DatabaseRefused(Exception):
+    """The database answered, but will never accept this DSN as configured."""
+
+
 async def wait_for_database(dsn: str, *, max_delay: float = 10.0) -> None:
-    """Block until the server accepts a connection, logging while it does not."""
+    """Block until the server accepts a connection, logging while it does not.
+
+    A server that is down or starting is waited for; one that refuses the credentials or
+    has no such database raises DatabaseRefused at once (waiting would hang start-up).
+    """
     delay = 0.5
     while True:
         try:
             conn: Any = await asyncio.wait_for(asyncpg.connect(dsn), timeout=10)
             await conn.close()
             return
+        except DB_REFUSED as exc:
+            raise DatabaseRefused(f"{type(exc).__name__}: {exc}") from exc
         except DB_UNAVAILABLE as exc:
-            log.warning("database_unavailable", error=type(exc).__name__, retry_in=delay)
+            # The server's message names the cause; it never contains the password.
+            log.warning(
+                "database_unavailable",
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                retry_in=delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
