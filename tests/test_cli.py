@@ -20,7 +20,7 @@ import yaml
 
 from air_relay import __version__
 from air_relay.db.migrate import latest_version
-from conftest import with_database
+from conftest import scratch_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -188,18 +188,8 @@ def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
 @pytest.fixture
 async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
     """A brand-new, unmigrated database (db_dsn is cloned from an already migrated one)."""
-    name = f"air_relay_cli_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(server_dsn, name)
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(server_dsn) as dsn:
+        yield dsn
 
 
 async def _tables(dsn: str) -> set[str]:

@@ -12,7 +12,7 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
-from conftest import with_database
+from conftest import scratch_database
 
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:
@@ -40,20 +40,14 @@ def test_migrations_are_numbered_without_gaps() -> None:
 
 
 async def test_concurrent_migrations_apply_once(server_dsn: str) -> None:
-    name = f"air_relay_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        conns = [await connect(with_database(server_dsn, name)) for _ in range(4)]
+    async with scratch_database(server_dsn) as dsn:
+        conns = [await connect(dsn) for _ in range(4)]
         results = await asyncio.gather(*(apply_migrations(c) for c in conns))
         assert sorted(v for r in results for v in r) == [m.version for m in available_migrations()]
         rows = await conns[0].fetch("SELECT version FROM air_relay_schema_migrations")
         assert [r["version"] for r in rows] == [m.version for m in available_migrations()]
         for c in conns:
             await c.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def _seed(pool: asyncpg.Pool, n: int) -> None:
