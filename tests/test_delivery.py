@@ -371,3 +371,21 @@ async def test_shutdown_releases_a_send_that_outlives_the_grace(
     assert state["claim_token"] is None
     assert state["claims"] == 0  # released: the claim does not count toward the schedule
     assert state["next_attempt_at"] <= await db.fetchval("SELECT now()")
+
+
+async def test_a_slow_send_keeps_its_lease_against_a_second_process(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    # The send takes about four leases; without renewal the other dispatcher would claim
+    # the delivery again and the sink would get it twice.
+    overrides = {"delivery": {"lease_seconds": 0.6, "timeout_seconds": 5}}
+    first = await make_relay(**overrides)
+    await make_relay(**overrides)
+    sink_server.default = Reply(delay=2.5)
+    await create_sink(first, {"Webhook": {"url": sink_server.url()}})
+    await post_event(first, EVENT)
+    await wait_final(db, timeout=15)
+    await asyncio.sleep(0.8)
+    assert len(sink_server.received) == 1
+    state = await delivery_state(db)
+    assert (state["status"], state["claims"], state["attempts"]) == ("delivered", 1, 1)

@@ -97,6 +97,9 @@ class DeliveryConfig:
     allow_private_destinations: bool = False
     batch_size: int = 32
     poll_interval_seconds: float = 1.0
+    # A claim's lease; renewed every third of it while the claim runs, so a dead process's
+    # deliveries are taken over this long after it died.
+    lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,7 @@ def _check_delivery(d: DeliveryConfig) -> None:
     _positive("delivery.timeout_seconds", d.timeout_seconds)
     _positive("delivery.batch_size", d.batch_size)
     _positive("delivery.poll_interval_seconds", d.poll_interval_seconds)
+    _positive("delivery.lease_seconds", d.lease_seconds)
     r = d.retry
     _positive("delivery.retry.attempts_per_claim", r.attempts_per_claim)
     for i, sec in enumerate(r.schedule_seconds):

@@ -94,6 +94,13 @@ WITH updated AS (
 )
 SELECT (SELECT count(*) FROM updated) AS updated, (SELECT count(*) FROM recorded) AS recorded;
 
+-- name: renew_lease
+-- Extend a running claim; no row when the claim is no longer ours.
+UPDATE deliveries
+SET next_attempt_at = now() + make_interval(secs => $3)
+WHERE id = $1 AND claim_token = $2 AND status = 'pending'
+RETURNING id;
+
 -- name: release_deliveries
 -- Hand unfinished claims back (shutdown): due now, and the claim does not count.
 UPDATE deliveries

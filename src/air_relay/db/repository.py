@@ -193,6 +193,13 @@ async def complete_delivery(
     return bool(row["updated"])
 
 
+async def renew_lease(pool: asyncpg.Pool, delivery: ClaimedDelivery, lease_seconds: float) -> bool:
+    row = await pool.fetchrow(
+        QUERIES["renew_lease"], delivery.id, delivery.claim_token, lease_seconds
+    )
+    return row is not None
+
+
 async def release_deliveries(pool: asyncpg.Pool, claim_tokens: Sequence[uuid.UUID]) -> int:
     if not claim_tokens:
         return 0

@@ -120,8 +120,27 @@ class ClaimRunner:
             before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        result: SendResult = await retrying(attempt)
+        renewal = asyncio.create_task(self._keep_lease(delivery))
+        try:
+            result: SendResult = await retrying(attempt)
+        finally:
+            renewal.cancel()
         await self._conclude(delivery, result, records, fields)
+
+    async def _keep_lease(self, delivery: repo.ClaimedDelivery) -> None:
+        """Renew the claim's lease while it runs, so no other process takes it meanwhile."""
+        lease = self._cfg.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                if not await repo.renew_lease(self._pool, delivery, lease):
+                    log.warning("lease_lost", delivery_id=str(delivery.id))
+                    return
+            except DB_UNAVAILABLE as exc:
+                # Keep trying: the lease may still be saved before it lapses.
+                log.warning(
+                    "lease_renewal_failed", delivery_id=str(delivery.id), error=type(exc).__name__
+                )
 
     async def _conclude(
         self,

@@ -54,13 +54,6 @@ class Dispatcher:
         self._inflight: dict[asyncio.Task[None], repo.ClaimedDelivery] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    @property
-    def lease_seconds(self) -> float:
-        """Long enough for a whole claim: every attempt timing out plus the waits between."""
-        r = self._cfg.retry
-        attempts = r.attempts_per_claim
-        return attempts * self._cfg.timeout_seconds + (attempts - 1) * r.backoff_max_seconds + 30
-
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._listen(), name="air-relay-listen"),
@@ -135,7 +128,7 @@ class Dispatcher:
                         self._pool,
                         sink_types=list(self._senders),
                         limit=want,
-                        lease_seconds=self.lease_seconds,
+                        lease_seconds=self._cfg.lease_seconds,
                         worker=self.worker,
                     )
                     backoff = 0.5
