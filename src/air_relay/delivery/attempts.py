@@ -79,6 +79,7 @@ class ClaimRunner:
         fields = _log_fields(delivery)
 
         async def attempt() -> SendResult:
+            began = datetime.now(UTC)  # the audit timestamp is when the attempt started
             if delivery.sink_args is None:
                 result = SINK_DELETED
                 duration = 0.0
@@ -102,14 +103,14 @@ class ClaimRunner:
                 self._metrics.attempts_failed.labels(
                     delivery.sink_type, result.reason or "other"
                 ).inc()
-            records.append(_record(delivery.attempts + len(records) + 1, result, duration))
+            records.append(_record(delivery.attempts + len(records) + 1, result, duration, began))
             return result
 
         def before_sleep(state: RetryCallState) -> None:
             sleep = state.next_action.sleep if state.next_action else 0.0
             last = records[-1]
             records[-1] = dataclasses.replace(
-                last, next_attempt_at=last.created_at + timedelta(seconds=sleep)
+                last, next_attempt_at=datetime.now(UTC) + timedelta(seconds=sleep)
             )
             _log_failure(fields, records[-1])
 
@@ -224,7 +225,9 @@ class ClaimRunner:
                 delay = min(delay * 2, 5.0)
 
 
-def _record(number: int, result: SendResult, duration: float) -> repo.AttemptRecord:
+def _record(
+    number: int, result: SendResult, duration: float, began: datetime
+) -> repo.AttemptRecord:
     return repo.AttemptRecord(
         attempt=number,
         outcome="success" if result.ok else "failure",
@@ -233,7 +236,7 @@ def _record(number: int, result: SendResult, duration: float) -> repo.AttemptRec
         response_body=result.response_body,
         duration_ms=round(duration * 1000),
         next_attempt_at=None,
-        created_at=datetime.now(UTC),
+        created_at=began,
     )
 
 
