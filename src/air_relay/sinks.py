@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from air_relay.config import Config
-from air_relay.db.repository import Sink
+from air_relay.db.repository import Sink, storable
 from air_relay.senders.webhook import SIGNING_PREFIX, decode_secret
 
 SINK_TYPES = ("Slack", "Webhook", "PagerDuty")
@@ -47,24 +47,14 @@ class InvalidArgument(Exception):
         self.message = message
 
 
-def storable(value: str) -> bool:
-    """PostgreSQL text and jsonb take neither NUL nor an unpaired surrogate (JSON allows both)."""
-    if "\0" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def check_text(value: str, field: str) -> str:
     if not storable(value):
         raise InvalidArgument(field, "must not contain NUL characters or unpaired surrogates")
     return value
 
 
-def _string(value: Any, field: str, *, allow_empty: bool = False, limit: int = MAX_TEXT) -> str:
+def text_field(value: Any, field: str, *, allow_empty: bool = False, limit: int = MAX_TEXT) -> str:
+    """A string argument that fits the database; InvalidArgument naming ``field`` otherwise."""
     if not isinstance(value, str):
         raise InvalidArgument(field, "must be a string")
     check_text(value, field)
@@ -82,7 +72,7 @@ def _check_keys(args: Mapping[str, Any], allowed: set[str], prefix: str) -> None
 
 
 def _url(value: Any, field: str) -> str:
-    url = _string(value, field, limit=2048)
+    url = text_field(value, field, limit=2048)
     if _URL_FORBIDDEN.search(url):
         raise InvalidArgument(field, "must not contain spaces or control characters")
     parts = urlsplit(url)
@@ -99,7 +89,7 @@ def _url(value: Any, field: str) -> str:
 
 
 def _secret(value: Any, field: str) -> str:
-    secret = _string(value, field, limit=256)
+    secret = text_field(value, field, limit=256)
     if not secret.startswith(SIGNING_PREFIX):
         raise InvalidArgument(
             field, f"must be a Standard Webhooks key starting with {SIGNING_PREFIX}"
@@ -139,7 +129,7 @@ def _webhook(args: dict[str, Any], prefix: str) -> dict[str, Any]:
         out["secret"] = _secret(args["secret"], f"{prefix}.secret")
     if args.get("bearer_token") is not None:
         field = f"{prefix}.bearer_token"
-        token = _string(args["bearer_token"], field, limit=4096)
+        token = text_field(args["bearer_token"], field, limit=4096)
         if not _BEARER_TOKEN.match(token):
             raise InvalidArgument(field, "must be visible ASCII characters without spaces")
         out["bearer_token"] = token
@@ -153,12 +143,12 @@ def _slack(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("channel_id", "channel"):
         if args.get(key) is not None:
-            out[key] = _string(args[key], f"{prefix}.{key}", limit=256)
+            out[key] = text_field(args[key], f"{prefix}.{key}", limit=256)
     if not out:
         raise InvalidArgument(f"{prefix}.channel_id", "is required")
     if "slack_integration_id" not in args:
         raise InvalidArgument(f"{prefix}.slack_integration_id", "is required")
-    integration = _string(args["slack_integration_id"], f"{prefix}.slack_integration_id")
+    integration = text_field(args["slack_integration_id"], f"{prefix}.slack_integration_id")
     if integration not in cfg.slack.integrations:
         raise InvalidArgument(
             f"{prefix}.slack_integration_id", "names no Slack integration in the configuration"
@@ -172,7 +162,9 @@ def _pagerduty(args: dict[str, Any], prefix: str) -> dict[str, Any]:
     if "integration_key" not in args:
         raise InvalidArgument(f"{prefix}.integration_key", "is required")
     return {
-        "integration_key": _string(args["integration_key"], f"{prefix}.integration_key", limit=128)
+        "integration_key": text_field(
+            args["integration_key"], f"{prefix}.integration_key", limit=128
+        )
     }
 
 
@@ -245,7 +237,7 @@ def parse_events(value: Any, field: str = "events") -> list[str] | None:
         return None
     if not isinstance(value, list):
         raise InvalidArgument(field, "must be a list of event names")
-    return [_string(v, f"{field}[{i}]", limit=256) for i, v in enumerate(value)]
+    return [text_field(v, f"{field}[{i}]", limit=256) for i, v in enumerate(value)]
 
 
 def parse_organization_ids(value: Any, field: str = "organization_ids") -> list[str] | None:

@@ -15,6 +15,17 @@ from air_relay.db.queries import QUERIES
 JsonScalar = int | str
 
 
+def storable(value: str) -> bool:
+    """PostgreSQL text and jsonb take neither NUL nor an unpaired surrogate (JSON allows both)."""
+    if "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Sink:
     id: uuid.UUID

@@ -13,10 +13,10 @@ import asyncpg
 from aiohttp import web
 
 from air_relay.db import repository as repo
+from air_relay.db.repository import storable
 from air_relay.http.auth import api_key, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.keys import POOL
-from air_relay.sinks import storable
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -15,6 +15,7 @@ from aiohttp import web
 from air_relay.catalog import parameter_mismatches
 from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.repository import storable
 from air_relay.http.auth import ingest_tenant
 from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import is_json_content_type, read_json
@@ -23,11 +24,6 @@ from air_relay.http.keys import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS
 log = structlog.get_logger(__name__)
 
 MAX_EVENT_NAME = 256
-
-
-def _storable(text: str) -> bool:
-    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold a lone surrogate."""
-    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def validate_envelope(value: Any) -> tuple[str, int | str]:
@@ -41,7 +37,7 @@ def validate_envelope(value: Any) -> tuple[str, int | str]:
     name = value.get("eventName")
     if not isinstance(name, str) or not name.strip():
         raise invalid("eventName must be a non-empty string.")
-    if not _storable(name):
+    if not storable(name):
         raise invalid("eventName must not contain NUL or unpaired surrogate characters.")
     if len(name) > MAX_EVENT_NAME:
         raise invalid(f"eventName must be at most {MAX_EVENT_NAME} characters.")
@@ -50,7 +46,7 @@ def validate_envelope(value: Any) -> tuple[str, int | str]:
     org = value["organizationId"]
     if isinstance(org, bool) or not isinstance(org, int | str) or org == "":
         raise invalid("organizationId must be an integer or a non-empty string.")
-    if isinstance(org, str) and (not _storable(org) or len(org) > MAX_EVENT_NAME):
+    if isinstance(org, str) and (not storable(org) or len(org) > MAX_EVENT_NAME):
         raise invalid("organizationId must be printable text of at most 256 characters.")
     if isinstance(org, int) and not -(2**63) <= org < 2**63:
         raise invalid("organizationId is out of range.")

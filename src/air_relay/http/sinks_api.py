@@ -20,13 +20,12 @@ from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import CONFIG, POOL
 from air_relay.sinks import (
     InvalidArgument,
-    check_text,
     parse_active,
     parse_events,
     parse_organization_ids,
     parse_sink_args,
     render_sink,
-    storable,
+    text_field,
 )
 
 log = structlog.get_logger(__name__)
@@ -48,16 +47,9 @@ def bad_argument(exc: InvalidArgument) -> ApiError:
 
 
 def _require_string(body: dict[str, Any], name: str, *, allow_empty: bool = False) -> str:
-    value = body.get(name)
-    if value is None:
+    if body.get(name) is None:
         raise InvalidArgument(name, "is required")
-    if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        raise InvalidArgument(
-            name, "must be a non-empty string" if not allow_empty else "must be a string"
-        )
-    if len(value) > 1024:
-        raise InvalidArgument(name, "must be at most 1024 characters")
-    return check_text(value, name)
+    return text_field(body[name], name, allow_empty=allow_empty)
 
 
 def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
@@ -121,7 +113,7 @@ async def list_sinks(request: web.Request) -> web.Response:
     tenant_id = request.query.get("tenant_id", "")
     if not tenant_id.strip():
         raise ApiError(400, "invalid_argument", "tenant_id is required.")
-    if not storable(tenant_id):
+    if not repo.storable(tenant_id):
         raise ApiError(400, "invalid_argument", "tenant_id contains characters no tenant has.")
     require_tenant(key, tenant_id)
     sinks = await repo.list_sinks(request.app[POOL], tenant_id)
