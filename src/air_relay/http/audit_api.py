@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 import uuid
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from air_relay.db import repository as repo
 from air_relay.db.repository import storable
-from air_relay.http.auth import api_key, require_tenant
+from air_relay.http.auth import api_key, query_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.keys import POOL
 
@@ -124,18 +125,13 @@ def render_entry(r: asyncpg.Record) -> dict[str, Any]:
 
 
 async def audit_log(request: web.Request) -> web.Response:
-    key = api_key(request)
-    tenant_id = request.query.get("tenant_id", "")
-    if not tenant_id.strip():
-        raise _bad("tenant_id", "is required")
-    for name in ("tenant_id", "event_name"):
-        if not storable(request.query.get(name, "")):
-            raise _bad(name, "contains NUL characters or unpaired surrogates")
-    require_tenant(key, tenant_id)
+    tenant_id = query_tenant(request, api_key(request))
+    if not storable(request.query.get("event_name", "")):
+        raise _bad("event_name", "contains NUL characters or unpaired surrogates")
     flt = parse_filter(request.query, tenant_id)
     # One row more than asked tells whether another page exists.
     rows = await repo.audit_log_page(
-        request.app[POOL], repo.AuditFilter(**{**flt.__dict__, "limit": flt.limit + 1})
+        request.app[POOL], dataclasses.replace(flt, limit=flt.limit + 1)
     )
     page = rows[: flt.limit]
     pagination = {"next_cursor": encode_cursor(page[-1]["id"])} if len(rows) > flt.limit else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from air_relay.config import ApiKey
+from air_relay.db.repository import storable
 from air_relay.http.errors import ApiError
 from air_relay.http.keys import CONFIG
 
@@ -40,3 +41,14 @@ def api_key(request: web.Request) -> ApiKey:
 def require_tenant(key: ApiKey, tenant_id: str) -> None:
     if not key.allows(tenant_id):
         raise ApiError(403, "forbidden", "This API key does not grant access to that tenant.")
+
+
+def query_tenant(request: web.Request, key: ApiKey) -> str:
+    """The ``?tenant_id=`` of a list or audit query: required, and held by ``key``."""
+    tenant_id = request.query.get("tenant_id", "")
+    if not tenant_id.strip():
+        raise ApiError(400, "invalid_argument", "tenant_id is required.")
+    if not storable(tenant_id):
+        raise ApiError(400, "invalid_argument", "tenant_id contains characters no tenant has.")
+    require_tenant(key, tenant_id)
+    return tenant_id

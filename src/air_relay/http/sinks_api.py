@@ -14,7 +14,7 @@ from aiohttp import web
 
 from air_relay.config import ApiKey
 from air_relay.db import repository as repo
-from air_relay.http.auth import api_key, require_tenant
+from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import CONFIG, POOL
@@ -109,13 +109,7 @@ async def create_sink(request: web.Request) -> web.Response:
 
 
 async def list_sinks(request: web.Request) -> web.Response:
-    key = api_key(request)
-    tenant_id = request.query.get("tenant_id", "")
-    if not tenant_id.strip():
-        raise ApiError(400, "invalid_argument", "tenant_id is required.")
-    if not repo.storable(tenant_id):
-        raise ApiError(400, "invalid_argument", "tenant_id contains characters no tenant has.")
-    require_tenant(key, tenant_id)
+    tenant_id = query_tenant(request, api_key(request))
     sinks = await repo.list_sinks(request.app[POOL], tenant_id)
     return web.json_response(
         {"data": {"event_sinks": [render_sink(s) for s in sinks]}, "pagination": None}
