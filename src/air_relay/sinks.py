@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from air_relay.config import Config
 from air_relay.db.repository import Sink, storable
 from air_relay.senders.webhook import SIGNING_PREFIX, decode_secret
+from air_relay.timestamps import rfc3339_seconds
 
 SINK_TYPES = ("Slack", "Webhook", "PagerDuty")
 MAX_TEXT = 1024
@@ -259,10 +260,6 @@ def parse_active(value: Any, field: str = "active") -> bool:
     return value
 
 
-def _timestamp(value: Any) -> str:
-    return str(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
-
-
 def render_sink(sink: Sink) -> dict[str, Any]:
     """The Scanner event-sink object, plus the air-relay extensions."""
     return {
@@ -275,6 +272,6 @@ def render_sink(sink: Sink) -> dict[str, Any]:
         "events": sink.events,
         "organization_ids": sink.organization_ids,
         "active": sink.active,
-        "created_at": _timestamp(sink.created_at),
-        "updated_at": _timestamp(sink.updated_at),
+        "created_at": rfc3339_seconds(sink.created_at),
+        "updated_at": rfc3339_seconds(sink.updated_at),
     }

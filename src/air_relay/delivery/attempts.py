@@ -29,6 +29,7 @@ from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.metrics import Metrics
 from air_relay.senders.base import Sender, SendResult
+from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
 
@@ -181,7 +182,7 @@ class ClaimRunner:
                 "retry_scheduled",
                 **fields,
                 claim=delivery.claims,
-                next_attempt_at=_iso(next_at),
+                next_attempt_at=rfc3339(next_at),
                 error=last.error,
             )
 
@@ -252,10 +253,6 @@ def _log_fields(d: repo.ClaimedDelivery) -> dict[str, Any]:
     }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def _log_failure(fields: dict[str, Any], r: repo.AttemptRecord) -> None:
     log.warning(
         "delivery_failed",
@@ -266,5 +263,5 @@ def _log_failure(fields: dict[str, Any], r: repo.AttemptRecord) -> None:
         error=r.error,
         response_body=r.response_body,
         duration_ms=r.duration_ms,
-        next_attempt_at=_iso(r.next_attempt_at),
+        next_attempt_at=rfc3339(r.next_attempt_at),
     )

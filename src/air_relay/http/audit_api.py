@@ -18,6 +18,7 @@ from air_relay.db.repository import storable
 from air_relay.http.auth import api_key, query_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.keys import POOL
+from air_relay.timestamps import rfc3339
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -100,14 +101,10 @@ def parse_filter(query: Any, tenant_id: str) -> repo.AuditFilter:
     )
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def render_entry(r: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": r["id"],
-        "timestamp": _iso(r["created_at"]),
+        "timestamp": rfc3339(r["created_at"]),
         "tenant_id": r["tenant_id"],
         "event_id": str(r["event_id"]),
         "event_name": r["event_name"],
@@ -120,7 +117,7 @@ def render_entry(r: asyncpg.Record) -> dict[str, Any]:
         "error": r["error"],
         "response_body": r["response_body"],
         "duration_ms": r["duration_ms"],
-        "next_attempt_at": _iso(r["next_attempt_at"]),
+        "next_attempt_at": rfc3339(r["next_attempt_at"]),
     }
 
 
