@@ -58,7 +58,7 @@ async def _seed(pool: asyncpg.Pool, n: int) -> None:
     )
     assert sink.active
     for _ in range(n):
-        await repo.ingest_event(pool, repo.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}"), timeout=5)
+        await repo.ingest_events(pool, [repo.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}")], timeout=5)
 
 
 async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:
@@ -115,7 +115,7 @@ async def test_expired_lease_is_claimed_again_and_stale_completion_is_refused(
             attempts=[record],
         )
         assert kept is True
-        status = await repo.delivery_status(pool, first.id)
+        status = await pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", first.id)
         assert status is not None and status["status"] == "delivered"
     finally:
         await pool.close()

@@ -342,12 +342,14 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
             TENANT, "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True
         )
         await repo.insert_sink(pool, uuid.uuid4(), fields)
-        await repo.ingest_event(pool, repo.NewEvent(uuid.uuid4(), TENANT, "E", 1, b"{}"), timeout=5)
+        await repo.ingest_events(
+            pool, [repo.NewEvent(uuid.uuid4(), TENANT, "E", 1, b"{}")], timeout=5
+        )
         (claimed,) = await repo.claim_deliveries(
             pool, sink_types=["Webhook"], limit=1, lease_seconds=60, worker="w"
         )
         await ClaimRunner(pool, cfg.delivery, Metrics()).run(BrokenSender(), claimed)
-        state = await repo.delivery_status(pool, claimed.id)
+        state = await pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", claimed.id)
         assert state is not None
         assert (state["status"], state["attempts"]) == ("dead", 2)
         assert state["last_error"] == "internal_error:RuntimeError"

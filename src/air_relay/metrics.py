@@ -16,17 +16,6 @@ from air_relay.catalog import catalog
 # The *_created series double the output for no use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# Failure reasons of air_relay_delivery_attempts_failed_total (SPEC 3.4).
-REASONS = (
-    "client_error",
-    "server_error",
-    "rate_limited",
-    "auth_error",
-    "timeout",
-    "connection_error",
-    "other",
-)
-
 
 class Metrics:
     def __init__(self) -> None:

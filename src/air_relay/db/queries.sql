@@ -159,6 +159,3 @@ WHERE status = 'pending';
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
-
--- name: delivery_status
-SELECT id, status, attempts, claims, last_error, next_attempt_at FROM deliveries WHERE id = $1;

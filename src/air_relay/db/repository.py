@@ -138,11 +138,6 @@ async def ingest_events(
     return {r["id"]: r["n"] for r in rows}
 
 
-async def ingest_event(pool: asyncpg.Pool, event: NewEvent, *, timeout: float) -> int:
-    counts = await ingest_events(pool, [event], timeout=timeout)
-    return counts[event.event_id]
-
-
 async def claim_deliveries(
     pool: asyncpg.Pool, *, sink_types: Sequence[str], limit: int, lease_seconds: float, worker: str
 ) -> list[ClaimedDelivery]:
@@ -284,8 +279,3 @@ async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
     row = await pool.fetchrow(QUERIES["pending_stats"])
     assert row is not None
     return int(row["pending"]), float(row["oldest_age_seconds"])
-
-
-async def delivery_status(pool: asyncpg.Pool, delivery_id: uuid.UUID) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await pool.fetchrow(QUERIES["delivery_status"], delivery_id)
-    return row

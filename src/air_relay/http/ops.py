@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from air_relay.db import repository as repo
 from air_relay.db.migrate import current_version, latest_version
 from air_relay.db.pool import DB_UNAVAILABLE
-from air_relay.http.errors import error_response
+from air_relay.http.errors import RETRY_AFTER_SECONDS, error_response
 from air_relay.http.keys import METRICS, POOL
 
 
@@ -18,18 +18,18 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _not_ready(message: str) -> web.Response:
+    return error_response(503, "unavailable", message, {"Retry-After": RETRY_AFTER_SECONDS})
+
+
 async def readyz(request: web.Request) -> web.Response:
     try:
         async with request.app[POOL].acquire(timeout=2) as conn:
             version = await asyncio.wait_for(current_version(conn), timeout=2)
     except DB_UNAVAILABLE:
-        return error_response(
-            503, "unavailable", "The database is not reachable.", {"Retry-After": "5"}
-        )
+        return _not_ready("The database is not reachable.")
     if version < latest_version():
-        return error_response(
-            503, "unavailable", "The database schema is not migrated yet.", {"Retry-After": "5"}
-        )
+        return _not_ready("The database schema is not migrated yet.")
     return web.json_response({"status": "ready", "schema_version": version})
 
 
