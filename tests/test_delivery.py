@@ -391,3 +391,27 @@ async def test_a_slow_send_keeps_its_lease_against_a_second_process(
     assert len(sink_server.received) == 1
     state = await delivery_state(db)
     assert (state["status"], state["claims"], state["attempts"]) == ("delivered", 1, 1)
+
+
+async def test_a_sink_echoing_the_request_does_not_put_secrets_in_audit_or_logs(
+    relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=500, text=json.dumps(dict(request.headers)))
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    token = "echoed-bearer-token-1234"
+    args = {"url": str(server.make_url("/echo")), "bearer_token": token, "secret": SECRET}
+    with capture_logs() as logs:
+        await create_sink(relay, {"Webhook": args})
+        await post_event(relay, EVENT)
+        await wait_final(db)
+    rows = await audit(relay)
+    assert rows and all("Bearer ***" in r["response_body"] for r in rows)
+    text = json.dumps(logs, default=str) + json.dumps(rows)
+    assert token not in text
+    assert SECRET.removeprefix("whsec_") not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,6 +100,18 @@ def exception_failure(exc: BaseException) -> SendResult:
             ok=False, error="connection_error", reason="connection_error", transient=True
         )
     return SendResult(ok=False, error=type(exc).__name__, reason="other", transient=True)
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every secret replaced by ``***``.
+
+    A response body goes into the audit log and the log line; a sink that echoes the request
+    (many test receivers do) would otherwise copy its own credentials there.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_LIMIT) -> str:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
+from typing import Any
 
 import aiohttp
 
@@ -17,6 +18,7 @@ from air_relay.senders.base import (
     http_failure,
     parse_retry_after,
     read_limited,
+    redact,
 )
 
 SIGNING_PREFIX = "whsec_"
@@ -36,6 +38,12 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(decode_secret(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def _secret_key_text(args: dict[str, Any]) -> str | None:
+    """The base64 part of the signing secret, which an echo could show without its prefix."""
+    secret = args.get("secret")
+    return secret.removeprefix(SIGNING_PREFIX) if secret else None
 
 
 class WebhookSender:
@@ -75,7 +83,10 @@ class WebhookSender:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await read_limited(resp)
+                body = redact(
+                    await read_limited(resp),
+                    (args.get("bearer_token"), args.get("secret"), _secret_key_text(args)),
+                )
                 if 200 <= resp.status < 300:
                     return SendResult(ok=True, status_code=resp.status, response_body=body)
                 return http_failure(
