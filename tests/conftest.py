@@ -148,6 +148,8 @@ def config_data(**overrides: Any) -> dict[str, Any]:
             ]
         },
         "delivery": {
+            # The sink servers of the tests live on 127.0.0.1; the SSRF tests turn this off.
+            "allow_private_destinations": True,
             "concurrency": 8,
             "timeout_seconds": 2,
             "poll_interval_seconds": 0.05,
@@ -159,7 +161,10 @@ def config_data(**overrides: Any) -> dict[str, Any]:
                 "retry_after_max_seconds": 5,
             },
         },
-        "slack": {"integrations": {SLACK_INTEGRATION: {"bot_token": "xoxb-test-token"}}},
+        "slack": {
+            "integrations": {SLACK_INTEGRATION: {"bot_token": "xoxb-test-token"}},
+            "min_interval_seconds": 0.0,
+        },
         "logging": {"format": "json", "level": "info"},
     }
     return deep_merge(base, overrides)

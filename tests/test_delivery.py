@@ -15,7 +15,6 @@ from structlog.testing import capture_logs
 from conftest import (
     ADMIN_KEY,
     CATALOG,
-    SLACK_INTEGRATION,
     TENANT,
     Reply,
     SinkServer,
@@ -242,27 +241,6 @@ async def test_retry_after_is_honoured(
     assert (await delivery_state(db))["status"] == "delivered"
     rows = await audit(relay)
     assert rows[1]["error"] == "http_429"
-
-
-async def test_slack_and_pagerduty_deliveries_wait_as_pending(
-    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
-) -> None:
-    await create_sink(
-        relay, {"Slack": {"channel_id": "C1", "slack_integration_id": SLACK_INTEGRATION}}
-    )
-    await create_sink(relay, {"PagerDuty": {"integration_key": "e93facc04764012d7bfb002500d5d1a6"}})
-    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
-    resp = await post_event(relay, EVENT)
-    assert (await resp.json())["deliveries"] == 3
-    await sink_server.wait_for(1)
-    await wait_final(db)
-    await asyncio.sleep(0.2)
-    rows = await db.fetch("SELECT sink_type, status, attempts FROM deliveries ORDER BY sink_type")
-    assert [(r["sink_type"], r["status"], r["attempts"]) for r in rows] == [
-        ("PagerDuty", "pending", 0),
-        ("Slack", "pending", 0),
-        ("Webhook", "delivered", 1),
-    ]
 
 
 async def test_deleted_sink_ends_dead(

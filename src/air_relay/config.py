@@ -111,11 +111,22 @@ class SlackIntegration:
 class SlackConfig:
     api_base_url: str = "https://slack.com/api"
     integrations: dict[str, SlackIntegration] = field(default_factory=dict)
+    # Slack allows about one message per second per channel; sends are paced to that.
+    min_interval_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
 class PagerDutyConfig:
     events_url: str = "https://events.pagerduty.com/v2/enqueue"
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # Finished (delivered or dead) deliveries, their attempts and their events are purged
+    # this many days after they finished; pending ones never are.
+    days: float = 30
+    interval_seconds: float = 3600.0
+    batch_size: int = 500
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     pagerduty: PagerDutyConfig = field(default_factory=PagerDutyConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def tenant_for_token(self, token: str) -> str | None:
@@ -371,6 +383,10 @@ def _check_values(cfg: Config) -> None:
     _check_delivery(cfg.delivery)
     _http_url("slack.api_base_url", cfg.slack.api_base_url)
     _http_url("pagerduty.events_url", cfg.pagerduty.events_url)
+    _not_negative("slack.min_interval_seconds", cfg.slack.min_interval_seconds)
+    _positive("retention.days", cfg.retention.days)
+    _positive("retention.interval_seconds", cfg.retention.interval_seconds)
+    _positive("retention.batch_size", cfg.retention.batch_size)
     if cfg.logging.format not in ("json", "console"):
         raise ConfigError("logging.format", "must be json or console")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error", "critical"):

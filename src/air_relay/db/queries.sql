@@ -42,7 +42,8 @@ WITH due AS (
     WHERE status = 'pending'
       AND next_attempt_at <= now()
       AND sink_type = ANY ($1::text[])
-    ORDER BY next_attempt_at
+    -- created_at breaks ties: a backlog made due at once drains in order of arrival.
+    ORDER BY next_attempt_at, created_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -58,7 +59,8 @@ WITH due AS (
               d.claims, d.claim_token, d.created_at
 )
 SELECT c.id, c.event_id, c.event_sink_id, c.tenant_id, c.sink_type, c.attempts, c.claims,
-       c.claim_token, c.created_at, e.event_name, e.organization_id, e.body, s.args AS sink_args,
+       c.claim_token, c.created_at, e.event_name, e.organization_id, e.body, e.received_at,
+       s.args AS sink_args,
        s.id IS NOT NULL AS sink_exists
 FROM claimed c
 JOIN events e ON e.id = c.event_id
@@ -100,6 +102,16 @@ UPDATE deliveries
 SET next_attempt_at = now() + make_interval(secs => $3)
 WHERE id = $1 AND claim_token = $2 AND status = 'pending'
 RETURNING id;
+
+-- name: wake_sink_backlog
+-- A sink answered again after failing: its other pending deliveries waiting out their
+-- backoff become due now, and (sharing one due time) drain in order of arrival.
+UPDATE deliveries
+SET next_attempt_at = now()
+WHERE event_sink_id = $1
+  AND status = 'pending'
+  AND claim_token IS NULL
+  AND next_attempt_at > now();
 
 -- name: release_deliveries
 -- Hand unfinished claims back (shutdown): due now, and the claim does not count.

@@ -85,6 +85,7 @@ class ClaimedDelivery:
     organization_id: JsonScalar
     body: bytes
     sink_args: dict[str, Any] | None  # None when the sink was deleted since routing
+    received_at: datetime  # when ingest committed the event
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ async def claim_deliveries(
             organization_id=r["organization_id"],
             body=r["body"],
             sink_args=r["sink_args"] if r["sink_exists"] else None,
+            received_at=r["received_at"],
         )
         for r in rows
     ]
@@ -204,6 +206,12 @@ async def renew_lease(pool: asyncpg.Pool, delivery: ClaimedDelivery, lease_secon
         QUERIES["renew_lease"], delivery.id, delivery.claim_token, lease_seconds
     )
     return row is not None
+
+
+async def wake_sink_backlog(pool: asyncpg.Pool, sink_id: uuid.UUID) -> int:
+    """Make a recovered sink's backed-off deliveries due now; returns how many."""
+    result: str = await pool.execute(QUERIES["wake_sink_backlog"], sink_id)
+    return int(result.split()[-1])
 
 
 async def release_deliveries(pool: asyncpg.Pool, claim_tokens: Sequence[uuid.UUID]) -> int:

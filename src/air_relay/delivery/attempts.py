@@ -165,6 +165,8 @@ class ClaimRunner:
             _log_failure(fields, records[-1])
         await self._record(delivery, status, next_at, result, records)
         last = records[-1]
+        if status == "delivered" and last.attempt > 1:
+            await self._wake_backlog(delivery)
         if status == "delivered":
             self._metrics.deliveries.labels(delivery.sink_type, "delivered").inc()
             log.info(
@@ -185,6 +187,17 @@ class ClaimRunner:
                 next_attempt_at=rfc3339(next_at),
                 error=last.error,
             )
+
+    async def _wake_backlog(self, delivery: repo.ClaimedDelivery) -> None:
+        """The sink recovered: its other backed-off deliveries need not wait out their delays."""
+        try:
+            woken = await repo.wake_sink_backlog(self._pool, delivery.event_sink_id)
+        except DB_UNAVAILABLE as exc:
+            # Only a speed-up: without it the backlog still drains along its schedule.
+            log.warning("backlog_wake_failed", error=type(exc).__name__)
+            return
+        if woken:
+            log.info("sink_recovered", event_sink_id=str(delivery.event_sink_id), woken=woken)
 
     async def _record(
         self,

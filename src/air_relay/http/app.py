@@ -27,6 +27,8 @@ from air_relay.http.keys import (
 )
 from air_relay.metrics import Metrics
 from air_relay.senders.base import Sender
+from air_relay.senders.pagerduty import PagerDutySender
+from air_relay.senders.slack import SlackSender
 from air_relay.senders.webhook import WebhookSender
 
 
@@ -55,10 +57,16 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_senders(app: web.Application) -> dict[str, Sender]:
-    """The senders this build has; deliveries for other sink types wait as pending."""
+    """One sender per sink type, all on the shared keep-alive client session."""
     cfg = app[CONFIG]
-    webhook = WebhookSender(app[CLIENT_SESSION], cfg.delivery.timeout_seconds)
-    return {webhook.sink_type: webhook}
+    session = app[CLIENT_SESSION]
+    timeout = cfg.delivery.timeout_seconds
+    senders: list[Sender] = [
+        WebhookSender(session, timeout),
+        SlackSender(session, cfg.slack, timeout),
+        PagerDutySender(session, cfg.pagerduty, timeout),
+    ]
+    return {s.sink_type: s for s in senders}
 
 
 async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
