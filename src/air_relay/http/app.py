@@ -27,6 +27,7 @@ from air_relay.http.keys import (
 )
 from air_relay.metrics import Metrics
 from air_relay.senders.base import Sender
+from air_relay.senders.destinations import GuardedResolver, exempt_hosts
 from air_relay.senders.pagerduty import PagerDutySender
 from air_relay.senders.slack import SlackSender
 from air_relay.senders.webhook import WebhookSender
@@ -50,7 +51,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    connector = aiohttp.TCPConnector(limit=cfg.delivery.concurrency, ttl_dns_cache=60)
+    resolver = None
+    if not cfg.delivery.allow_private_destinations:
+        # Checked at connect time, for the address actually used; the Slack and PagerDuty
+        # API hosts come from the operator's own config and are not sink input.
+        resolver = GuardedResolver(
+            exempt_hosts(cfg.slack.api_base_url, cfg.pagerduty.events_url)
+        )
+    connector = aiohttp.TCPConnector(
+        limit=cfg.delivery.concurrency, ttl_dns_cache=60, resolver=resolver
+    )
     app[CLIENT_SESSION] = aiohttp.ClientSession(connector=connector)
     yield
     await app[CLIENT_SESSION].close()
@@ -62,7 +72,11 @@ def build_senders(app: web.Application) -> dict[str, Sender]:
     session = app[CLIENT_SESSION]
     timeout = cfg.delivery.timeout_seconds
     senders: list[Sender] = [
-        WebhookSender(session, timeout),
+        WebhookSender(
+            session,
+            timeout,
+            allow_private_destinations=cfg.delivery.allow_private_destinations,
+        ),
         SlackSender(session, cfg.slack, timeout),
         PagerDutySender(session, cfg.pagerduty, timeout),
     ]

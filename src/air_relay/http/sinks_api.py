@@ -18,6 +18,7 @@ from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import CONFIG, POOL
+from air_relay.senders.destinations import DestinationRefused, check_url
 from air_relay.sinks import (
     InvalidArgument,
     parse_active,
@@ -81,6 +82,20 @@ async def _visible_sink(request: web.Request, key: ApiKey) -> repo.Sink:
     return sink
 
 
+async def _check_destination(request: web.Request, sink_type: str, args: dict[str, Any]) -> None:
+    """The SSRF guard at create/update; the senders check again at every send."""
+    if sink_type != "Webhook" or request.app[CONFIG].delivery.allow_private_destinations:
+        return
+    try:
+        await check_url(args["url"])
+    except DestinationRefused as exc:
+        raise InvalidArgument(
+            "event_sink_args.Webhook.url",
+            f"points to a {exc.reason} address, which is not allowed "
+            "(delivery.allow_private_destinations is false)",
+        ) from exc
+
+
 async def create_sink(request: web.Request) -> web.Response:
     key = api_key(request)
     body = await read_api_json(request)
@@ -91,6 +106,7 @@ async def create_sink(request: web.Request) -> web.Response:
         if "event_sink_args" not in body:
             raise InvalidArgument("event_sink_args", "is required")
         sink_type, args = parse_sink_args(body["event_sink_args"], request.app[CONFIG])
+        await _check_destination(request, sink_type, args)
         fields = repo.SinkFields(
             tenant_id=tenant_id,
             name=_require_string(body, "name"),
@@ -153,6 +169,8 @@ async def update_sink(request: web.Request) -> web.Response:
     body = await read_api_json(request)
     try:
         fields = _updated_fields(body, sink, request)
+        if "event_sink_args" in body:
+            await _check_destination(request, fields.sink_type, fields.args)
     except InvalidArgument as exc:
         raise bad_argument(exc) from exc
     updated = await repo.update_sink(request.app[POOL], sink.id, fields)

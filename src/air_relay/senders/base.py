@@ -12,6 +12,7 @@ from typing import Protocol
 import aiohttp
 
 from air_relay.db.repository import ClaimedDelivery
+from air_relay.senders.destinations import refused_in
 
 RESPONSE_BODY_LIMIT = 2048
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
@@ -81,8 +82,16 @@ def http_failure(status: int, body: str | None, retry_after: float | None) -> Se
     )
 
 
+# The SSRF guard refused the address: permanent, the sink's URL must change.
+DESTINATION_NOT_ALLOWED = SendResult(
+    ok=False, error="destination_not_allowed", reason="other", transient=False
+)
+
+
 def exception_failure(exc: BaseException) -> SendResult:
     """A send that got no HTTP response: transient, unless the URL itself is unusable."""
+    if refused_in(exc) is not None:
+        return DESTINATION_NOT_ALLOWED
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return SendResult(ok=False, error="timeout", reason="timeout", transient=True)
     if isinstance(exc, aiohttp.InvalidURL):

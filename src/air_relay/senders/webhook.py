@@ -13,6 +13,7 @@ import aiohttp
 from air_relay import __version__
 from air_relay.db.repository import ClaimedDelivery
 from air_relay.senders.base import (
+    DESTINATION_NOT_ALLOWED,
     SendResult,
     exception_failure,
     http_failure,
@@ -20,6 +21,7 @@ from air_relay.senders.base import (
     read_limited,
     redact,
 )
+from air_relay.senders.destinations import DestinationRefused, check_literal
 
 SIGNING_PREFIX = "whsec_"
 
@@ -49,9 +51,18 @@ def _secret_key_text(args: dict[str, Any]) -> str | None:
 class WebhookSender:
     sink_type = "Webhook"
 
-    def __init__(self, session: aiohttp.ClientSession, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        timeout_seconds: float,
+        *,
+        allow_private_destinations: bool = False,
+    ) -> None:
+        # Names are checked by the session's GuardedResolver; hosts written as IP addresses
+        # never reach a resolver, so they are checked here.
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._allow_private = allow_private_destinations
 
     def build_headers(self, delivery: ClaimedDelivery, now: int | None = None) -> dict[str, str]:
         args = delivery.sink_args or {}
@@ -75,6 +86,11 @@ class WebhookSender:
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         args = delivery.sink_args or {}
+        if not self._allow_private:
+            try:
+                check_literal(args["url"])
+            except DestinationRefused:
+                return DESTINATION_NOT_ALLOWED
         try:
             async with self._session.post(
                 args["url"],

@@ -1,0 +1,173 @@
+"""The SSRF guard: with ``allow_private_destinations`` false, no Webhook reaches the
+operator's own network, neither at create/update nor at send time (DNS can change)."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from air_relay.senders.destinations import refusal
+from conftest import ADMIN_KEY, TENANT, SinkServer, auth, create_sink, post_event, wait_until
+
+EVENT = {"eventName": "CaseCreatedEvent", "organizationId": 1, "data": {"id": "c-1"}}
+GUARDED = {"delivery": {"allow_private_destinations": False}}
+
+FORBIDDEN = {
+    "127.0.0.1": "loopback",
+    "127.255.0.9": "loopback",
+    "10.1.2.3": "private",
+    "172.16.0.1": "private",
+    "192.168.1.1": "private",
+    "169.254.169.254": "link-local",
+    "224.0.0.1": "multicast",
+    "239.255.255.250": "multicast",
+    "0.0.0.0": "unspecified",
+    "100.64.0.1": "reserved",  # carrier-grade NAT
+    "192.0.2.10": "private",  # documentation range
+    "255.255.255.255": "private",
+    "::1": "loopback",
+    "::": "unspecified",
+    "fe80::1": "link-local",
+    "fc00::1": "private",
+    "fd12:3456::1": "private",
+    "ff02::1": "multicast",
+    "fec0::1": "site-local",  # deprecated, but still routed inside some networks
+    "::ffff:127.0.0.1": "loopback",  # IPv4-mapped
+    "::ffff:169.254.169.254": "link-local",
+    "2002:7f00:1::": "loopback",  # 6to4 wrapping 127.0.0.1
+    "64:ff9b::a9fe:a9fe": "link-local",  # NAT64 wrapping 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:80ff:fffe": "loopback",  # Teredo wrapping 127.0.0.1
+}
+ALLOWED = ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:81b::200e"]
+
+
+@pytest.mark.parametrize(("address", "reason"), sorted(FORBIDDEN.items()))
+def test_every_forbidden_class_is_refused(address: str, reason: str) -> None:
+    assert refusal(ipaddress.ip_address(address)) == reason
+
+
+@pytest.mark.parametrize("address", ALLOWED)
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert refusal(ipaddress.ip_address(address)) is None
+
+
+def webhook(url: str) -> dict[str, Any]:
+    return {
+        "tenant_id": TENANT,
+        "name": "n",
+        "description": "d",
+        "event_sink_args": {"Webhook": {"url": url}},
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "https://192.168.0.10:8443/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://[fe80::1]/hook",
+        "http://0.0.0.0/hook",
+        "http://224.0.0.1/hook",
+        "http://localhost:9/hook",  # a name that resolves to loopback
+        "http://2130706433/hook",  # 127.0.0.1 written as one decimal number
+        "http://127.1/hook",  # the short form the C resolver expands to 127.0.0.1
+    ],
+)
+async def test_create_refuses_private_destinations(make_relay: Any, url: str) -> None:
+    relay = await make_relay(**GUARDED)
+    resp = await relay.post("/v1/event_sink", json=webhook(url), headers=auth(ADMIN_KEY))
+    assert resp.status == 400, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "invalid_argument"
+    assert "event_sink_args.Webhook.url" in error["message"]
+    assert "allow_private_destinations" in error["message"]
+
+
+async def test_create_accepts_a_public_address(make_relay: Any) -> None:
+    relay = await make_relay(**GUARDED)
+    resp = await relay.post(
+        "/v1/event_sink", json=webhook("https://93.184.216.34/hook"), headers=auth(ADMIN_KEY)
+    )
+    assert resp.status == 200, await resp.text()
+
+
+async def test_only_http_and_https(make_relay: Any) -> None:
+    relay = await make_relay(**GUARDED)
+    for url in ("ftp://93.184.216.34/x", "file:///etc/passwd", "gopher://93.184.216.34/"):
+        resp = await relay.post("/v1/event_sink", json=webhook(url), headers=auth(ADMIN_KEY))
+        assert resp.status == 400, url
+
+
+async def test_update_refuses_a_private_destination(make_relay: Any) -> None:
+    relay = await make_relay(**GUARDED)
+    sink = await create_sink(relay, {"Webhook": {"url": "https://93.184.216.34/hook"}})
+    resp = await relay.put(
+        f"/v1/event_sink/{sink['id']}",
+        json={"event_sink_args": {"Webhook": {"url": "http://169.254.169.254/"}}},
+        headers=auth(ADMIN_KEY),
+    )
+    assert resp.status == 400
+    stored = await relay.get(f"/v1/event_sink/{sink['id']}", headers=auth(ADMIN_KEY))
+    url = (await stored.json())["event_sink"]["configuration"]["Webhook"]["url"]
+    assert url == "https://93.184.216.34/hook"
+
+
+async def test_allowed_when_configured(relay: Any) -> None:
+    # The test config allows private destinations (every other test's sink is on 127.0.0.1).
+    resp = await relay.post(
+        "/v1/event_sink", json=webhook("http://127.0.0.1:9/hook"), headers=auth(ADMIN_KEY)
+    )
+    assert resp.status == 200
+
+
+async def insert_webhook(db: asyncpg.Connection, url: str) -> None:
+    """A sink stored before the guard was on, or whose name resolved elsewhere back then."""
+    await db.execute(
+        "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args)"
+        " VALUES ($1, $2, 'n', 'd', 'Webhook', $3)",
+        uuid.uuid4(),
+        TENANT,
+        {"url": url},
+    )
+
+
+async def final_delivery(db: asyncpg.Connection) -> asyncpg.Record:
+    async def done() -> bool:
+        status = await db.fetchval("SELECT status FROM deliveries")
+        return status in ("delivered", "dead")
+
+    await wait_until(done)
+    row = await db.fetchrow("SELECT status, attempts, last_error FROM deliveries")
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_send_time_refusal_is_permanent(
+    make_relay: Any, db: asyncpg.Connection, sink_server: SinkServer, host: str
+) -> None:
+    port = sink_server.server.port
+    await insert_webhook(db, f"http://{host}:{port}/hook")
+    relay = await make_relay(**GUARDED)
+    resp = await post_event(relay, EVENT)
+    assert resp.status == 202
+    row = await final_delivery(db)
+    assert (row["status"], row["attempts"], row["last_error"]) == (
+        "dead",
+        1,
+        "destination_not_allowed",
+    )
+    assert sink_server.received == []
+    audit = await relay.get(f"/v1/audit_log?tenant_id={TENANT}", headers=auth(ADMIN_KEY))
+    (entry,) = (await audit.json())["data"]["audit_logs"]
+    assert entry["error"] == "destination_not_allowed"
+    assert entry["status_code"] is None
+    assert entry["next_attempt_at"] is None
