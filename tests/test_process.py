@@ -74,6 +74,9 @@ async def test_serve_process_end_to_end(
 ) -> None:
     config = (ROOT / "config.example.yaml").read_text()
     config = config.replace("port: 8080", f"port: {unused_tcp_port}")
+    # The receiver is on 127.0.0.1, which the example config's SSRF guard refuses.
+    assert "allow_private_destinations: false" in config
+    config = config.replace("allow_private_destinations: false", "allow_private_destinations: true")
     (tmp_path / "config.yaml").write_text(config)
     env = {
         "PATH": "/usr/bin:/bin",
