@@ -171,3 +171,30 @@ async def test_send_time_refusal_is_permanent(
     assert entry["error"] == "destination_not_allowed"
     assert entry["status_code"] is None
     assert entry["next_attempt_at"] is None
+
+
+async def test_configured_api_urls_are_not_guarded(
+    make_relay: Any, db: asyncpg.Connection, sink_server: SinkServer
+) -> None:
+    # PagerDuty's URL is the operator's own config, not sink input: a name resolving to
+    # loopback is fine there, while the same host in a Webhook sink is still refused.
+    port = sink_server.server.port
+    relay = await make_relay(
+        **GUARDED, pagerduty={"events_url": f"http://localhost:{port}/v2/enqueue"}
+    )
+    await create_sink(relay, {"PagerDuty": {"integration_key": "e93facc04764012d7bfb002500d5d1a6"}})
+    await insert_webhook(db, f"http://localhost:{port}/hook")
+    resp = await post_event(relay, EVENT)
+    assert (await resp.json())["deliveries"] == 2
+
+    async def both_final() -> bool:
+        rows = await db.fetch("SELECT status FROM deliveries")
+        return all(r["status"] != "pending" for r in rows)
+
+    await wait_until(both_final)
+    rows = await db.fetch("SELECT sink_type, status, last_error FROM deliveries ORDER BY 1")
+    assert [tuple(r) for r in rows] == [
+        ("PagerDuty", "delivered", None),
+        ("Webhook", "dead", "destination_not_allowed"),
+    ]
+    assert [r.path for r in sink_server.received] == ["/v2/enqueue"]

@@ -24,10 +24,11 @@ from air_relay.http.keys import (
     INGEST_BATCHER,
     METRICS,
     POOL,
+    WEBHOOK_SESSION,
 )
 from air_relay.metrics import Metrics
 from air_relay.senders.base import Sender
-from air_relay.senders.destinations import GuardedResolver, exempt_hosts
+from air_relay.senders.destinations import GuardedResolver
 from air_relay.senders.pagerduty import PagerDutySender
 from air_relay.senders.slack import SlackSender
 from air_relay.senders.webhook import WebhookSender
@@ -49,31 +50,32 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await app[POOL].close()
 
 
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
+async def _client_sessions(app: web.Application) -> AsyncIterator[None]:
+    """Keep-alive client sessions: one for the APIs the operator configured (Slack,
+    PagerDuty), one for Webhook URLs, which are sink input and go through the SSRF guard."""
     cfg = app[CONFIG]
-    resolver = None
-    if not cfg.delivery.allow_private_destinations:
-        # Checked at connect time, for the address actually used; the Slack and PagerDuty
-        # API hosts come from the operator's own config and are not sink input.
-        resolver = GuardedResolver(
-            exempt_hosts(cfg.slack.api_base_url, cfg.pagerduty.events_url)
-        )
-    connector = aiohttp.TCPConnector(
-        limit=cfg.delivery.concurrency, ttl_dns_cache=60, resolver=resolver
+    limit = cfg.delivery.concurrency
+    app[CLIENT_SESSION] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60)
     )
-    app[CLIENT_SESSION] = aiohttp.ClientSession(connector=connector)
+    # Checked at connect time, for the address actually connected to.
+    resolver = None if cfg.delivery.allow_private_destinations else GuardedResolver()
+    app[WEBHOOK_SESSION] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60, resolver=resolver)
+    )
     yield
+    await app[WEBHOOK_SESSION].close()
     await app[CLIENT_SESSION].close()
 
 
 def build_senders(app: web.Application) -> dict[str, Sender]:
-    """One sender per sink type, all on the shared keep-alive client session."""
+    """One sender per sink type."""
     cfg = app[CONFIG]
     session = app[CLIENT_SESSION]
     timeout = cfg.delivery.timeout_seconds
     senders: list[Sender] = [
         WebhookSender(
-            session,
+            app[WEBHOOK_SESSION],
             timeout,
             allow_private_destinations=cfg.delivery.allow_private_destinations,
         ),
@@ -102,7 +104,7 @@ def make_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appli
     app[DSN] = dsn
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_database)
-    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_client_sessions)
     if run_dispatcher:
         app.cleanup_ctx.append(_dispatcher)
     app.router.add_post(cfg.ingest.path, handle_ingest)

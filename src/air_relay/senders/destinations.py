@@ -116,30 +116,20 @@ async def check_url(url: str) -> None:
 
 
 class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing names that resolve to a forbidden address.
+    """aiohttp's resolver, refusing names that resolve to a forbidden address."""
 
-    ``exempt`` hosts (the Slack and PagerDuty API hosts from the operator's own config)
-    are resolved unchecked.
-    """
-
-    def __init__(self, exempt: Iterable[str] = ()) -> None:
+    def __init__(self) -> None:
         self._inner = DefaultResolver()
-        self._exempt = {h.lower().rstrip(".") for h in exempt if h}
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        if host.lower().rstrip(".") not in self._exempt:
-            check_addresses(host, [r["host"] for r in results])
+        check_addresses(host, [r["host"] for r in results])
         return results
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def exempt_hosts(*urls: str) -> list[str]:
-    return [h for u in urls if (h := urlsplit(u).hostname)]
 
 
 def refused_in(exc: BaseException) -> DestinationRefused | None:
