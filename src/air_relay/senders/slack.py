@@ -1,12 +1,222 @@
-"""Slack sink: chat.postMessage with the integration's bot token (SPEC 4). STUB: being written."""
+"""Slack sink: ``chat.postMessage`` with the integration's bot token (SPEC 4).
+
+What is sent to ``{slack.api_base_url}/chat.postMessage``::
+
+    Authorization: Bearer <bot token of the sink's slack_integration_id>
+    {"channel": <channel_id, else the deprecated channel name>, "text": ..., "blocks": [...],
+     "unfurl_links": false, "unfurl_media": false}
+
+The message itself is built by ``slack_message``. Slack answers most errors with HTTP 200 and
+``{"ok": false, "error": "<code>"}``; the code becomes the audit row's ``error``:
+
+- transient: HTTP 429 / ``ratelimited`` (after ``Retry-After``), HTTP 5xx, ``internal_error``,
+  ``service_unavailable``, ``request_timeout``, ``fatal_error``, and an HTTP 200 whose body
+  is not Slack's JSON (``invalid_response``);
+- permanent: every other code (``channel_not_found``, ``not_in_channel``, ``invalid_auth``,
+  ``token_revoked``, ``msg_too_long`` ...), other HTTP statuses, and a sink whose integration
+  is no longer configured (``slack_integration_not_configured``).
+
+Sends are paced to one per ``slack.min_interval_seconds`` per (bot token, channel) in this
+process, because Slack allows about one message per second per channel and answers a burst
+with 429s. A 429 also holds that channel for its ``Retry-After``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from typing import Any
+
 import aiohttp
 
+from air_relay import __version__
 from air_relay.config import SlackConfig
 from air_relay.db.repository import ClaimedDelivery
-from air_relay.senders.base import SendResult
+from air_relay.senders.base import (
+    RESPONSE_BODY_LIMIT,
+    SendResult,
+    exception_failure,
+    http_failure,
+    parse_retry_after,
+    redact,
+)
+from air_relay.senders.slack_message import SlackMessage, message_for_body
+
+TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "service_unavailable", "request_timeout", "fatal_error"}
+)
+AUTH_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "account_inactive",
+        "missing_scope",
+        "token_expired",
+        "no_permission",
+    }
+)
+# An ok:true answer echoes the whole message; read enough to parse it (the message is bounded).
+PARSE_LIMIT = 1024 * 1024
+ERROR_CODE_LIMIT = 100
+# A Retry-After beyond this does not hold a channel longer (the durable schedule still waits).
+HOLD_MAX_SECONDS = 300.0
+
+NOT_CONFIGURED = SendResult(
+    ok=False, error="slack_integration_not_configured", reason="other", transient=False
+)
+NO_CHANNEL = SendResult(ok=False, error="channel_not_configured", reason="other", transient=False)
+
+PaceKey = tuple[str, str]
+
+
+class ChannelPacer:
+    """At most one send per ``interval`` seconds per key, across the tasks of this process.
+
+    Each send reserves the key's next free slot before it sleeps, so concurrent sends to one
+    channel space out instead of waking together. ``hold`` (after a 429) voids the slots
+    already handed out: their holders wake, see the hold, and queue again behind it.
+    """
+
+    def __init__(self, interval: float, max_entries: int = 10_000) -> None:
+        self._interval = max(0.0, interval)
+        self._max_entries = max_entries
+        self._next: dict[PaceKey, float] = {}
+        self._held: dict[PaceKey, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._next) + len(self._held)
+
+    def reserve(self, key: PaceKey) -> float:
+        """Take the key's next slot; the seconds to wait for it."""
+        now = time.monotonic()
+        slot = max(now, self._next.get(key, now), self._held.get(key, now))
+        if self._interval > 0 or slot > now:
+            self._next[key] = slot + self._interval
+        self._prune(now)
+        return slot - now
+
+    async def wait_turn(self, key: PaceKey) -> None:
+        while True:
+            delay = self.reserve(key)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._held.get(key, 0.0) <= time.monotonic():
+                return
+
+    def hold(self, key: PaceKey, seconds: float) -> None:
+        """No send on ``key`` for ``seconds`` (Slack's Retry-After)."""
+        until = time.monotonic() + min(max(0.0, seconds), HOLD_MAX_SECONDS)
+        self._held[key] = max(self._held.get(key, 0.0), until)
+        self._prune(time.monotonic())
+
+    def _prune(self, now: float) -> None:
+        # Only past slots go: a future one is a promise to a sleeping send.
+        for table in (self._next, self._held):
+            if len(table) > self._max_entries:
+                for key in [k for k, at in table.items() if at <= now]:
+                    del table[key]
+
+
+def request_body(channel: str, message: SlackMessage) -> bytes:
+    payload: dict[str, Any] = {
+        "channel": channel,
+        "text": message.text,
+        "blocks": message.blocks,
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+
+def slack_error_reason(error: str) -> str:
+    if error == "ratelimited":
+        return "rate_limited"
+    if error in AUTH_ERRORS:
+        return "auth_error"
+    if error in TRANSIENT_ERRORS:
+        return "server_error"
+    return "client_error"
+
+
+def _error_code(parsed: Any) -> str | None:
+    """Slack's ``error`` code from a parsed body, if it is one."""
+    if not isinstance(parsed, dict):
+        return None
+    code = parsed.get("error")
+    if isinstance(code, str) and code.strip():
+        return code.strip()[:ERROR_CODE_LIMIT]
+    return None
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def classify(status: int, text: str, audit_body: str, retry_after: float | None) -> SendResult:
+    """The SendResult for Slack's answer (``text``: the body read; ``audit_body``: redacted)."""
+    if status == 429:
+        code = _error_code(_parse(text))
+        return SendResult(
+            ok=False,
+            status_code=429,
+            error="ratelimited" if code == "ratelimited" else "http_429",
+            reason="rate_limited",
+            transient=True,
+            response_body=audit_body,
+            retry_after=retry_after,
+        )
+    if status != 200:
+        return http_failure(status, audit_body, retry_after)
+    parsed = _parse(text)
+    if isinstance(parsed, dict) and parsed.get("ok") is True:
+        return SendResult(ok=True, status_code=200, response_body=audit_body)
+    if not isinstance(parsed, dict) or parsed.get("ok") is not False:
+        return SendResult(
+            ok=False,
+            status_code=200,
+            error="invalid_response",
+            reason="server_error",
+            transient=True,
+            response_body=audit_body,
+            retry_after=retry_after,
+        )
+    code = _error_code(parsed) or "unknown_error"
+    return SendResult(
+        ok=False,
+        status_code=200,
+        error=code,
+        reason=slack_error_reason(code),
+        transient=code in TRANSIENT_ERRORS,
+        response_body=audit_body,
+        retry_after=retry_after,
+    )
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> str:
+    """Up to ``limit`` bytes of the body as text.
+
+    One ``content.read(n)`` returns whatever has arrived, possibly far less than ``n``; an
+    ok:true answer cut short would not parse and would be sent again, so read until done.
+    """
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await resp.content.read(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf).decode("utf-8", errors="replace")
+
+
+def _audit_text(text: str, token: str) -> str:
+    """The first RESPONSE_BODY_LIMIT bytes of a body, the bot token redacted."""
+    # Redact before cutting, so a cut can never leave a recognisable piece of the token.
+    head = redact(text[: RESPONSE_BODY_LIMIT + len(token)], (token,))
+    return head.encode("utf-8")[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
 
 
 class SlackSender:
@@ -18,6 +228,51 @@ class SlackSender:
         self._session = session
         self._cfg = cfg
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._url = cfg.api_base_url.rstrip("/") + "/chat.postMessage"
+        self._pacer = ChannelPacer(cfg.min_interval_seconds)
+
+    def headers(self, token: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": f"air-relay/{__version__}",
+        }
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
-        raise NotImplementedError
+        args = delivery.sink_args or {}
+        integration = self._cfg.integrations.get(str(args.get("slack_integration_id")))
+        if integration is None:
+            return NOT_CONFIGURED
+        channel = args.get("channel_id") or args.get("channel")
+        if not isinstance(channel, str) or not channel:
+            return NO_CHANNEL
+        token = integration.bot_token
+        message = message_for_body(
+            delivery.event_name, delivery.organization_id, delivery.body, delivery.received_at
+        )
+        body = request_body(channel, message)
+        key: PaceKey = (token, channel)
+        await self._pacer.wait_turn(key)
+        result = await self._post(body, token)
+        if result.reason == "rate_limited" and result.retry_after is not None:
+            self._pacer.hold(key, result.retry_after)
+        return result
+
+    async def _post(self, body: bytes, token: str) -> SendResult:
+        try:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers=self.headers(token),
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                text = await read_body(resp, PARSE_LIMIT)
+                return classify(
+                    resp.status,
+                    text,
+                    _audit_text(text, token),
+                    parse_retry_after(resp.headers.get("Retry-After")),
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return exception_failure(exc)
