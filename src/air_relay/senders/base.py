@@ -125,5 +125,11 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_LIMIT) -> str:
     """The first ``limit`` bytes of a response body as text, never the whole of a huge one."""
-    chunk = await resp.content.read(limit)
-    return chunk.decode("utf-8", errors="replace")
+    # One read returns what has arrived so far, which may be less than ``limit``.
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await resp.content.read(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf).decode("utf-8", errors="replace")
