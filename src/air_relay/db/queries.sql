@@ -171,3 +171,131 @@ WHERE status = 'pending';
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
+
+-- name: delivery_page
+-- Deliveries of one tenant, newest first, keyset on (created_at, id); a NULL filter means
+-- "no filter". The bounds are written with coalesce, never "$n IS NULL OR ...", so they stay
+-- index conditions on deliveries_tenant_idx and a deep page costs what the first one does.
+-- created_at is when the event arrived (ingest writes event and deliveries in one statement).
+SELECT d.id, d.tenant_id, d.event_id, e.event_name, e.organization_id, d.event_sink_id,
+       d.sink_type AS event_sink_type, d.status, d.attempts, d.last_error,
+       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+       d.created_at, d.updated_at
+FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.tenant_id = $1
+  AND ($2::text IS NULL OR d.status = $2)
+  AND ($3::uuid IS NULL OR d.event_sink_id = $3)
+  AND ($4::text IS NULL OR e.event_name = $4)
+  AND d.created_at >= coalesce($5::timestamptz, '-infinity')
+  AND d.created_at <= coalesce($6::timestamptz, 'infinity')
+  AND (d.created_at, d.id) < (coalesce($7::timestamptz, 'infinity'),
+                              coalesce($8::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT $9;
+
+-- name: retry_delivery
+-- Requeue one dead delivery of a tenant in $2 (NULL = any tenant), record the operator
+-- action and wake the dispatchers, all in one statement. The durable schedule starts over
+-- (claims 0); attempts and last_error stay, so attempt numbers continue in the audit log.
+-- One row when the delivery is visible (previous_status tells whether it was requeued),
+-- none when it is not.
+WITH target AS (
+    SELECT id, status
+    FROM deliveries
+    WHERE id = $1
+      AND ($2::text[] IS NULL OR tenant_id = ANY ($2::text[]))
+    FOR UPDATE
+), requeued AS (
+    UPDATE deliveries d
+    SET status = 'pending',
+        next_attempt_at = now(),
+        claims = 0,
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now()
+    FROM target t
+    WHERE d.id = t.id AND t.status = 'dead'
+    RETURNING d.id, d.tenant_id, d.event_id, d.event_sink_id, d.sink_type, d.status,
+              d.attempts, d.last_error, d.next_attempt_at, d.created_at, d.updated_at
+), recorded AS (
+    INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
+    SELECT r.tenant_id, 'delivery_retry', $3, r.id,
+           jsonb_build_object('attempts_before', r.attempts), 1
+    FROM requeued r
+    RETURNING id
+)
+SELECT t.status AS previous_status,
+       r.id, r.tenant_id, r.event_id, e.event_name, e.organization_id, r.event_sink_id,
+       r.sink_type AS event_sink_type, r.status, r.attempts, r.last_error, r.next_attempt_at,
+       r.created_at, r.updated_at,
+       (SELECT id FROM recorded) AS action_id,
+       CASE WHEN r.id IS NOT NULL
+            THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+FROM target t
+LEFT JOIN requeued r ON r.id = t.id
+LEFT JOIN events e ON e.id = r.event_id;
+
+-- name: replay_sink
+-- Requeue a sink's finished deliveries that arrived in [$4, $5] (statuses $3, only ever
+-- delivered or dead: a pending delivery is never touched), record the operator action and
+-- wake the dispatchers, in one statement. Same reset as retry_delivery.
+WITH requeued AS (
+    UPDATE deliveries
+    SET status = 'pending',
+        next_attempt_at = now(),
+        claims = 0,
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now()
+    WHERE tenant_id = $1
+      AND event_sink_id = $2
+      AND status IN ('delivered', 'dead')
+      AND status = ANY ($3::text[])
+      AND created_at >= $4
+      AND created_at <= $5
+    RETURNING id
+), recorded AS (
+    INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
+    SELECT $1, 'sink_replay', $6, $2, $7::jsonb, count(*) FROM requeued
+    RETURNING id, affected
+)
+SELECT id AS action_id, affected,
+       CASE WHEN affected > 0
+            THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+FROM recorded;
+
+-- name: retention_cutoff
+-- The database's clock decides what is old: updated_at and received_at were set by it.
+SELECT now() - make_interval(secs => $1);
+
+-- name: purge_deliveries
+-- One batch of finished deliveries older than the cutoff; their attempts go by ON DELETE
+-- CASCADE. SKIP LOCKED: a row someone else holds (a retry in flight) is left for next time,
+-- so the purge never waits on delivery traffic.
+WITH doomed AS (
+    SELECT id
+    FROM deliveries
+    WHERE status IN ('delivered', 'dead')
+      AND updated_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM deliveries d
+USING doomed
+WHERE d.id = doomed.id;
+
+-- name: purge_events
+-- One batch of events older than the cutoff that no delivery refers to any more (an event
+-- with a pending or recent delivery stays).
+WITH doomed AS (
+    SELECT e.id
+    FROM events e
+    WHERE e.received_at < $1
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM events e
+USING doomed
+WHERE e.id = doomed.id;

@@ -287,3 +287,108 @@ async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
     row = await pool.fetchrow(QUERIES["pending_stats"])
     assert row is not None
     return int(row["pending"]), float(row["oldest_age_seconds"])
+
+
+# --- dead letters, retry, replay, retention ------------------------------------------------
+
+DELIVERY_STATUSES = ("pending", "delivered", "dead")
+# What a replay may requeue: finished deliveries only (a pending one is already queued).
+REPLAYABLE_STATUSES = ("delivered", "dead")
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    tenant_id: str
+    status: str | None = None
+    event_sink_id: uuid.UUID | None = None
+    event_name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    # Keyset position: the (created_at, id) of the last row of the previous page.
+    before: tuple[datetime, uuid.UUID] | None = None
+    limit: int = 100
+
+
+async def delivery_page(pool: asyncpg.Pool, f: DeliveryFilter) -> list[asyncpg.Record]:
+    before_at, before_id = f.before if f.before else (None, None)
+    rows: list[asyncpg.Record] = await pool.fetch(
+        QUERIES["delivery_page"],
+        f.tenant_id,
+        f.status,
+        f.event_sink_id,
+        f.event_name,
+        f.since,
+        f.until,
+        before_at,
+        before_id,
+        f.limit,
+    )
+    return rows
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    previous_status: str
+    delivery: asyncpg.Record | None  # the requeued delivery; None when it was not dead
+
+
+async def retry_delivery(
+    pool: asyncpg.Pool, delivery_id: uuid.UUID, *, tenant_ids: Sequence[str] | None, actor: str
+) -> RetryResult | None:
+    """Requeue a dead delivery (and record who did); None when no visible delivery has that id.
+
+    ``tenant_ids`` limits what is visible (None = every tenant).
+    """
+    row = await pool.fetchrow(
+        QUERIES["retry_delivery"],
+        delivery_id,
+        list(tenant_ids) if tenant_ids is not None else None,
+        actor,
+    )
+    if row is None:
+        return None
+    return RetryResult(row["previous_status"], row if row["id"] is not None else None)
+
+
+@dataclass(frozen=True)
+class Replay:
+    tenant_id: str
+    event_sink_id: uuid.UUID
+    statuses: Sequence[str]  # a subset of REPLAYABLE_STATUSES
+    since: datetime
+    until: datetime
+    actor: str
+    params: dict[str, Any]  # what the operator asked for, as recorded
+
+
+async def replay_sink(pool: asyncpg.Pool, r: Replay) -> int:
+    """Requeue the sink's finished deliveries in the window; returns how many."""
+    row = await pool.fetchrow(
+        QUERIES["replay_sink"],
+        r.tenant_id,
+        r.event_sink_id,
+        list(r.statuses),
+        r.since,
+        r.until,
+        r.actor,
+        r.params,
+    )
+    assert row is not None
+    return int(row["affected"])
+
+
+async def retention_cutoff(pool: asyncpg.Pool, days: float) -> datetime:
+    cutoff: datetime = await pool.fetchval(QUERIES["retention_cutoff"], days * 86400.0)
+    return cutoff
+
+
+async def purge_deliveries(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
+    """Delete one batch of finished deliveries (and their attempts) older than ``cutoff``."""
+    result: str = await pool.execute(QUERIES["purge_deliveries"], cutoff, limit)
+    return int(result.split()[-1])
+
+
+async def purge_events(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
+    """Delete one batch of events older than ``cutoff`` that have no deliveries left."""
+    result: str = await pool.execute(QUERIES["purge_events"], cutoff, limit)
+    return int(result.split()[-1])

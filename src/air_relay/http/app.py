@@ -13,7 +13,8 @@ from air_relay.db.batcher import IngestBatcher
 from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import connect, create_pool, wait_for_database
 from air_relay.delivery.dispatcher import Dispatcher
-from air_relay.http import audit_api, ops, sinks_api
+from air_relay.delivery.retention import RetentionTask
+from air_relay.http import audit_api, delivery_api, ops, sinks_api
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
 from air_relay.http.keys import (
@@ -94,6 +95,13 @@ async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
     await dispatcher.stop(grace_seconds=cfg.delivery.timeout_seconds)
 
 
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    task = RetentionTask(app[POOL], app[CONFIG].retention)
+    task.start()
+    yield
+    await task.stop()
+
+
 def make_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware],
@@ -107,8 +115,10 @@ def make_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appli
     app.cleanup_ctx.append(_client_sessions)
     if run_dispatcher:
         app.cleanup_ctx.append(_dispatcher)
+        app.cleanup_ctx.append(_retention)
     app.router.add_post(cfg.ingest.path, handle_ingest)
     sinks_api.add_routes(app)
     app.router.add_get("/v1/audit_log", audit_api.audit_log)
+    delivery_api.add_routes(app)
     ops.add_routes(app)
     return app

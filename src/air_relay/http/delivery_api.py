@@ -1,0 +1,239 @@
+"""Dead letters, retry and replay: ``GET /v1/delivery``, ``POST /v1/delivery/{id}/retry`` and
+``POST /v1/event_sink/{id}/replay``.
+
+Tenant scoping follows the sink API: a list for a tenant the key does not hold is a 403, a
+delivery or sink of another tenant is a 404 (its existence is not revealed). Retry and replay
+are operator actions: each is recorded in ``operator_actions`` in the same statement as the
+requeue, and logged, with a fingerprint of the API key as the actor (never the key itself).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from air_relay.config import WILDCARD_TENANT, ApiKey
+from air_relay.db import repository as repo
+from air_relay.db.repository import storable
+from air_relay.http.auth import api_key, query_tenant
+from air_relay.http.errors import ApiError
+from air_relay.http.jsonbody import read_api_json
+from air_relay.http.keys import POOL
+from air_relay.http.params import bad_param, int_param, parse_time, uuid_param
+from air_relay.timestamps import rfc3339
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+STATUS_FILTERS = ("pending", "delivered", "dead", "all")
+# What each replay ``status`` requeues; "all" is every finished delivery, never a pending one.
+REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
+    "dead": ("dead",),
+    "delivered": ("delivered",),
+    "all": repo.REPLAYABLE_STATUSES,
+}
+_REPLAY_FIELDS = ("since", "until", "status")
+_NO_DELIVERY = "No delivery with that id."
+_NO_SINK = "No event sink with that id."
+
+
+def key_fingerprint(key: ApiKey) -> str:
+    """Names the key in records and logs without revealing it (12 hex digits of SHA-256)."""
+    return hashlib.sha256(key.key.encode()).hexdigest()[:12]
+
+
+def visible_tenants(key: ApiKey) -> list[str] | None:
+    """The tenants a key holds; None for a key that holds every tenant."""
+    return None if WILDCARD_TENANT in key.tenant_ids else list(key.tenant_ids)
+
+
+# --- GET /v1/delivery ---------------------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, delivery_id: uuid.UUID) -> str:
+    text = f"{rfc3339(created_at)}|{delivery_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, sep, ident = text.partition("|")
+        created_at = datetime.fromisoformat(stamp)
+        if not sep or created_at.tzinfo is None:
+            raise ValueError(cursor)
+        return created_at.astimezone(UTC), uuid.UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
+        raise bad_param("cursor", "is not a cursor this API returned") from exc
+
+
+def parse_filter(query: Mapping[str, str], tenant_id: str) -> repo.DeliveryFilter:
+    q = query
+    status = q.get("status", "all")
+    if status not in STATUS_FILTERS:
+        raise bad_param("status", "must be pending, delivered, dead or all")
+    event_name = q.get("event_name") or None
+    if event_name is not None and not storable(event_name):
+        raise bad_param("event_name", "contains NUL characters or unpaired surrogates")
+    return repo.DeliveryFilter(
+        tenant_id=tenant_id,
+        status=None if status == "all" else status,
+        event_sink_id=uuid_param("event_sink_id", q["event_sink_id"])
+        if q.get("event_sink_id")
+        else None,
+        event_name=event_name,
+        since=parse_time("since", q["since"]) if q.get("since") else None,
+        until=parse_time("until", q["until"]) if q.get("until") else None,
+        before=decode_cursor(q["cursor"]) if q.get("cursor") else None,
+        limit=int_param("limit", q["limit"], 1, MAX_LIMIT) if q.get("limit") else DEFAULT_LIMIT,
+    )
+
+
+def render_entry(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(r["id"]),
+        "tenant_id": r["tenant_id"],
+        "event_id": str(r["event_id"]),
+        "event_name": r["event_name"],
+        "organization_id": r["organization_id"],
+        "event_sink_id": str(r["event_sink_id"]),
+        "event_sink_type": r["event_sink_type"],
+        "status": r["status"],
+        "attempts": r["attempts"],
+        "last_error": r["last_error"],
+        # While a delivery is claimed this is the end of its lease.
+        "next_attempt_at": rfc3339(r["next_attempt_at"]) if r["status"] == "pending" else None,
+        "created_at": rfc3339(r["created_at"]),
+        "updated_at": rfc3339(r["updated_at"]),
+    }
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    tenant_id = query_tenant(request, api_key(request))
+    flt = parse_filter(request.query, tenant_id)
+    # One row more than asked tells whether another page exists.
+    rows = await repo.delivery_page(
+        request.app[POOL], dataclasses.replace(flt, limit=flt.limit + 1)
+    )
+    page = rows[: flt.limit]
+    pagination = (
+        {"next_cursor": encode_cursor(page[-1]["created_at"], page[-1]["id"])}
+        if len(rows) > flt.limit
+        else None
+    )
+    return web.json_response(
+        {"data": {"deliveries": [render_entry(r) for r in page]}, "pagination": pagination}
+    )
+
+
+# --- POST /v1/delivery/{id}/retry -------------------------------------------------------------
+
+
+def _path_id(request: web.Request, not_found: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError as exc:
+        raise ApiError(404, "not_found", not_found) from exc
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    key = api_key(request)
+    delivery_id = _path_id(request, _NO_DELIVERY)
+    actor = key_fingerprint(key)
+    result = await repo.retry_delivery(
+        request.app[POOL], delivery_id, tenant_ids=visible_tenants(key), actor=actor
+    )
+    if result is None:
+        raise ApiError(404, "not_found", _NO_DELIVERY)
+    if result.delivery is None:
+        raise ApiError(
+            409,
+            "delivery_not_dead",
+            f"The delivery is {result.previous_status}; only a dead delivery can be retried.",
+        )
+    entry = render_entry(result.delivery)
+    log.info(
+        "delivery_retry_requested",
+        tenant_id=entry["tenant_id"],
+        actor=actor,
+        target=str(delivery_id),
+        params={"attempts_before": entry["attempts"]},
+        affected=1,
+    )
+    return web.json_response({"data": {"delivery": entry}}, status=202)
+
+
+# --- POST /v1/event_sink/{id}/replay ----------------------------------------------------------
+
+
+def _time_field(body: Mapping[str, Any], name: str) -> datetime | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_param(name, "must be an RFC 3339 timestamp string")
+    return parse_time(name, value)
+
+
+def parse_replay(
+    body: Mapping[str, Any], sink: repo.Sink, actor: str, now: datetime
+) -> repo.Replay:
+    for name in body:
+        if name not in _REPLAY_FIELDS:
+            raise bad_param(name, "is not a known field")
+    since = _time_field(body, "since")
+    if since is None:
+        raise bad_param("since", "is required")
+    until = _time_field(body, "until") or now
+    if since > until:
+        raise bad_param("since", "must not be later than until")
+    status = body.get("status", "all")
+    if not isinstance(status, str) or status not in REPLAY_STATUSES:
+        raise bad_param("status", "must be dead, delivered or all")
+    return repo.Replay(
+        tenant_id=sink.tenant_id,
+        event_sink_id=sink.id,
+        statuses=REPLAY_STATUSES[status],
+        since=since,
+        until=until,
+        actor=actor,
+        params={"since": rfc3339(since), "until": rfc3339(until), "status": status},
+    )
+
+
+async def replay_sink(request: web.Request) -> web.Response:
+    key = api_key(request)
+    sink = await repo.get_sink(request.app[POOL], _path_id(request, _NO_SINK))
+    if sink is None or not key.allows(sink.tenant_id):
+        raise ApiError(404, "not_found", _NO_SINK)
+    body = await read_api_json(request)
+    actor = key_fingerprint(key)
+    # An inactive sink is still replayed: the operator asked for exactly this sink.
+    replay = parse_replay(body, sink, actor, datetime.now(UTC))
+    requeued = await repo.replay_sink(request.app[POOL], replay)
+    log.info(
+        "sink_replay_requested",
+        tenant_id=sink.tenant_id,
+        actor=actor,
+        target=str(sink.id),
+        params=replay.params,
+        affected=requeued,
+    )
+    return web.json_response({"data": {"requeued": requeued}}, status=202)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/delivery", list_deliveries)
+    app.router.add_post("/v1/delivery/{id}/retry", retry_delivery)
+    app.router.add_post("/v1/event_sink/{id}/replay", replay_sink)
