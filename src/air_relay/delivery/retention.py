@@ -1,0 +1,117 @@
+"""Retention: finished deliveries (delivered or dead), their attempts and then their events are
+purged ``retention.days`` after they finished, in small batches, by a background task.
+
+Pending deliveries, and the events they need, are never purged. Each batch is one short
+statement that skips rows someone else holds (SKIP LOCKED), with a pause between batches, so
+the purge never blocks delivery and delivery traffic interleaves with it. A database error
+ends that run only: it is logged and the next interval tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from air_relay.config import RetentionConfig
+from air_relay.db import repository as repo
+from air_relay.db.pool import DB_UNAVAILABLE
+
+log = structlog.get_logger(__name__)
+
+# The first run waits this long (or one interval, if shorter), so start-up is not slowed.
+FIRST_RUN_DELAY_SECONDS = 10.0
+# The pause between two batches of one run, in which delivery traffic gets the database.
+BATCH_PAUSE_SECONDS = 0.05
+
+Purge = Callable[[asyncpg.Pool, datetime, int], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class PurgeCounts:
+    deliveries: int
+    events: int
+    batches: int  # statements run, so an operator sees the purge was split as configured
+
+
+class RetentionTask:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cfg: RetentionConfig,
+        *,
+        batch_pause: float = BATCH_PAUSE_SECONDS,
+    ) -> None:
+        self._pool = pool
+        self._cfg = cfg
+        self._batch_pause = batch_pause
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="air-relay-retention")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(min(FIRST_RUN_DELAY_SECONDS, self._cfg.interval_seconds))
+        while True:
+            await self.run_logged()
+            await asyncio.sleep(self._cfg.interval_seconds)
+
+    async def run_logged(self) -> PurgeCounts | None:
+        """One run, logged; None when the database failed (the next interval tries again)."""
+        started = time.monotonic()
+        try:
+            counts = await self.run_once()
+        except DB_UNAVAILABLE as exc:
+            log.warning(
+                "retention_failed",
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                retry_in=self._cfg.interval_seconds,
+            )
+            return None
+        except Exception:
+            # A bug must not end the task: retention simply tries again next interval.
+            log.exception("retention_failed", retry_in=self._cfg.interval_seconds)
+            return None
+        log.info(
+            "retention_purged",
+            deliveries=counts.deliveries,
+            events=counts.events,
+            batches=counts.batches,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            retention_days=self._cfg.days,
+        )
+        return counts
+
+    async def run_once(self) -> PurgeCounts:
+        cutoff = await repo.retention_cutoff(self._pool, self._cfg.days)
+        # Deliveries first: an event goes only once none of its deliveries is left.
+        deliveries, delivery_batches = await self._purge(repo.purge_deliveries, cutoff)
+        events, event_batches = await self._purge(repo.purge_events, cutoff)
+        return PurgeCounts(deliveries, events, delivery_batches + event_batches)
+
+    async def _purge(self, purge: Purge, cutoff: datetime) -> tuple[int, int]:
+        """Batches until one comes back short; returns (rows deleted, batches run)."""
+        total = batches = 0
+        while True:
+            deleted = await purge(self._pool, cutoff, self._cfg.batch_size)
+            total += deleted
+            batches += 1
+            # A short batch means nothing purgeable and unlocked was left.
+            if deleted < self._cfg.batch_size:
+                return total, batches
+            await asyncio.sleep(self._batch_pause)
