@@ -35,6 +35,7 @@ from conftest import (
     CATALOG,
     SLACK_INTEGRATION,
     TENANT,
+    SinkServer,
     auth,
     create_sink,
     post_event,
@@ -595,6 +596,38 @@ async def test_sends_are_paced_per_channel_not_across_channels(
     assert span < 2.2  # 1.2 s if the channels run side by side, 2.7 s or more if serialized
 
 
+async def test_a_burst_to_one_channel_does_not_hold_other_sinks_back(
+    make_relay: Any, slack: SlackMimic, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    # Two workers, ten messages for one channel at 0.5 s: 4.5 s of pacing. Turns more than
+    # DEFER_AFTER_SECONDS away go back to the queue instead of keeping the workers asleep, so
+    # a Webhook event arriving behind the burst is not queued behind it.
+    config = {
+        "slack": {"api_base_url": slack.base_url, "min_interval_seconds": 0.5},
+        "delivery": {"concurrency": 2, "batch_size": 2},
+    }
+    relay = await make_relay(run_dispatcher=False, **config)
+    await create_sink(relay, slack_args("C0123"), events=["TriageRuleMatchedEvent"])
+    for _ in range(10):
+        await post_event(relay, TRIAGE)
+    await make_relay(**config)
+    await slack.wait_for(3)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}}, events=["CaseCreatedEvent"])
+    posted = time.monotonic()
+    await post_event(relay, {"eventName": "CaseCreatedEvent", "organizationId": 1, "data": {}})
+    (webhook,) = await sink_server.wait_for(1)
+    assert webhook.at - posted < 1.0  # without deferral: after the Slack burst, ~3.5 s later
+    await wait_final(db, count=11)
+    times = sorted(c.at for c in slack.to("C0123"))
+    assert len(times) == 10
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.45, gaps
+    rows = await db.fetch("SELECT status, attempts, claims FROM deliveries")
+    # A deferral is not an attempt and does not use up the retry schedule.
+    assert {tuple(r) for r in rows} == {("delivered", 1, 1)}
+    assert len(await audit(relay)) == 11
+
+
 async def test_pacer_spaces_one_key_and_not_another() -> None:
     pacer = ChannelPacer(0.2)
     delays = [pacer.reserve(("t", "C1")) for _ in range(3)]
@@ -620,11 +653,13 @@ async def test_pacer_hold_delays_sends_already_waiting() -> None:
 
 async def test_pacer_memory_is_bounded() -> None:
     pacer = ChannelPacer(0.001, max_entries=100)
-    for n in range(150):
-        pacer.reserve(("t", f"C{n}"))
-    await asyncio.sleep(0.01)
+    for batch in range(10):
+        for n in range(150):
+            pacer.reserve(("t", f"C{batch}-{n}"))
+        # Past the slots just handed out: the next reserve beyond the bound drops them.
+        await asyncio.sleep(0.01)
     pacer.reserve(("t", "fresh"))
-    assert len(pacer) <= 2
+    assert len(pacer) <= 101  # 1,501 channels seen, never more than the bound kept
     idle = ChannelPacer(0)
     for n in range(500):
         assert idle.reserve(("t", f"C{n}")) == 0

@@ -113,6 +113,18 @@ WHERE event_sink_id = $1
   AND claim_token IS NULL
   AND next_attempt_at > now();
 
+-- name: defer_delivery
+-- The sender says this delivery's turn is later (Slack pacing): back to the queue, due then.
+-- Nothing was sent, so the claim does not count against the retry schedule.
+UPDATE deliveries
+SET next_attempt_at = now() + make_interval(secs => $3),
+    claims = greatest(claims - 1, 0),
+    claim_token = NULL,
+    claimed_by = NULL,
+    updated_at = now()
+WHERE id = $1 AND claim_token = $2 AND status = 'pending'
+RETURNING id;
+
 -- name: release_deliveries
 -- Hand unfinished claims back (shutdown): due now, and the claim does not count.
 UPDATE deliveries

@@ -214,6 +214,12 @@ async def wake_sink_backlog(pool: asyncpg.Pool, sink_id: uuid.UUID) -> int:
     return int(result.split()[-1])
 
 
+async def defer_delivery(pool: asyncpg.Pool, delivery: ClaimedDelivery, seconds: float) -> bool:
+    """Requeue an unsent claim, due in ``seconds``; False if the claim was no longer ours."""
+    row = await pool.fetchrow(QUERIES["defer_delivery"], delivery.id, delivery.claim_token, seconds)
+    return row is not None
+
+
 async def release_deliveries(pool: asyncpg.Pool, claim_tokens: Sequence[uuid.UUID]) -> int:
     if not claim_tokens:
         return 0

@@ -28,7 +28,7 @@ from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.metrics import Metrics
-from air_relay.senders.base import Sender, SendResult
+from air_relay.senders.base import PacedSender, Sender, SendResult
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
@@ -76,6 +76,8 @@ class ClaimRunner:
         )
 
     async def run(self, sender: Sender, delivery: repo.ClaimedDelivery) -> None:
+        if await self._deferred(sender, delivery):
+            return
         records: list[repo.AttemptRecord] = []
         fields = _log_fields(delivery)
 
@@ -128,6 +130,21 @@ class ClaimRunner:
         finally:
             renewal.cancel()
         await self._conclude(delivery, result, records, fields)
+
+    async def _deferred(self, sender: Sender, delivery: repo.ClaimedDelivery) -> bool:
+        """Requeue the delivery unsent when a paced sender's turn for it is far off."""
+        if delivery.sink_args is None or not isinstance(sender, PacedSender):
+            return False
+        seconds = sender.defer_seconds(delivery)
+        if seconds is None:
+            return False
+        try:
+            await repo.defer_delivery(self._pool, delivery, seconds)
+        except DB_UNAVAILABLE as exc:
+            # Its lease lapses and it is claimed again; only the pacing is lost.
+            log.warning("defer_failed", delivery_id=str(delivery.id), error=type(exc).__name__)
+        log.debug("delivery_deferred", delivery_id=str(delivery.id), seconds=round(seconds, 3))
+        return True
 
     async def _keep_lease(self, delivery: repo.ClaimedDelivery) -> None:
         """Renew the claim's lease while it runs, so no other process takes it meanwhile."""

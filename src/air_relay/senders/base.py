@@ -7,7 +7,7 @@ import email.utils
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
@@ -36,6 +36,15 @@ class Sender(Protocol):
     sink_type: str
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult: ...
+
+
+@runtime_checkable
+class PacedSender(Protocol):
+    """A sender whose destination takes messages at a set pace (Slack: one per channel per
+    second). Asked before a claim's first send how long this delivery would wait for its
+    turn; a long wait is spent back in the queue, not holding a delivery worker."""
+
+    def defer_seconds(self, delivery: ClaimedDelivery) -> float | None: ...
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import aiohttp
@@ -69,6 +70,11 @@ NOT_CONFIGURED = SendResult(
 NO_CHANNEL = SendResult(ok=False, error="channel_not_configured", reason="other", transient=False)
 
 PaceKey = tuple[str, str]
+# A turn further off than this is not waited for in a worker: the delivery goes back to the
+# queue, due at its turn (which stays reserved). Otherwise the workers would drain a burst to
+# one channel at Slack's pace, and every delivery queued behind it, for any sink, would wait.
+DEFER_AFTER_SECONDS = 0.5
+PROMISES_MAX = 10_000
 
 
 class ChannelPacer:
@@ -84,9 +90,10 @@ class ChannelPacer:
         self._max_entries = max_entries
         self._next: dict[PaceKey, float] = {}
         self._held: dict[PaceKey, float] = {}
+        self._sent: dict[PaceKey, float] = {}
 
     def __len__(self) -> int:
-        return len(self._next) + len(self._held)
+        return len(self._next) + len(self._held) + len(self._sent)
 
     def reserve(self, key: PaceKey) -> float:
         """Take the key's next slot; the seconds to wait for it."""
@@ -97,13 +104,27 @@ class ChannelPacer:
         self._prune(now)
         return slot - now
 
-    async def wait_turn(self, key: PaceKey) -> None:
+    async def wait_turn(self, key: PaceKey, promised: float | None = None) -> None:
+        """Sleep until the key's turn: ``promised`` (a slot reserved earlier), else a new one.
+
+        A promised slot may be long past when its delivery comes back from the queue late, so
+        the last actual send on the key also keeps the next one ``interval`` away.
+        """
         while True:
-            delay = self.reserve(key)
+            delay = self.reserve(key) if promised is None else promised - time.monotonic()
+            promised = None
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self._held.get(key, 0.0) <= time.monotonic():
-                return
+            now = time.monotonic()
+            if self._held.get(key, 0.0) > now:
+                continue  # a 429 arrived while we slept: queue again behind it
+            last = self._sent.get(key)
+            if last is not None and last + self._interval > now:
+                promised = last + self._interval  # keep our place, just wait out the spacing
+                continue
+            if self._interval > 0:
+                self._sent[key] = now
+            return
 
     def hold(self, key: PaceKey, seconds: float) -> None:
         """No send on ``key`` for ``seconds`` (Slack's Retry-After)."""
@@ -113,9 +134,13 @@ class ChannelPacer:
 
     def _prune(self, now: float) -> None:
         # Only past slots go: a future one is a promise to a sleeping send.
-        for table in (self._next, self._held):
+        for table, horizon in (
+            (self._next, now),
+            (self._held, now),
+            (self._sent, now - self._interval),
+        ):
             if len(table) > self._max_entries:
-                for key in [k for k, at in table.items() if at <= now]:
+                for key in [k for k, at in table.items() if at <= horizon]:
                     del table[key]
 
 
@@ -230,6 +255,8 @@ class SlackSender:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._url = cfg.api_base_url.rstrip("/") + "/chat.postMessage"
         self._pacer = ChannelPacer(cfg.min_interval_seconds)
+        # Slots reserved for deferred deliveries (monotonic time), used when they come back.
+        self._promised: dict[uuid.UUID, float] = {}
 
     def headers(self, token: str) -> dict[str, str]:
         return {
@@ -238,7 +265,8 @@ class SlackSender:
             "User-Agent": f"air-relay/{__version__}",
         }
 
-    async def send(self, delivery: ClaimedDelivery) -> SendResult:
+    def _destination(self, delivery: ClaimedDelivery) -> PaceKey | SendResult:
+        """(bot token, channel) of the delivery, or the permanent failure when there is none."""
         args = delivery.sink_args or {}
         integration = self._cfg.integrations.get(str(args.get("slack_integration_id")))
         if integration is None:
@@ -246,13 +274,33 @@ class SlackSender:
         channel = args.get("channel_id") or args.get("channel")
         if not isinstance(channel, str) or not channel:
             return NO_CHANNEL
-        token = integration.bot_token
+        return (integration.bot_token, channel)
+
+    def defer_seconds(self, delivery: ClaimedDelivery) -> float | None:
+        """Reserve the delivery's turn on its channel; the wait when it is too long to hold a
+        worker for (the delivery is then requeued, due at its turn, which stays reserved)."""
+        key = self._destination(delivery)
+        if isinstance(key, SendResult) or delivery.id in self._promised:
+            return None
+        wait = self._pacer.reserve(key)
+        now = time.monotonic()
+        self._promised[delivery.id] = now + wait
+        if len(self._promised) > PROMISES_MAX:
+            # Promises whose delivery never came back here (another process took it).
+            for stale in [d for d, at in self._promised.items() if at < now - 600]:
+                del self._promised[stale]
+        return wait if wait > DEFER_AFTER_SECONDS else None
+
+    async def send(self, delivery: ClaimedDelivery) -> SendResult:
+        key = self._destination(delivery)
+        if isinstance(key, SendResult):
+            return key
+        token, channel = key
         message = message_for_body(
             delivery.event_name, delivery.organization_id, delivery.body, delivery.received_at
         )
         body = request_body(channel, message)
-        key: PaceKey = (token, channel)
-        await self._pacer.wait_turn(key)
+        await self._pacer.wait_turn(key, self._promised.pop(delivery.id, None))
         result = await self._post(body, token)
         if result.reason == "rate_limited" and result.retry_after is not None:
             self._pacer.hold(key, result.retry_after)
