@@ -104,14 +104,24 @@ WHERE id = $1 AND claim_token = $2 AND status = 'pending'
 RETURNING id;
 
 -- name: wake_sink_backlog
--- A sink answered again after failing: its other pending deliveries waiting out their
--- backoff become due now, and (sharing one due time) drain in order of arrival.
-UPDATE deliveries
-SET next_attempt_at = now()
-WHERE event_sink_id = $1
-  AND status = 'pending'
-  AND claim_token IS NULL
-  AND next_attempt_at > now();
+-- A sink answered again after failing: its whole unclaimed backlog (overdue or waiting out a
+-- backoff) gets one due time, the earliest among it (or now), so claims, which order by
+-- (next_attempt_at, created_at), drain it in order of arrival and nothing waits longer.
+WITH backlog AS (
+    SELECT id, next_attempt_at
+    FROM deliveries
+    WHERE event_sink_id = $1
+      AND status = 'pending'
+      AND claim_token IS NULL
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT least(now(), min(next_attempt_at)) AS at FROM backlog
+)
+UPDATE deliveries d
+SET next_attempt_at = due.at
+FROM backlog, due
+WHERE d.id = backlog.id
+  AND d.next_attempt_at <> due.at;
 
 -- name: defer_delivery
 -- The sender says this delivery's turn is later (Slack pacing): back to the queue, due then.

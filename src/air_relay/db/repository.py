@@ -209,7 +209,7 @@ async def renew_lease(pool: asyncpg.Pool, delivery: ClaimedDelivery, lease_secon
 
 
 async def wake_sink_backlog(pool: asyncpg.Pool, sink_id: uuid.UUID) -> int:
-    """Make a recovered sink's backed-off deliveries due now; returns how many."""
+    """Give a recovered sink's unclaimed backlog one due time (arrival order); how many moved."""
     result: str = await pool.execute(QUERIES["wake_sink_backlog"], sink_id)
     return int(result.split()[-1])
 
