@@ -24,6 +24,10 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # Not a PostgresError nor an InterfaceError: a pooled connection that the server ended
+    # (``pg_ctl stop -m fast``) can fail the next query with "cannot switch to state 12;
+    # another operation is in progress" before asyncpg notices it is closed.
+    asyncpg.InternalClientError,
 )
 
 
