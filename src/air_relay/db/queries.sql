@@ -104,24 +104,25 @@ WHERE id = $1 AND claim_token = $2 AND status = 'pending'
 RETURNING id;
 
 -- name: wake_sink_backlog
--- A sink answered again after failing: its whole unclaimed backlog (overdue or waiting out a
--- backoff) gets one due time, the earliest among it (or now), so claims, which order by
--- (next_attempt_at, created_at), drain it in order of arrival and nothing waits longer.
-WITH backlog AS (
-    SELECT id, next_attempt_at
-    FROM deliveries
-    WHERE event_sink_id = $1
-      AND status = 'pending'
-      AND claim_token IS NULL
-    FOR UPDATE SKIP LOCKED
-), due AS (
-    SELECT least(now(), min(next_attempt_at)) AS at FROM backlog
+-- $1 a sink, $2 a delivery of it that has just succeeded after failing. The sink's pending
+-- deliveries whose last claim ended no later than that delivery's last failure failed while
+-- the sink was down: they become due at their own arrival time, so the backlog drains in
+-- order of arrival (overdue ones too). Ones that failed since failed against a sink that
+-- answers, and keep their backoff. The new time depends on the row only, so concurrent wakes
+-- agree, and a woken row (next_attempt_at = created_at) is not touched again.
+WITH outage AS (
+    SELECT max(created_at + make_interval(secs => duration_ms / 1000.0)) AS ended
+    FROM delivery_attempts
+    WHERE delivery_id = $2 AND outcome = 'failure'
 )
 UPDATE deliveries d
-SET next_attempt_at = due.at
-FROM backlog, due
-WHERE d.id = backlog.id
-  AND d.next_attempt_at <> due.at;
+SET next_attempt_at = d.created_at
+FROM outage
+WHERE d.event_sink_id = $1
+  AND d.status = 'pending'
+  AND d.claim_token IS NULL
+  AND d.next_attempt_at > d.created_at
+  AND d.updated_at <= outage.ended;
 
 -- name: defer_delivery
 -- The sender says this delivery's turn is later (Slack pacing): back to the queue, due then.

@@ -208,9 +208,15 @@ async def renew_lease(pool: asyncpg.Pool, delivery: ClaimedDelivery, lease_secon
     return row is not None
 
 
-async def wake_sink_backlog(pool: asyncpg.Pool, sink_id: uuid.UUID) -> int:
-    """Give a recovered sink's unclaimed backlog one due time (arrival order); how many moved."""
-    result: str = await pool.execute(QUERIES["wake_sink_backlog"], sink_id)
+async def wake_sink_backlog(
+    pool: asyncpg.Pool, sink_id: uuid.UUID, recovered_delivery_id: uuid.UUID
+) -> int:
+    """Make a recovered sink's backlog due now, in order of arrival; returns how many.
+
+    ``recovered_delivery_id`` has just succeeded after failing: rows that failed no later
+    than its last failure are woken; rows that failed since keep their backoff.
+    """
+    result: str = await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_delivery_id)
     return int(result.split()[-1])
 
 

@@ -208,7 +208,7 @@ class ClaimRunner:
     async def _wake_backlog(self, delivery: repo.ClaimedDelivery) -> None:
         """The sink recovered: its other backed-off deliveries need not wait out their delays."""
         try:
-            woken = await repo.wake_sink_backlog(self._pool, delivery.event_sink_id)
+            woken = await repo.wake_sink_backlog(self._pool, delivery.event_sink_id, delivery.id)
         except DB_UNAVAILABLE as exc:
             # Only a speed-up: without it the backlog still drains along its schedule.
             log.warning("backlog_wake_failed", error=type(exc).__name__)
