@@ -256,6 +256,11 @@ class SinkServer:
 
 @pytest.fixture
 async def sink_server(aiohttp_server: Any) -> SinkServer:
+    return await make_sink_server(aiohttp_server)
+
+
+async def make_sink_server(aiohttp_server: Any) -> SinkServer:
+    """A recording sink server; the fixture gives one, a test needing two calls this."""
     received: list[Received] = []
     script: list[Reply] = []
     state = SinkServer(server=None, received=received, script=script, default=Reply())  # type: ignore[arg-type]

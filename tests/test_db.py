@@ -19,7 +19,9 @@ async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> Non
     # With sequential scans priced out, the planner must still be able to answer the claim
     # from deliveries_claimable_idx: proof that the query's predicate matches the index's.
     await db.execute("SET enable_seqscan = off")
-    plan = await db.fetch("EXPLAIN " + QUERIES["claim_deliveries"], ["Webhook"], 10, 30.0, "w")
+    plan = await db.fetch(
+        "EXPLAIN " + QUERIES["claim_deliveries"], ["Webhook"], 10, 30.0, "w", [uuid.uuid4()]
+    )
     text = "\n".join(r[0] for r in plan)
     assert "deliveries_claimable_idx" in text
     assert "Seq Scan on deliveries" not in text

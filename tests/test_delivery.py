@@ -20,6 +20,7 @@ from conftest import (
     SinkServer,
     auth,
     create_sink,
+    make_sink_server,
     post_event,
     wait_until,
 )
@@ -393,3 +394,30 @@ async def test_a_sink_echoing_the_request_does_not_put_secrets_in_audit_or_logs(
     text = json.dumps(logs, default=str) + json.dumps(rows)
     assert token not in text
     assert SECRET.removeprefix("whsec_") not in text
+
+
+async def test_a_slow_sink_cannot_hold_every_worker(
+    make_relay: Any, sink_server: SinkServer, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    # Four workers, a share of one per sink while others wait: a sink taking 1 s per request
+    # with a backlog of 8 must leave workers for a healthy sink's event that arrives behind it.
+    sink_server.default = Reply(delay=1.0)
+    config = {"delivery": {"concurrency": 4, "batch_size": 4, "sink_concurrency": 1}}
+    relay = await make_relay(run_dispatcher=False, **config)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url("/slow")}}, events=["Slow"])
+    for _ in range(8):
+        await post_event(relay, {"eventName": "Slow", "organizationId": 1, "data": {}})
+    healthy = await make_sink_server(aiohttp_server)
+    await create_sink(relay, {"Webhook": {"url": healthy.url("/ok")}}, events=["Fast"])
+    await make_relay(**config)
+    await sink_server.wait_for(4)  # every worker is now in a slow send
+    posted = time.monotonic()
+    await post_event(relay, {"eventName": "Fast", "organizationId": 1, "data": {}})
+    (fast,) = await healthy.wait_for(1)
+    # Fair: the next free worker takes it (~1 s). Arrival order alone: after the 4 slow
+    # deliveries queued before it, ~2 s.
+    assert fast.at - posted < 1.6
+    await wait_final(db, count=9)
+    # Nothing else due: the slow sink used all four workers (work-conserving).
+    first = sorted(r.at for r in sink_server.received)[:4]
+    assert first[-1] - first[0] < 0.5

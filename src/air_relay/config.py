@@ -100,6 +100,9 @@ class DeliveryConfig:
     # A claim's lease; renewed every third of it while the claim runs, so a dead process's
     # deliveries are taken over this long after it died.
     lease_seconds: float = 30.0
+    # Workers one sink may hold while other sinks' deliveries are due; 0 = a quarter of
+    # ``concurrency`` (at least 1). With nothing else due, a sink may use them all.
+    sink_concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,7 @@ def _check_delivery(d: DeliveryConfig) -> None:
     _positive("delivery.batch_size", d.batch_size)
     _positive("delivery.poll_interval_seconds", d.poll_interval_seconds)
     _positive("delivery.lease_seconds", d.lease_seconds)
+    _not_negative("delivery.sink_concurrency", d.sink_concurrency)
     r = d.retry
     _positive("delivery.retry.attempts_per_claim", r.attempts_per_claim)
     for i, sec in enumerate(r.schedule_seconds):

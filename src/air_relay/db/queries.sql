@@ -42,6 +42,9 @@ WITH due AS (
     WHERE status = 'pending'
       AND next_attempt_at <= now()
       AND sink_type = ANY ($1::text[])
+      -- Sinks that already hold their share of this process's workers (a sink that is down
+      -- or slow must not take every worker while other sinks' deliveries wait).
+      AND event_sink_id <> ALL ($5::uuid[])
     -- created_at breaks ties: a backlog made due at once drains in order of arrival.
     ORDER BY next_attempt_at, created_at
     LIMIT $2

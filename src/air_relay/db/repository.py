@@ -140,10 +140,21 @@ async def ingest_events(
 
 
 async def claim_deliveries(
-    pool: asyncpg.Pool, *, sink_types: Sequence[str], limit: int, lease_seconds: float, worker: str
+    pool: asyncpg.Pool,
+    *,
+    sink_types: Sequence[str],
+    limit: int,
+    lease_seconds: float,
+    worker: str,
+    skip_sinks: Sequence[uuid.UUID] = (),
 ) -> list[ClaimedDelivery]:
     rows = await pool.fetch(
-        QUERIES["claim_deliveries"], list(sink_types), limit, lease_seconds, worker
+        QUERIES["claim_deliveries"],
+        list(sink_types),
+        limit,
+        lease_seconds,
+        worker,
+        list(skip_sinks),
     )
     return [
         ClaimedDelivery(

@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], repo.ClaimedDelivery] = {}
+        self._per_sink: Counter[uuid.UUID] = Counter()
+        self._sink_share = cfg.sink_concurrency or max(1, cfg.concurrency // 4)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -124,13 +127,7 @@ class Dispatcher:
             if want > 0:
                 self._wake.clear()
                 try:
-                    claimed = await repo.claim_deliveries(
-                        self._pool,
-                        sink_types=list(self._senders),
-                        limit=want,
-                        lease_seconds=self._cfg.lease_seconds,
-                        worker=self.worker,
-                    )
+                    claimed = await self._claim(want)
                     backoff = 0.5
                 except DB_UNAVAILABLE as exc:
                     log.warning("claim_failed", error=type(exc).__name__, retry_in=backoff)
@@ -144,6 +141,25 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_seconds)
 
+    async def _claim(self, want: int) -> list[repo.ClaimedDelivery]:
+        """Claim up to ``want`` due deliveries, fairly: sinks holding their share of the
+        workers are passed over first; only if that leaves workers idle do they get more."""
+        full = [sink for sink, n in self._per_sink.items() if n >= self._sink_share]
+        claimed = await self._claim_skipping(want, full)
+        if full and len(claimed) < want:
+            claimed += await self._claim_skipping(want - len(claimed), [])
+        return claimed
+
+    async def _claim_skipping(self, want: int, skip: list[uuid.UUID]) -> list[repo.ClaimedDelivery]:
+        return await repo.claim_deliveries(
+            self._pool,
+            sink_types=list(self._senders),
+            limit=want,
+            lease_seconds=self._cfg.lease_seconds,
+            worker=self.worker,
+            skip_sinks=skip,
+        )
+
     def _spawn(self, delivery: repo.ClaimedDelivery) -> None:
         log.debug(
             "delivery_claimed",
@@ -155,10 +171,15 @@ class Dispatcher:
         sender = self._senders[delivery.sink_type]
         task = asyncio.create_task(self._runner.run(sender, delivery))
         self._inflight[task] = delivery
+        self._per_sink[delivery.event_sink_id] += 1
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
+        delivery = self._inflight.pop(task, None)
+        if delivery is not None:
+            self._per_sink[delivery.event_sink_id] -= 1
+            if self._per_sink[delivery.event_sink_id] <= 0:
+                del self._per_sink[delivery.event_sink_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery_task_crashed", error=repr(task.exception()))
         self._wake.set()  # a slot is free
