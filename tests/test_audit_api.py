@@ -514,6 +514,8 @@ async def test_invalid_filters_are_400_naming_the_parameter(relay: Any) -> None:
         ("cursor", "Zm9vOjE"),  # base64 of "foo:1"
         ("cursor", base64.urlsafe_b64encode(b"a:x").decode()),
         ("cursor", base64.urlsafe_b64encode(b"a:99999999999999999999").decode()),
+        ("cursor", base64.urlsafe_b64encode(b"a:" + b"9" * 5000).decode()),  # int() refuses
+        ("cursor", base64.urlsafe_b64encode("a:²".encode()).decode()),  # a digit, not 0-9
         ("cursor", "\u00e9t\u00e9"),
         ("event_name", "Asset\x00"),
         ("tenant_id", "\x00"),

@@ -9,8 +9,6 @@ requeue, and logged, with a fingerprint of the API key as the actor (never the k
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import uuid
@@ -24,18 +22,25 @@ from aiohttp import web
 
 from air_relay.config import WILDCARD_TENANT, ApiKey
 from air_relay.db import repository as repo
-from air_relay.db.repository import storable
 from air_relay.http.auth import api_key, query_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import POOL
-from air_relay.http.params import bad_param, int_param, parse_time, uuid_param
+from air_relay.http.params import (
+    bad_cursor,
+    bad_param,
+    cursor_text,
+    keyset_page,
+    optional,
+    page_limit,
+    parse_time,
+    text_param,
+    uuid_param,
+)
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 STATUS_FILTERS = ("pending", "delivered", "dead", "all")
 # What each replay ``status`` requeues; "all" is every finished delivery, never a pending one.
 REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
@@ -61,42 +66,34 @@ def visible_tenants(key: ApiKey) -> list[str] | None:
 # --- GET /v1/delivery ---------------------------------------------------------------------------
 
 
-def encode_cursor(created_at: datetime, delivery_id: uuid.UUID) -> str:
-    text = f"{rfc3339(created_at)}|{delivery_id}"
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+def cursor_of(r: asyncpg.Record) -> str:
+    return f"{rfc3339(r['created_at'])}|{r['id']}"
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(name: str, cursor: str) -> tuple[datetime, uuid.UUID]:
+    stamp, sep, ident = cursor_text(cursor).partition("|")
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, sep, ident = text.partition("|")
         created_at = datetime.fromisoformat(stamp)
         if not sep or created_at.tzinfo is None:
             raise ValueError(cursor)
         return created_at.astimezone(UTC), uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
-        raise bad_param("cursor", "is not a cursor this API returned") from exc
+    except (ValueError, OverflowError) as exc:
+        raise bad_cursor() from exc
 
 
-def parse_filter(query: Mapping[str, str], tenant_id: str) -> repo.DeliveryFilter:
-    q = query
+def parse_filter(q: Mapping[str, str], tenant_id: str) -> repo.DeliveryFilter:
     status = q.get("status", "all")
     if status not in STATUS_FILTERS:
         raise bad_param("status", "must be pending, delivered, dead or all")
-    event_name = q.get("event_name") or None
-    if event_name is not None and not storable(event_name):
-        raise bad_param("event_name", "contains NUL characters or unpaired surrogates")
     return repo.DeliveryFilter(
         tenant_id=tenant_id,
         status=None if status == "all" else status,
-        event_sink_id=uuid_param("event_sink_id", q["event_sink_id"])
-        if q.get("event_sink_id")
-        else None,
-        event_name=event_name,
-        since=parse_time("since", q["since"]) if q.get("since") else None,
-        until=parse_time("until", q["until"]) if q.get("until") else None,
-        before=decode_cursor(q["cursor"]) if q.get("cursor") else None,
-        limit=int_param("limit", q["limit"], 1, MAX_LIMIT) if q.get("limit") else DEFAULT_LIMIT,
+        event_sink_id=optional(q, "event_sink_id", uuid_param),
+        event_name=optional(q, "event_name", text_param),
+        since=optional(q, "since", parse_time),
+        until=optional(q, "until", parse_time),
+        before=optional(q, "cursor", decode_cursor),
+        limit=page_limit(q),
     )
 
 
@@ -126,12 +123,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     rows = await repo.delivery_page(
         request.app[POOL], dataclasses.replace(flt, limit=flt.limit + 1)
     )
-    page = rows[: flt.limit]
-    pagination = (
-        {"next_cursor": encode_cursor(page[-1]["created_at"], page[-1]["id"])}
-        if len(rows) > flt.limit
-        else None
-    )
+    page, pagination = keyset_page(rows, flt.limit, cursor_of)
     return web.json_response(
         {"data": {"deliveries": [render_entry(r) for r in page]}, "pagination": pagination}
     )

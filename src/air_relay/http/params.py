@@ -1,13 +1,23 @@
-"""Parsing of management-API parameters (query strings and JSON fields), shared by the audit
-log and the delivery API: every bad value is a 400 ``invalid_argument`` naming the parameter."""
+"""Parsing of management-API parameters (query strings and JSON fields) and keyset pages,
+shared by the audit log and the delivery API: every bad value is a 400 ``invalid_argument``
+naming the parameter."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+from air_relay.db.repository import storable
 from air_relay.http.errors import ApiError
+
+T = TypeVar("T")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
 
 _SPACE_OFFSET = re.compile(r"(?<=\d) (\d{2}:\d{2})$")
 
@@ -46,3 +56,46 @@ def uuid_param(name: str, value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError as exc:
         raise bad_param(name, "must be a UUID") from exc
+
+
+def text_param(name: str, value: str) -> str:
+    if not storable(value):
+        raise bad_param(name, "contains NUL characters or unpaired surrogates")
+    return value
+
+
+def optional(query: Mapping[str, str], name: str, parse: Callable[[str, str], T]) -> T | None:
+    """``parse(name, value)`` of a query parameter, None when it is absent or empty."""
+    value = query.get(name)
+    return parse(name, value) if value else None
+
+
+def page_limit(query: Mapping[str, str]) -> int:
+    return optional(query, "limit", lambda n, v: int_param(n, v, 1, MAX_LIMIT)) or DEFAULT_LIMIT
+
+
+def encode_cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def cursor_text(cursor: str) -> str:
+    """The text inside a cursor made by ``encode_cursor`` (padding optional)."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise bad_cursor() from exc
+
+
+def bad_cursor() -> ApiError:
+    return bad_param("cursor", "is not a cursor this API returned")
+
+
+def keyset_page(
+    rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]
+) -> tuple[Sequence[T], dict[str, Any] | None]:
+    """The page of ``rows`` (fetched with ``limit + 1``: one more tells another page exists)
+    and its ``pagination`` object."""
+    page = rows[:limit]
+    if len(rows) > limit:
+        return page, {"next_cursor": encode_cursor(cursor_of(page[-1]))}
+    return page, None
