@@ -396,6 +396,20 @@ async def test_a_sink_echoing_the_request_does_not_put_secrets_in_audit_or_logs(
     assert SECRET.removeprefix("whsec_") not in text
 
 
+async def test_a_secret_across_the_2_kib_cut_leaves_no_piece_in_the_audit_row(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    token = "straddling-bearer-token-0123456789"
+    # The token starts 10 bytes before the 2 KiB the audit row keeps.
+    sink_server.default = Reply(status=500, body="x" * 2038 + token + "y" * 100)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url(), "bearer_token": token}})
+    await post_event(relay, EVENT)
+    await wait_final(db)
+    rows = await audit(relay)
+    assert rows and all(r["response_body"] == "x" * 2038 + "***" + "y" * 7 for r in rows)
+    assert all(token[:10] not in r["response_body"] for r in rows)
+
+
 async def test_a_slow_sink_cannot_hold_every_worker(
     make_relay: Any, sink_server: SinkServer, aiohttp_server: Any, db: asyncpg.Connection
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -130,6 +130,25 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def audit_text(text: str, secrets: Iterable[str | None]) -> str:
+    """The first RESPONSE_BODY_LIMIT bytes of a response body for the audit row.
+
+    Redacted before the cut: a secret straddling the cut would otherwise leave its first
+    characters in the row. ``text`` must run at least the longest secret past the limit.
+    """
+    head = redact(text[: RESPONSE_BODY_LIMIT + _longest(secrets)], secrets)
+    return head.encode("utf-8")[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
+
+
+async def read_audit_text(resp: aiohttp.ClientResponse, secrets: Sequence[str | None]) -> str:
+    """A response body as the audit row keeps it: its head, the sink's own secrets redacted."""
+    return audit_text(await read_limited(resp, RESPONSE_BODY_LIMIT + _longest(secrets)), secrets)
+
+
+def _longest(secrets: Iterable[str | None]) -> int:
+    return max((len(s.encode("utf-8")) for s in secrets if s), default=0)
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_LIMIT) -> str:

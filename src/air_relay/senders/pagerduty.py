@@ -52,8 +52,7 @@ from air_relay.senders.base import (
     exception_failure,
     http_failure,
     parse_retry_after,
-    read_limited,
-    redact,
+    read_audit_text,
 )
 from air_relay.timestamps import rfc3339
 
@@ -276,7 +275,7 @@ class PagerDutySender:
                 allow_redirects=False,
             ) as resp:
                 # PagerDuty may quote the routing_key back in an error message.
-                text = redact(await read_limited(resp), (key,))
+                text = await read_audit_text(resp, (key,))
                 if 200 <= resp.status < 300:
                     return SendResult(ok=True, status_code=resp.status, response_body=text)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))

@@ -35,12 +35,12 @@ from air_relay import __version__
 from air_relay.config import SlackConfig
 from air_relay.db.repository import ClaimedDelivery
 from air_relay.senders.base import (
-    RESPONSE_BODY_LIMIT,
     SendResult,
+    audit_text,
     exception_failure,
     http_failure,
     parse_retry_after,
-    redact,
+    read_limited,
 )
 from air_relay.senders.slack_message import SlackMessage, message_for_body
 
@@ -222,28 +222,6 @@ def classify(status: int, text: str, audit_body: str, retry_after: float | None)
     )
 
 
-async def read_body(resp: aiohttp.ClientResponse, limit: int) -> str:
-    """Up to ``limit`` bytes of the body as text.
-
-    One ``content.read(n)`` returns whatever has arrived, possibly far less than ``n``; an
-    ok:true answer cut short would not parse and would be sent again, so read until done.
-    """
-    buf = bytearray()
-    while len(buf) < limit:
-        chunk = await resp.content.read(limit - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf).decode("utf-8", errors="replace")
-
-
-def _audit_text(text: str, token: str) -> str:
-    """The first RESPONSE_BODY_LIMIT bytes of a body, the bot token redacted."""
-    # Redact before cutting, so a cut can never leave a recognisable piece of the token.
-    head = redact(text[: RESPONSE_BODY_LIMIT + len(token)], (token,))
-    return head.encode("utf-8")[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
-
-
 class SlackSender:
     sink_type = "Slack"
 
@@ -315,11 +293,11 @@ class SlackSender:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                text = await read_body(resp, PARSE_LIMIT)
+                text = await read_limited(resp, PARSE_LIMIT)
                 return classify(
                     resp.status,
                     text,
-                    _audit_text(text, token),
+                    audit_text(text, (token,)),
                     parse_retry_after(resp.headers.get("Retry-After")),
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -18,8 +18,7 @@ from air_relay.senders.base import (
     exception_failure,
     http_failure,
     parse_retry_after,
-    read_limited,
-    redact,
+    read_audit_text,
 )
 from air_relay.senders.destinations import DestinationRefused, check_literal
 
@@ -99,9 +98,8 @@ class WebhookSender:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = redact(
-                    await read_limited(resp),
-                    (args.get("bearer_token"), args.get("secret"), _secret_key_text(args)),
+                body = await read_audit_text(
+                    resp, (args.get("bearer_token"), args.get("secret"), _secret_key_text(args))
                 )
                 if 200 <= resp.status < 300:
                     return SendResult(ok=True, status_code=resp.status, response_body=body)
