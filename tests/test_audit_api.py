@@ -19,6 +19,7 @@ from conftest import (
     TENANT_B_KEY,
     Reply,
     SinkServer,
+    api_get,
     auth,
     create_sink,
     post_event,
@@ -54,11 +55,7 @@ def event(name: str = "AssetCreatedEvent", org: int | str = 1) -> dict[str, Any]
 async def audit(
     relay: Any, key: str = ADMIN_KEY, **params: str | int
 ) -> tuple[int, dict[str, Any]]:
-    query = {k: str(v) for k, v in params.items()}
-    query.setdefault("tenant_id", TENANT)
-    resp = await relay.get("/v1/audit_log", params=query, headers=auth(key))
-    body: dict[str, Any] = await resp.json()
-    return resp.status, body
+    return await api_get(relay, "/v1/audit_log", key, **params)
 
 
 async def entries(relay: Any, **params: str | int) -> list[dict[str, Any]]:

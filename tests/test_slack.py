@@ -35,10 +35,12 @@ from conftest import (
     CATALOG,
     SLACK_INTEGRATION,
     TENANT,
+    Received,
     SinkServer,
     auth,
     create_sink,
     post_event,
+    wait_for_requests,
     wait_until,
 )
 
@@ -169,16 +171,6 @@ def buttons(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class SlackCall:
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
 class SlackReply:
     status: int = 200
     body: dict[str, Any] | str = field(default_factory=lambda: {"ok": True})
@@ -188,7 +180,7 @@ class SlackReply:
 @dataclass
 class SlackMimic:
     server: TestServer
-    calls: list[SlackCall] = field(default_factory=list)
+    calls: list[Received] = field(default_factory=list)
     script: list[SlackReply] = field(default_factory=list)
     tokens: set[str] = field(default_factory=lambda: {TOKEN})
     channels: set[str] = field(default_factory=lambda: set(CHANNELS))
@@ -199,16 +191,11 @@ class SlackMimic:
     def base_url(self) -> str:
         return str(self.server.make_url("/api"))
 
-    def to(self, channel: str) -> list[SlackCall]:
+    def to(self, channel: str) -> list[Received]:
         return [c for c in self.calls if c.json().get("channel") == channel]
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[SlackCall]:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"expected {count} requests, got {len(self.calls)}")
-            await asyncio.sleep(0.01)
-        return self.calls
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        return await wait_for_requests(self.calls, count, timeout)
 
     def answer(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         """What Slack answers (HTTP 200) to a well-formed request."""
@@ -240,7 +227,7 @@ async def slack(aiohttp_server: Any) -> SlackMimic:
     async def post_message(request: web.Request) -> web.Response:
         body = await request.read()
         headers = dict(request.headers)
-        state.calls.append(SlackCall(headers, body, time.monotonic()))
+        state.calls.append(Received(request.path, headers, body, time.monotonic()))
         if state.script:
             reply = state.script.pop(0)
             text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
