@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 
-from air_relay.config import ApiKey
+from air_relay.config import WILDCARD_TENANT, ApiKey
 from air_relay.db.repository import storable
 from air_relay.http.errors import ApiError
 from air_relay.http.keys import CONFIG
@@ -52,3 +54,13 @@ def query_tenant(request: web.Request, key: ApiKey) -> str:
         raise ApiError(400, "invalid_argument", "tenant_id contains characters no tenant has.")
     require_tenant(key, tenant_id)
     return tenant_id
+
+
+def key_fingerprint(key: ApiKey) -> str:
+    """Names the key in records and logs without revealing it (12 hex digits of SHA-256)."""
+    return hashlib.sha256(key.key.encode()).hexdigest()[:12]
+
+
+def held_tenants(key: ApiKey) -> list[str] | None:
+    """The tenants a key holds, for a SQL filter; None for a key that holds every tenant."""
+    return None if WILDCARD_TENANT in key.tenant_ids else list(key.tenant_ids)

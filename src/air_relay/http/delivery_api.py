@@ -10,7 +10,6 @@ requeue, and logged, with a fingerprint of the API key as the actor (never the k
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,9 +19,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from air_relay.config import WILDCARD_TENANT, ApiKey
 from air_relay.db import repository as repo
-from air_relay.http.auth import api_key, query_tenant
+from air_relay.http.auth import api_key, held_tenants, key_fingerprint, query_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import POOL
@@ -34,9 +32,11 @@ from air_relay.http.params import (
     optional,
     page_limit,
     parse_time,
+    path_uuid,
     text_param,
     uuid_param,
 )
+from air_relay.http.sinks_api import visible_sink
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
@@ -50,17 +50,6 @@ REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
 }
 _REPLAY_FIELDS = ("since", "until", "status")
 _NO_DELIVERY = "No delivery with that id."
-_NO_SINK = "No event sink with that id."
-
-
-def key_fingerprint(key: ApiKey) -> str:
-    """Names the key in records and logs without revealing it (12 hex digits of SHA-256)."""
-    return hashlib.sha256(key.key.encode()).hexdigest()[:12]
-
-
-def visible_tenants(key: ApiKey) -> list[str] | None:
-    """The tenants a key holds; None for a key that holds every tenant."""
-    return None if WILDCARD_TENANT in key.tenant_ids else list(key.tenant_ids)
 
 
 # --- GET /v1/delivery ---------------------------------------------------------------------------
@@ -132,19 +121,12 @@ async def list_deliveries(request: web.Request) -> web.Response:
 # --- POST /v1/delivery/{id}/retry -------------------------------------------------------------
 
 
-def _path_id(request: web.Request, not_found: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError as exc:
-        raise ApiError(404, "not_found", not_found) from exc
-
-
 async def retry_delivery(request: web.Request) -> web.Response:
     key = api_key(request)
-    delivery_id = _path_id(request, _NO_DELIVERY)
+    delivery_id = path_uuid(request, _NO_DELIVERY)
     actor = key_fingerprint(key)
     result = await repo.retry_delivery(
-        request.app[POOL], delivery_id, tenant_ids=visible_tenants(key), actor=actor
+        request.app[POOL], delivery_id, tenant_ids=held_tenants(key), actor=actor
     )
     if result is None:
         raise ApiError(404, "not_found", _NO_DELIVERY)
@@ -206,9 +188,7 @@ def parse_replay(
 
 async def replay_sink(request: web.Request) -> web.Response:
     key = api_key(request)
-    sink = await repo.get_sink(request.app[POOL], _path_id(request, _NO_SINK))
-    if sink is None or not key.allows(sink.tenant_id):
-        raise ApiError(404, "not_found", _NO_SINK)
+    sink = await visible_sink(request, key)
     body = await read_api_json(request)
     actor = key_fingerprint(key)
     # An inactive sink is still replayed: the operator asked for exactly this sink.

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 from air_relay.db.repository import storable
 from air_relay.http.errors import ApiError
 
@@ -56,6 +58,14 @@ def uuid_param(name: str, value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError as exc:
         raise bad_param(name, "must be a UUID") from exc
+
+
+def path_uuid(request: web.Request, not_found: str) -> uuid.UUID:
+    """The path's ``{id}``; an id that is not a UUID names nothing: 404 ``not_found``."""
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError as exc:
+        raise ApiError(404, "not_found", not_found) from exc
 
 
 def text_param(name: str, value: str) -> str:

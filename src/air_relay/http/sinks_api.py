@@ -18,6 +18,7 @@ from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.keys import CONFIG, POOL
+from air_relay.http.params import path_uuid
 from air_relay.senders.destinations import DestinationRefused, check_url
 from air_relay.sinks import (
     InvalidArgument,
@@ -68,17 +69,14 @@ def _parse_uuid(value: Any) -> uuid.UUID | None:
         return None
 
 
-def _sink_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError as exc:
-        raise ApiError(404, "not_found", "No event sink with that id.") from exc
+NO_SINK = "No event sink with that id."
 
 
-async def _visible_sink(request: web.Request, key: ApiKey) -> repo.Sink:
-    sink = await repo.get_sink(request.app[POOL], _sink_id(request))
+async def visible_sink(request: web.Request, key: ApiKey) -> repo.Sink:
+    """The sink of the path's ``{id}``; a 404 unless ``key`` holds its tenant."""
+    sink = await repo.get_sink(request.app[POOL], path_uuid(request, NO_SINK))
     if sink is None or not key.allows(sink.tenant_id):
-        raise ApiError(404, "not_found", "No event sink with that id.")
+        raise ApiError(404, "not_found", NO_SINK)
     return sink
 
 
@@ -134,7 +132,7 @@ async def list_sinks(request: web.Request) -> web.Response:
 
 async def get_sink(request: web.Request) -> web.Response:
     key = api_key(request)
-    sink = await _visible_sink(request, key)
+    sink = await visible_sink(request, key)
     return web.json_response({"event_sink": render_sink(sink)})
 
 
@@ -165,7 +163,7 @@ def _updated_fields(body: dict[str, Any], sink: repo.Sink, request: web.Request)
 
 async def update_sink(request: web.Request) -> web.Response:
     key = api_key(request)
-    sink = await _visible_sink(request, key)
+    sink = await visible_sink(request, key)
     body = await read_api_json(request)
     try:
         fields = _updated_fields(body, sink, request)
@@ -175,16 +173,16 @@ async def update_sink(request: web.Request) -> web.Response:
         raise bad_argument(exc) from exc
     updated = await repo.update_sink(request.app[POOL], sink.id, fields)
     if updated is None:
-        raise ApiError(404, "not_found", "No event sink with that id.")
+        raise ApiError(404, "not_found", NO_SINK)
     log.info("sink_updated", event_sink_id=str(sink.id), tenant_id=sink.tenant_id)
     return web.json_response({"event_sink": render_sink(updated)})
 
 
 async def delete_sink(request: web.Request) -> web.Response:
     key = api_key(request)
-    sink = await _visible_sink(request, key)
+    sink = await visible_sink(request, key)
     if not await repo.delete_sink(request.app[POOL], sink.id):
-        raise ApiError(404, "not_found", "No event sink with that id.")
+        raise ApiError(404, "not_found", NO_SINK)
     log.info("sink_deleted", event_sink_id=str(sink.id), tenant_id=sink.tenant_id)
     return web.json_response({"id": str(sink.id), "tenant_id": sink.tenant_id})
 
