@@ -1,5 +1,7 @@
 """Human wording for AIR events, shared by the Slack and PagerDuty senders.
 
+Also the reading of ``data`` from the exact bytes AIR sent, which both senders render from.
+
 A title and the fields that name the subject of each of the 28 event types, field labels,
 the AIR links an event carries, and which fields hold credentials (AIR's
 ``DeploymentTokenRegeneratedEvent`` carries the organisation's deployment tokens).
@@ -7,6 +9,8 @@ the AIR links an event carries, and which fields hold credentials (AIR's
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -129,3 +133,22 @@ def is_sensitive(key: str) -> bool:
 def masked(value: Any) -> str:
     text = scalar_text(value)
     return "…" + text[-4:] if len(text) >= 12 else "…"
+
+
+def _parse_float(text: str) -> float | str:
+    # 1e400 is valid JSON but Python reads it as inf, which json.dumps cannot write as JSON:
+    # keep such a number as its text rather than render a message a sink rejects.
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def event_data(body: bytes) -> tuple[Any, bool]:
+    """The envelope's ``data`` from the bytes AIR sent, and whether they could be read at all
+    (ingest checked them, but a sender must not fail on what it renders)."""
+    try:
+        envelope = json.loads(body.decode("utf-8", errors="replace"), parse_float=_parse_float)
+    except (ValueError, RecursionError):
+        return None, False
+    if not isinstance(envelope, dict):
+        return None, True
+    return envelope.get("data"), True

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,7 +45,7 @@ import aiohttp
 from air_relay import __version__
 from air_relay.config import PagerDutyConfig
 from air_relay.db.repository import ClaimedDelivery
-from air_relay.event_text import event_links, event_summary, event_title
+from air_relay.event_text import event_data, event_links, event_summary, event_title
 from air_relay.senders.base import (
     SendResult,
     exception_failure,
@@ -120,24 +119,6 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _parse_float(text: str) -> float | str:
-    # 1e400 is valid JSON but Python reads it as inf, which json.dumps cannot write as JSON:
-    # keep such a number as its text rather than send PagerDuty a body it rejects.
-    value = float(text)
-    return value if math.isfinite(value) else text
-
-
-def parse_data(body: bytes) -> tuple[Any, bool]:
-    """The envelope's ``data`` and whether the body could be read at all."""
-    try:
-        envelope = json.loads(body.decode("utf-8", errors="replace"), parse_float=_parse_float)
-    except (ValueError, RecursionError):
-        return None, False
-    if not isinstance(envelope, dict):
-        return None, True
-    return envelope.get("data"), True
-
-
 def summary_text(event_name: str, data: Mapping[str, Any], org: str) -> str:
     """``[AIR] Triage rule matched: Rule on Endpoint (org 1)``, at most 1024 characters."""
     prefix, suffix = "[AIR] ", clip(f" (org {one_line(org)})", SUMMARY_LIMIT // 2)
@@ -159,7 +140,7 @@ def _links(data: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def build_event(delivery: ClaimedDelivery, routing_key: str) -> dict[str, Any]:
     """The full Events API v2 body, before the size rule."""
-    data, readable = parse_data(delivery.body)
+    data, readable = event_data(delivery.body)
     fields: Mapping[str, Any] = data if isinstance(data, dict) else {}
     org = str(delivery.organization_id)
     payload: dict[str, Any] = {

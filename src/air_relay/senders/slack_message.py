@@ -24,7 +24,6 @@ Lengths are counted in UTF-16 code units, which is never less than Python's ``le
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 
 from air_relay.event_text import (
     LINK_FIELDS,
+    event_data,
     event_links,
     event_summary,
     event_title,
@@ -317,9 +317,5 @@ def message_for_body(
     event_name: str, organization_id: Any, body: bytes, received_at: datetime | None = None
 ) -> SlackMessage:
     """The message for the exact bytes AIR sent (``data`` taken from the envelope)."""
-    try:
-        envelope = json.loads(body)
-    except (ValueError, RecursionError):
-        envelope = None
-    data = envelope.get("data") if isinstance(envelope, dict) else None
+    data, _ = event_data(body)
     return build_message(event_name, organization_id, data, received_at)
