@@ -314,7 +314,6 @@ async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
 
 # --- dead letters, retry, replay, retention ------------------------------------------------
 
-DELIVERY_STATUSES = ("pending", "delivered", "dead")
 # What a replay may requeue: finished deliveries only (a pending one is already queued).
 REPLAYABLE_STATUSES = ("delivered", "dead")
 

@@ -51,7 +51,6 @@ FIELDS_PER_SECTION = 10
 BUTTON_TEXT_LIMIT = 75
 BUTTON_URL_LIMIT = 3000
 BUTTONS_PER_ACTIONS = 25
-TEXT_LIMIT_DOCUMENTED = 40_000
 # Slack answers msg_too_long well below its documented 40,000; the fallback is one line anyway.
 TEXT_LIMIT = 3000
 SUMMARY_LIMIT = 1000
