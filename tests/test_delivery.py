@@ -304,7 +304,7 @@ async def test_delivery_row_ids_are_uuids(relay: Any, db: asyncpg.Connection) ->
 async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) -> None:
     from air_relay.db import repository as repo
     from air_relay.db.pool import create_pool
-    from air_relay.delivery.attempts import ClaimRunner
+    from air_relay.delivery.claim import ClaimRunner
     from air_relay.metrics import Metrics
     from conftest import make_config
 

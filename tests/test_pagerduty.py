@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from air_relay.db.repository import ClaimedDelivery
-from air_relay.senders import pagerduty as pd
+from air_relay.sinks import pagerduty as pd
 from conftest import (
     ADMIN_KEY,
     CATALOG,

@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from air_relay.event_text import event_title
-from air_relay.senders.slack import ChannelPacer, classify
-from air_relay.senders.slack_message import (
+from air_relay.sinks.slack import ChannelPacer, classify
+from air_relay.sinks.slack_message import (
     BLOCKS_TEXT_BUDGET,
     SlackMessage,
     build_message,

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from air_relay.senders.destinations import refusal
+from air_relay.sinks.egress_guard import refusal
 from conftest import ADMIN_KEY, TENANT, SinkServer, auth, create_sink, post_event, wait_until
 
 EVENT = {"eventName": "CaseCreatedEvent", "organizationId": 1, "data": {"id": "c-1"}}

@@ -64,7 +64,7 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
 
     from air_relay.db.migrate import apply_migrations
     from air_relay.db.pool import DB_UNAVAILABLE, DatabaseRefused, connect, wait_for_database
-    from air_relay.server import resolve_dsn
+    from air_relay.runtime import resolve_dsn
 
     log = structlog.get_logger("air_relay.cli")
     failures: tuple[type[BaseException], ...] = (
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(cfg.logging.format, cfg.logging.level)
     if args.command == "migrate":
         return asyncio.run(_migrate(cfg, args.wait))
-    from air_relay.server import serve
+    from air_relay.runtime import serve
 
     return asyncio.run(serve(cfg))
 

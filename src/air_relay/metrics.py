@@ -11,7 +11,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from air_relay.catalog import catalog
+from air_relay.events import catalog
 
 # The *_created series double the output for no use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -22,9 +22,9 @@ import structlog
 from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE, connect
-from air_relay.delivery.attempts import ClaimRunner
+from air_relay.delivery.claim import ClaimRunner
 from air_relay.metrics import Metrics
-from air_relay.senders.base import Sender
+from air_relay.sinks.base import Sender
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ from air_relay.delivery.retention import RetentionTask
 from air_relay.http import audit_api, delivery_api, ops, sinks_api
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
-from air_relay.http.keys import (
+from air_relay.http.state import (
     CLIENT_SESSION,
     CONFIG,
     DISPATCHER,
@@ -28,11 +28,11 @@ from air_relay.http.keys import (
     WEBHOOK_SESSION,
 )
 from air_relay.metrics import Metrics
-from air_relay.senders.base import Sender
-from air_relay.senders.destinations import GuardedResolver
-from air_relay.senders.pagerduty import PagerDutySender
-from air_relay.senders.slack import SlackSender
-from air_relay.senders.webhook import WebhookSender
+from air_relay.sinks.base import Sender
+from air_relay.sinks.egress_guard import GuardedResolver
+from air_relay.sinks.pagerduty import PagerDutySender
+from air_relay.sinks.slack import SlackSender
+from air_relay.sinks.webhook import WebhookSender
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

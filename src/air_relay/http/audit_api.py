@@ -11,7 +11,6 @@ from aiohttp import web
 
 from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant
-from air_relay.http.keys import POOL
 from air_relay.http.params import (
     bad_cursor,
     bad_param,
@@ -24,6 +23,7 @@ from air_relay.http.params import (
     text_param,
     uuid_param,
 )
+from air_relay.http.state import POOL
 from air_relay.timestamps import rfc3339
 
 OUTCOMES = ("failure", "success", "all")

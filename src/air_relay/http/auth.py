@@ -9,7 +9,7 @@ from aiohttp import web
 from air_relay.config import WILDCARD_TENANT, ApiKey
 from air_relay.db.repository import storable
 from air_relay.http.errors import ApiError
-from air_relay.http.keys import CONFIG
+from air_relay.http.state import CONFIG
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -23,7 +23,6 @@ from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, held_tenants, key_fingerprint, query_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
-from air_relay.http.keys import POOL
 from air_relay.http.params import (
     bad_cursor,
     bad_param,
@@ -37,6 +36,7 @@ from air_relay.http.params import (
     uuid_param,
 )
 from air_relay.http.sinks_api import visible_sink
+from air_relay.http.state import POOL
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)

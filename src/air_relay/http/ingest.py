@@ -12,14 +12,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from air_relay.catalog import parameter_mismatches
 from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.db.repository import storable
+from air_relay.events import parameter_mismatches
 from air_relay.http.auth import ingest_tenant
 from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import is_json_content_type, read_json
-from air_relay.http.keys import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS
+from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from air_relay.http.errors import ApiError
-from air_relay.http.keys import CONFIG
+from air_relay.http.state import CONFIG
 
 
 def _reject_constant(name: str) -> Any:

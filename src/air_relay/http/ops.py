@@ -11,7 +11,7 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import current_version, latest_version
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.http.errors import RETRY_AFTER_SECONDS, error_response
-from air_relay.http.keys import METRICS, POOL
+from air_relay.http.state import METRICS, POOL
 
 
 async def healthz(_request: web.Request) -> web.Response:

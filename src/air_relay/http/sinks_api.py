@@ -17,10 +17,9 @@ from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
-from air_relay.http.keys import CONFIG, POOL
 from air_relay.http.params import path_uuid
-from air_relay.senders.destinations import DestinationRefused, check_url
-from air_relay.sinks import (
+from air_relay.http.state import CONFIG, POOL
+from air_relay.sinks.args import (
     InvalidArgument,
     parse_active,
     parse_events,
@@ -29,6 +28,7 @@ from air_relay.sinks import (
     render_sink,
     text_field,
 )
+from air_relay.sinks.egress_guard import DestinationRefused, check_url
 
 log = structlog.get_logger(__name__)
 

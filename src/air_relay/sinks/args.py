@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from air_relay.config import Config
 from air_relay.db.repository import Sink, storable
-from air_relay.senders.webhook import SIGNING_PREFIX, decode_secret
+from air_relay.sinks.webhook import SIGNING_PREFIX, decode_secret
 from air_relay.timestamps import rfc3339_seconds
 
 SINK_TYPES = ("Slack", "Webhook", "PagerDuty")

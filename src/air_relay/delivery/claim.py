@@ -28,7 +28,7 @@ from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.metrics import Metrics
-from air_relay.senders.base import PacedSender, Sender, SendResult
+from air_relay.sinks.base import PacedSender, Sender, SendResult
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)

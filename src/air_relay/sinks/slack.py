@@ -34,7 +34,7 @@ import aiohttp
 from air_relay import __version__
 from air_relay.config import SlackConfig
 from air_relay.db.repository import ClaimedDelivery
-from air_relay.senders.base import (
+from air_relay.sinks.base import (
     SendResult,
     audit_text,
     exception_failure,
@@ -42,7 +42,7 @@ from air_relay.senders.base import (
     parse_retry_after,
     read_limited,
 )
-from air_relay.senders.slack_message import SlackMessage, message_for_body
+from air_relay.sinks.slack_message import SlackMessage, message_for_body
 
 TRANSIENT_ERRORS = frozenset(
     {"ratelimited", "internal_error", "service_unavailable", "request_timeout", "fatal_error"}

@@ -46,7 +46,7 @@ from air_relay import __version__
 from air_relay.config import PagerDutyConfig
 from air_relay.db.repository import ClaimedDelivery
 from air_relay.event_text import event_data, event_links, event_summary, event_title
-from air_relay.senders.base import (
+from air_relay.sinks.base import (
     SendResult,
     exception_failure,
     http_failure,

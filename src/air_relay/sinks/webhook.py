@@ -12,7 +12,7 @@ import aiohttp
 
 from air_relay import __version__
 from air_relay.db.repository import ClaimedDelivery
-from air_relay.senders.base import (
+from air_relay.sinks.base import (
     DESTINATION_NOT_ALLOWED,
     SendResult,
     exception_failure,
@@ -20,7 +20,7 @@ from air_relay.senders.base import (
     parse_retry_after,
     read_audit_text,
 )
-from air_relay.senders.destinations import DestinationRefused, check_literal
+from air_relay.sinks.egress_guard import DestinationRefused, check_literal
 
 SIGNING_PREFIX = "whsec_"
 

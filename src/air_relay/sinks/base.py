@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 
 from air_relay.db.repository import ClaimedDelivery
-from air_relay.senders.destinations import refused_in
+from air_relay.sinks.egress_guard import refused_in
 
 RESPONSE_BODY_LIMIT = 2048
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
