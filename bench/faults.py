@@ -6,9 +6,9 @@ ingest load; it checks what the test checks and reports, per fault: events sent,
 (202), rejected (503 + Retry-After), connection errors, delivered, delivered without a 202,
 duplicated, the highest RSS of the serve processes, and notes. Only 127.0.0.1 is used.
 
-    .venv/bin/python bench/faults.py                        # every scenario, short sizes
-    .venv/bin/python bench/faults.py --size long            # the long sizes (several minutes)
-    .venv/bin/python bench/faults.py kill9 sink-outage --set events=2000
+    .venv/bin/python -m bench.faults                        # every scenario, short sizes
+    .venv/bin/python -m bench.faults --size long            # the long sizes (several minutes)
+    .venv/bin/python -m bench.faults kill9 sink-outage --set events=2000
 """
 
 from __future__ import annotations
@@ -22,11 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
-
-from faultkit import TABLE_HEADER, Figures, fault_lab, table_row  # noqa: E402
-from test_faults import SCENARIOS  # noqa: E402
+from tests.fault.kit import TABLE_HEADER, Figures, fault_lab, table_row
+from tests.fault.test_faults import SCENARIOS
 
 
 def parse_setting(text: str) -> tuple[str, Any]:

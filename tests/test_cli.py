@@ -20,7 +20,7 @@ import yaml
 
 from air_relay import __version__
 from air_relay.db.migrate import latest_version
-from conftest import scratch_database, with_database
+from tests.conftest import scratch_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"

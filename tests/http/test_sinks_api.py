@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from standardwebhooks.webhooks import Webhook
 
-from conftest import (
+from tests.conftest import (
     ADMIN_KEY,
     CATALOG,
     SLACK_INTEGRATION,

@@ -44,7 +44,7 @@ import asyncpg
 import yaml
 from aiohttp import web
 
-from conftest import TENANT, deep_merge
+from tests.conftest import TENANT, deep_merge
 
 INGEST_TOKEN = "fault-ingest-token"
 API_KEY = "fault-api-key"

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import (
+from tests.conftest import (
     CATALOG,
     INGEST_TOKEN,
     INGEST_TOKEN_B,

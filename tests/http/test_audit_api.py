@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from conftest import (
+from tests.conftest import (
     ADMIN_KEY,
     INGEST_TOKEN_B,
     TENANT,

@@ -30,7 +30,7 @@ from air_relay.sinks.slack_message import (
     build_message,
     message_for_body,
 )
-from conftest import (
+from tests.conftest import (
     ADMIN_KEY,
     CATALOG,
     SLACK_INTEGRATION,

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from air_relay.db.repository import ClaimedDelivery
 from air_relay.sinks import pagerduty as pd
-from conftest import (
+from tests.conftest import (
     ADMIN_KEY,
     CATALOG,
     TENANT,

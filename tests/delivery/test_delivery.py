@@ -12,7 +12,7 @@ import asyncpg
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
-from conftest import (
+from tests.conftest import (
     ADMIN_KEY,
     CATALOG,
     TENANT,
@@ -306,7 +306,7 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
     from air_relay.db.pool import create_pool
     from air_relay.delivery.claim import ClaimRunner
     from air_relay.metrics import Metrics
-    from conftest import make_config
+    from tests.conftest import make_config
 
     class BrokenSender:
         sink_type = "Webhook"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from air_relay.db.migrate import latest_version
-from faultkit import (
+from tests.fault.kit import (
     CountingSink,
     FaultLab,
     Figures,

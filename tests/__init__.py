@@ -1,0 +1,1 @@
+"""air-relay's test suite; a package so that bench/ can import its fault kit."""

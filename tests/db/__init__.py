@@ -1,0 +1,1 @@
+"""Tests of the database layer: migrations, the queries and their indexes."""

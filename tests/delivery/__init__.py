@@ -1,0 +1,1 @@
+"""Tests of delivery: claims, retries, leases, dead letters and retention."""

@@ -1,0 +1,1 @@
+"""Tests of the senders (Slack, PagerDuty) and the egress guard."""
