@@ -27,8 +27,8 @@ from air_relay.config import Config, parse_config
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import connect
-from air_relay.http.app import make_app
 from air_relay.logs import configure_logging
+from air_relay.runtime import build_app
 
 TENANT = "00000000-0000-0000-0000-000000000000"
 TENANT_B = "11111111-1111-1111-1111-111111111111"
@@ -202,7 +202,7 @@ async def make_relay(db_dsn: str, aiohttp_client: Any) -> RelayFactory:
     async def start(
         *, run_dispatcher: bool = True, **overrides: Any
     ) -> TestClient[web.Request, web.Application]:
-        app = make_app(make_config(**overrides), db_dsn, run_dispatcher=run_dispatcher)
+        app = build_app(make_config(**overrides), db_dsn, run_dispatcher=run_dispatcher)
         client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
         return client
 

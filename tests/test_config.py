@@ -1,5 +1,5 @@
 """The configuration contract (SPEC 2): ${VAR} expansion, errors that name the dotted key,
-value checks, defaults, redaction, and the constant-time credential lookups."""
+value checks, defaults and redaction."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from air_relay import config as config_module
 from air_relay.config import (
     ApiKey,
     Config,
@@ -22,9 +21,9 @@ from air_relay.config import (
     expand_env,
     load_config,
     parse_config,
-    redact_dsn,
     redacted,
 )
+from air_relay.redaction import redact_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -489,53 +488,3 @@ def test_redact_dsn(dsn: str, expected: str) -> None:
 
 def test_redacted_keeps_null_dsn() -> None:
     assert redacted(Config())["database"]["dsn"] is None
-
-
-# --- constant-time lookups -------------------------------------------------------------------
-
-
-@pytest.fixture
-def creds() -> Config:
-    return parse_config(SECRET_TEXT, env=SECRETS)
-
-
-def test_tenant_for_token(creds: Config) -> None:
-    assert creds.tenant_for_token(SECRETS["INGEST_A"]) == "tenant-a"
-    assert creds.tenant_for_token(SECRETS["INGEST_B"]) == "tenant-b"
-    assert creds.tenant_for_token("ingest-token-") is None  # a prefix is not a match
-    assert creds.tenant_for_token(SECRETS["INGEST_A"] + "x") is None
-    assert creds.tenant_for_token("") is None
-    assert creds.tenant_for_token(SECRETS["API_KEY"]) is None  # API keys do not ingest
-    assert creds.tenant_for_token("ingest-token-\u00e9") is None  # non-ASCII is no crash
-
-
-def test_api_key_lookup(creds: Config) -> None:
-    key = creds.api_key(SECRETS["API_KEY"])
-    assert key is not None
-    assert key.allows("tenant-a")
-    assert not key.allows("tenant-b")
-    assert creds.api_key(SECRETS["INGEST_A"]) is None  # ingest tokens are not API keys
-    assert creds.api_key("api-key-ccc") is None
-    assert creds.api_key("") is None
-
-
-def test_lookups_compare_every_entry_with_compare_digest(
-    creds: Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[bytes, bytes]] = []
-    real = config_module.hmac.compare_digest
-
-    def counting(a: bytes, b: bytes) -> bool:
-        calls.append((a, b))
-        return real(a, b)
-
-    monkeypatch.setattr(config_module.hmac, "compare_digest", counting)
-    # The first token matches, yet the second is still compared: no early exit.
-    assert creds.tenant_for_token(SECRETS["INGEST_A"]) == "tenant-a"
-    assert [b for _, b in calls] == [SECRETS["INGEST_A"].encode(), SECRETS["INGEST_B"].encode()]
-    calls.clear()
-    assert creds.tenant_for_token("no-such-token") is None
-    assert len(calls) == 2
-    calls.clear()
-    assert creds.api_key("nope") is None
-    assert len(calls) == 1

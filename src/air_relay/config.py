@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import math
 import os
 import re
@@ -21,6 +20,8 @@ from typing import Any, Union
 from urllib.parse import urlsplit
 
 import yaml
+
+from air_relay.redaction import REDACTED, redact_dsn
 
 WILDCARD_TENANT = "*"
 
@@ -151,29 +152,10 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def tenant_for_token(self, token: str) -> str | None:
-        """The tenant of an ingest token, comparing in constant time."""
-        found: str | None = None
-        presented = token.encode()
-        for entry in self.ingest.tokens:
-            # No early exit: every configured token is compared, so timing says nothing.
-            if hmac.compare_digest(presented, entry.token.encode()) and found is None:
-                found = entry.tenant_id
-        return found
-
-    def api_key(self, key: str) -> ApiKey | None:
-        found: ApiKey | None = None
-        presented = key.encode()
-        for entry in self.api.keys:
-            if hmac.compare_digest(presented, entry.key.encode()) and found is None:
-                found = entry
-        return found
-
 
 # Keys whose values are secrets: redacted by check-config, never logged. (The password in
 # ``database.dsn`` is redacted separately, keeping the rest of the DSN readable.)
 SECRET_KEYS = frozenset({"token", "key", "bot_token"})
-REDACTED = "***"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -431,28 +413,6 @@ def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -
     except UnicodeDecodeError as exc:
         raise ConfigError("", f"config file {path} is not UTF-8 text") from exc
     return parse_config(text, env)
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***``, in URI or ``key=value`` form."""
-    scheme, sep, rest = dsn.partition("://")
-    if sep:
-        # The user info ends at the last "@" before the path: a password may contain "@".
-        authority_end = len(rest)
-        for stop in ("/", "?"):
-            at_stop = rest.find(stop, rest.rfind("@") + 1)
-            if at_stop != -1:
-                authority_end = min(authority_end, at_stop)
-        authority, tail = rest[:authority_end], rest[authority_end:]
-        userinfo, at, host = authority.rpartition("@")
-        user, colon, password = userinfo.partition(":")
-        if at and colon and password:
-            authority = f"{user}:{REDACTED}@{host}"
-        tail = re.sub(r"([?&]password=)[^&#]*", rf"\g<1>{REDACTED}", tail, flags=re.IGNORECASE)
-        return f"{scheme}://{authority}{tail}"
-    return re.sub(
-        r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", rf"\g<1>{REDACTED}", dsn, flags=re.I
-    )
 
 
 def redacted(cfg: Config) -> dict[str, Any]:

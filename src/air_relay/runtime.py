@@ -1,30 +1,105 @@
-"""``air-relay serve``: the embedded database (when no DSN), the HTTP server, the dispatcher,
-systemd readiness, and a SIGTERM that drains instead of dropping work."""
+"""The running daemon, wired in one place: the embedded database (when no DSN), the pool and
+migrations, the client sessions and senders, the dispatcher, retention, the HTTP site,
+signals and systemd readiness.
+
+``build_app`` gives the HTTP app with every resource attached as an aiohttp cleanup context
+(created in order at start-up, torn down in reverse), so tests run the same wiring with
+``aiohttp_client``; ``serve`` runs it as ``air-relay serve`` does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from air_relay import __version__, systemd
 from air_relay.config import Config
+from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
-from air_relay.db.pool import DatabaseRefused
+from air_relay.db.migrate import apply_migrations
+from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_database
+from air_relay.delivery.dispatcher import Dispatcher
+from air_relay.delivery.retention import RetentionTask
 from air_relay.http.app import make_app
+from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS, POOL
+from air_relay.sinks.egress_guard import GuardedResolver
+from air_relay.sinks.registry import Clients, build_senders
 
 log = structlog.get_logger(__name__)
 
+CLIENTS = web.AppKey("clients", Clients)
+
 
 async def resolve_dsn(cfg: Config) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured DSN, or that of the embedded server, started here."""
     if cfg.database.dsn:
         return cfg.database.dsn, None
     embedded = EmbeddedPostgres(cfg.state_dir)
     dsn = await asyncio.to_thread(embedded.start)
     return dsn, embedded
+
+
+def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Application:
+    """The HTTP app with the database, client sessions and (unless ``run_dispatcher`` is
+    false) the dispatcher and retention attached to its lifecycle."""
+    app = make_app(cfg)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        await wait_for_database(dsn)
+        conn = await connect(dsn)
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        pool = await create_pool(dsn, cfg.database.pool_min_size, cfg.database.pool_max_size)
+        app[POOL] = pool
+        app[INGEST_BATCHER] = IngestBatcher(
+            pool, acquire_timeout=cfg.database.acquire_timeout_seconds
+        )
+        yield
+        await pool.close()
+
+    async def client_sessions(app: web.Application) -> AsyncIterator[None]:
+        limit = cfg.delivery.concurrency
+        # Checked at connect time, for the address actually connected to.
+        resolver = None if cfg.delivery.allow_private_destinations else GuardedResolver()
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60)
+            ) as operator,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60, resolver=resolver)
+            ) as webhook,
+        ):
+            app[CLIENTS] = Clients(operator=operator, webhook=webhook)
+            yield
+
+    async def dispatcher(app: web.Application) -> AsyncIterator[None]:
+        senders = build_senders(cfg, app[CLIENTS])
+        running = Dispatcher(app[POOL], dsn, cfg.delivery, senders, app[METRICS])
+        app[DISPATCHER] = running
+        running.start()
+        yield
+        await running.stop(grace_seconds=cfg.delivery.timeout_seconds)
+
+    async def retention(app: web.Application) -> AsyncIterator[None]:
+        task = RetentionTask(app[POOL], app[CONFIG].retention)
+        task.start()
+        yield
+        await task.stop()
+
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(client_sessions)
+    if run_dispatcher:
+        app.cleanup_ctx.append(dispatcher)
+        app.cleanup_ctx.append(retention)
+    return app
 
 
 async def _wait_event(event: asyncio.Event) -> None:
@@ -46,13 +121,14 @@ async def _until_stopped(stop: asyncio.Event, work: asyncio.Future[None]) -> boo
 
 
 async def serve(cfg: Config) -> int:
+    """``air-relay serve``: run until SIGTERM or SIGINT, then drain; the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     dsn, embedded = await resolve_dsn(cfg)
-    runner = web.AppRunner(make_app(cfg, dsn), access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(build_app(cfg, dsn), access_log=None, shutdown_timeout=5)
     watchdog: asyncio.Task[None] | None = None
     try:
         # Start-up waits for the database (logging while it does) but still obeys SIGTERM.

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from air_relay import model
 from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
@@ -56,11 +57,13 @@ async def _seed(pool: asyncpg.Pool, n: int) -> None:
     sink = await repo.insert_sink(
         pool,
         uuid.uuid4(),
-        repo.SinkFields("t", "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True),
+        model.SinkFields("t", "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True),
     )
     assert sink.active
     for _ in range(n):
-        await repo.ingest_events(pool, [repo.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}")], timeout=5)
+        await repo.ingest_events(
+            pool, [model.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}")], timeout=5
+        )
 
 
 async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:
@@ -98,7 +101,7 @@ async def test_expired_lease_is_claimed_again_and_stale_completion_is_refused(
         assert second.id == first.id
         assert second.claims == 2
         assert second.claim_token != first.claim_token
-        record = repo.AttemptRecord(1, "success", 200, None, "", 1, None, _now())
+        record = model.AttemptRecord(1, "success", 200, None, "", 1, None, _now())
         kept = await repo.complete_delivery(
             pool,
             first,

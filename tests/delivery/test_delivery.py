@@ -302,6 +302,7 @@ async def test_delivery_row_ids_are_uuids(relay: Any, db: asyncpg.Connection) ->
 
 
 async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) -> None:
+    from air_relay import model
     from air_relay.db import repository as repo
     from air_relay.db.pool import create_pool
     from air_relay.delivery.claim import ClaimRunner
@@ -309,20 +310,18 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
     from tests.conftest import make_config
 
     class BrokenSender:
-        sink_type = "Webhook"
-
-        async def send(self, delivery: repo.ClaimedDelivery) -> Any:
+        async def send(self, delivery: model.ClaimedDelivery) -> Any:
             raise RuntimeError("bug in a sender")
 
     cfg = make_config(delivery={"retry": {"attempts_per_claim": 2, "schedule_seconds": []}})
     pool = await create_pool(db_dsn, 1, 2)
     try:
-        fields = repo.SinkFields(
+        fields = model.SinkFields(
             TENANT, "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True
         )
         await repo.insert_sink(pool, uuid.uuid4(), fields)
         await repo.ingest_events(
-            pool, [repo.NewEvent(uuid.uuid4(), TENANT, "E", 1, b"{}")], timeout=5
+            pool, [model.NewEvent(uuid.uuid4(), TENANT, "E", 1, b"{}")], timeout=5
         )
         (claimed,) = await repo.claim_deliveries(
             pool, sink_types=["Webhook"], limit=1, lease_seconds=60, worker="w"

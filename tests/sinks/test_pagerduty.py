@@ -18,8 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from air_relay.db.repository import ClaimedDelivery
+from air_relay import events
+from air_relay.model import ClaimedDelivery
 from air_relay.sinks import pagerduty as pd
+from air_relay.sinks.base import Answer, SendResult
 from tests.conftest import (
     ADMIN_KEY,
     CATALOG,
@@ -36,6 +38,10 @@ BY_NAME = {entry["eventName"]: entry["example"] for entry in CATALOG}
 TRIAGE = BY_NAME["TriageRuleMatchedEvent"]
 SEVERITIES = {"critical", "error", "warning", "info"}
 LIMIT = 512 * 1024
+
+
+def pd_failure(status: int, body: str, retry_after: float | None) -> SendResult:
+    return pd.classify(Answer(status, body, body, retry_after))
 
 
 # --- a local PagerDuty Events API v2 ------------------------------------------------------
@@ -210,13 +216,13 @@ def with_data(name: str, **data: Any) -> dict[str, Any]:
 
 
 def test_severity_table_covers_exactly_the_catalog() -> None:
-    assert set(pd.SEVERITY) == set(BY_NAME)
-    assert set(pd.SEVERITY.values()) <= SEVERITIES
-    assert pd.SEVERITY["TriageRuleMatchedEvent"] == "critical"
-    assert pd.SEVERITY["TaskProcessingFailedEvent"] == "error"
-    assert pd.SEVERITY["EndpointDeletedEvent"] == "warning"
-    assert pd.SEVERITY["CaseCreatedEvent"] == "info"
-    assert pd.severity_for("SomethingNewEvent") == "info"
+    assert set(events.SEVERITY) == set(BY_NAME)
+    assert set(events.SEVERITY.values()) <= SEVERITIES
+    assert events.SEVERITY["TriageRuleMatchedEvent"] == "critical"
+    assert events.SEVERITY["TaskProcessingFailedEvent"] == "error"
+    assert events.SEVERITY["EndpointDeletedEvent"] == "warning"
+    assert events.SEVERITY["CaseCreatedEvent"] == "info"
+    assert events.severity_for("SomethingNewEvent") == "info"
 
 
 @pytest.mark.parametrize("name", sorted(BY_NAME))
@@ -232,7 +238,7 @@ def test_every_catalog_example_renders(name: str) -> None:
     assert payload["summary"].endswith(" (org 1)")
     assert len(payload["summary"]) <= 1024
     assert payload["source"] == "AIR organization 1"
-    assert payload["severity"] == pd.SEVERITY[name]
+    assert payload["severity"] == events.SEVERITY[name]
     assert payload["timestamp"] == "2026-03-01T12:30:45.123456Z"
     assert payload["class"] == name
     assert payload["group"] == "1"
@@ -315,12 +321,12 @@ def test_unknown_event_uses_info_and_its_spelled_out_name() -> None:
 
 
 def test_a_400_without_pagerduty_status_is_http_400() -> None:
-    assert pd.failure(400, "bad", None).error == "http_400"
-    verdict = pd.failure(400, json.dumps({"status": "invalid event", "errors": ["e"]}), None)
+    assert pd_failure(400, "bad", None).error == "http_400"
+    verdict = pd_failure(400, json.dumps({"status": "invalid event", "errors": ["e"]}), None)
     assert (verdict.error, verdict.transient, verdict.status_code) == ("invalid_event", False, 400)
-    assert pd.failure(429, "", 2.0).transient
-    assert pd.failure(503, "", None).reason == "server_error"
-    assert not pd.failure(404, "", None).transient
+    assert pd_failure(429, "", 2.0).transient
+    assert pd_failure(503, "", None).reason == "server_error"
+    assert not pd_failure(404, "", None).transient
 
 
 # --- end to end against the mimic ---------------------------------------------------------
@@ -488,7 +494,7 @@ async def test_all_28_catalog_events_are_accepted_by_the_mimic(
     got = {e["payload"]["class"]: e for e in mimic.received}
     assert set(got) == set(BY_NAME)
     for name, event in got.items():
-        assert event["payload"]["severity"] == pd.SEVERITY[name]
+        assert event["payload"]["severity"] == events.SEVERITY[name]
         assert event["payload"]["custom_details"] == BY_NAME[name]["data"]
 
 

@@ -22,7 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from air_relay.event_text import event_title
+from air_relay.events import event_title
+from air_relay.sinks.base import Answer, SendResult
 from air_relay.sinks.slack import ChannelPacer, classify
 from air_relay.sinks.slack_message import (
     BLOCKS_TEXT_BUDGET,
@@ -49,6 +50,12 @@ OTHER_INTEGRATION = "00000000-0000-0000-0000-0000000000aa"
 EXAMPLES = {entry["eventName"]: entry["example"] for entry in CATALOG}
 TRIAGE = EXAMPLES["TriageRuleMatchedEvent"]
 CHANNELS = {"C0123", "C0456", "C0789", "#dfir-alerts"}
+
+
+def classify_answer(
+    status: int, text: str, audit_body: str, retry_after: float | None
+) -> SendResult:
+    return classify(Answer(status, text, audit_body, retry_after))
 
 
 def u16(text: str) -> int:
@@ -742,26 +749,26 @@ def test_nested_credentials_are_masked_too() -> None:
 
 
 def test_classify_follows_slack_conventions() -> None:
-    ok = classify(200, '{"ok": true, "warning": "missing_charset"}', "b", None)
+    ok = classify_answer(200, '{"ok": true, "warning": "missing_charset"}', "b", None)
     assert ok.ok and ok.status_code == 200
-    limited = classify(429, "", "", 30.0)
+    limited = classify_answer(429, "", "", 30.0)
     assert (limited.error, limited.reason, limited.transient, limited.retry_after) == (
         "http_429",
         "rate_limited",
         True,
         30.0,
     )
-    timeout = classify(200, '{"ok": false, "error": "request_timeout"}', "", None)
+    timeout = classify_answer(200, '{"ok": false, "error": "request_timeout"}', "", None)
     assert (timeout.error, timeout.transient, timeout.reason) == (
         "request_timeout",
         True,
         "server_error",
     )
-    scope = classify(200, '{"ok": false, "error": "missing_scope"}', "", None)
+    scope = classify_answer(200, '{"ok": false, "error": "missing_scope"}', "", None)
     assert (scope.transient, scope.reason) == (False, "auth_error")
-    odd = classify(200, '{"ok": false}', "", None)
+    odd = classify_answer(200, '{"ok": false}', "", None)
     assert (odd.error, odd.transient) == ("unknown_error", False)
-    not_found = classify(404, "", "", None)
+    not_found = classify_answer(404, "", "", None)
     assert (not_found.error, not_found.transient) == ("http_404", False)
 
 

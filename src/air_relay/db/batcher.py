@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from air_relay.db import repository as repo
+from air_relay.model import NewEvent
 
 
 @dataclass
 class _Waiting:
-    event: repo.NewEvent
+    event: NewEvent
     future: asyncio.Future[int]
 
 
@@ -39,7 +40,7 @@ class IngestBatcher:
         self._queue: list[_Waiting] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: repo.NewEvent) -> int:
+    async def submit(self, event: NewEvent) -> int:
         """Commit ``event`` (with others); returns its delivery count or raises the DB error."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(event, future))

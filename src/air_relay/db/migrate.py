@@ -2,7 +2,7 @@
 
 Each file in ``migrations/`` named ``NNNN_description.sql`` runs once, in its own transaction;
 the lock makes concurrent ``serve`` starts on one database safe (the second waits, then finds
-nothing left to do).
+nothing left to do). The bookkeeping statements are in ``queries.sql``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,6 @@ log = structlog.get_logger(__name__)
 MIGRATION_LOCK_KEY = 0x6169722D72656C61
 
 _FILE = re.compile(r"^(\d{4})_([\w-]+)\.sql$")
-
-_BOOKKEEPING = """
-CREATE TABLE IF NOT EXISTS air_relay_schema_migrations (
-    version    integer PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -56,8 +48,8 @@ def latest_version() -> int:
 
 
 async def current_version(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
-    exists = await conn.fetchval("SELECT to_regclass('air_relay_schema_migrations') IS NOT NULL")
-    if not exists:
+    """The newest applied migration; 0 on a database never migrated."""
+    if not await conn.fetchval(QUERIES["migrations_table_exists"]):
         return 0
     version: int = await conn.fetchval(QUERIES["schema_version"])
     return version
@@ -66,25 +58,18 @@ async def current_version(conn: asyncpg.Connection | asyncpg.pool.PoolConnection
 async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
     """Apply every pending migration; returns the versions applied by this call."""
     applied: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(_BOOKKEEPING)
-        done = {
-            r["version"]
-            for r in await conn.fetch("SELECT version FROM air_relay_schema_migrations")
-        }
+        await conn.execute(QUERIES["create_migrations_table"])
+        done = {r["version"] for r in await conn.fetch(QUERIES["applied_migrations"])}
         for migration in available_migrations():
             if migration.version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO air_relay_schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
+                await conn.execute(QUERIES["record_migration"], migration.version, migration.name)
             log.info("migration_applied", version=migration.version, name=migration.name)
             applied.append(migration.version)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(QUERIES["migration_unlock"], MIGRATION_LOCK_KEY)
     return applied

@@ -1,9 +1,12 @@
--- Every SQL statement air-relay runs, as named blocks ("-- name: NAME").
--- Loaded by air_relay.db.queries; called through air_relay.db.repository.
+-- Every SQL statement air-relay runs, as named blocks ("-- name: NAME"), except the
+-- migration files themselves (db/migrations/). Loaded by air_relay.db.queries; called through
+-- air_relay.db.repository (the outbox) and air_relay.db.migrate (the schema's bookkeeping).
+-- $n parameters named "the notify channel" carry air_relay.db.notify.NOTIFY_CHANNEL.
 
 -- name: ingest_events
 -- One statement, so one implicit transaction: a batch of events, one delivery per routed
--- sink, and the wake-up for the dispatchers commit together or not at all. Batching many
+-- sink, and the wake-up for the dispatchers ($7, the notify channel) commit together or not
+-- at all. Batching many
 -- concurrent requests into one commit is what keeps ingest fast (one WAL flush per batch).
 WITH input AS (
     SELECT *
@@ -30,7 +33,7 @@ WITH input AS (
 )
 SELECT c.id, c.n,
        CASE WHEN (SELECT count(*) FROM routed) > 0
-            THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+            THEN pg_notify($7, '')::text END AS notified
 FROM counted c;
 
 -- name: claim_deliveries
@@ -195,8 +198,6 @@ SELECT count(*) AS pending,
 FROM deliveries
 WHERE status = 'pending';
 
--- name: schema_version
-SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
 
 -- name: delivery_page
 -- Deliveries of one tenant, newest first, keyset on (created_at, id); a NULL filter means
@@ -222,8 +223,9 @@ LIMIT $9;
 
 -- name: retry_delivery
 -- Requeue one dead delivery of a tenant in $2 (NULL = any tenant), record the operator
--- action and wake the dispatchers, all in one statement. The durable schedule starts over
--- (claims 0); attempts and last_error stay, so attempt numbers continue in the audit log.
+-- action and wake the dispatchers ($4, the notify channel), all in one statement. The
+-- durable schedule starts over (claims 0); attempts and last_error stay, so attempt numbers
+-- continue in the audit log.
 -- One row when the delivery is visible (previous_status tells whether it was requeued),
 -- none when it is not.
 WITH target AS (
@@ -257,7 +259,7 @@ SELECT t.status AS previous_status,
        r.created_at, r.updated_at,
        (SELECT id FROM recorded) AS action_id,
        CASE WHEN r.id IS NOT NULL
-            THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+            THEN pg_notify($4, '')::text END AS notified
 FROM target t
 LEFT JOIN requeued r ON r.id = t.id
 LEFT JOIN events e ON e.id = r.event_id;
@@ -265,7 +267,8 @@ LEFT JOIN events e ON e.id = r.event_id;
 -- name: replay_sink
 -- Requeue a sink's finished deliveries that arrived in [$4, $5] (statuses $3, only ever
 -- delivered or dead: a pending delivery is never touched), record the operator action and
--- wake the dispatchers, in one statement. Same reset as retry_delivery.
+-- wake the dispatchers ($8, the notify channel), in one statement. Same reset as
+-- retry_delivery.
 WITH requeued AS (
     UPDATE deliveries
     SET status = 'pending',
@@ -288,7 +291,7 @@ WITH requeued AS (
 )
 SELECT id AS action_id, affected,
        CASE WHEN affected > 0
-            THEN pg_notify('air_relay_deliveries', '')::text END AS notified
+            THEN pg_notify($8, '')::text END AS notified
 FROM recorded;
 
 -- name: retention_cutoff
@@ -325,3 +328,30 @@ WITH doomed AS (
 DELETE FROM events e
 USING doomed
 WHERE e.id = doomed.id;
+
+-- name: migration_lock
+-- Held while migrations run, so several instances starting at once apply each migration once
+-- (the others wait, then find nothing left to do). $1 is migrate.MIGRATION_LOCK_KEY.
+SELECT pg_advisory_lock($1);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS air_relay_schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT version FROM air_relay_schema_migrations;
+
+-- name: record_migration
+INSERT INTO air_relay_schema_migrations (version, name) VALUES ($1, $2);
+
+-- name: migrations_table_exists
+SELECT to_regclass('air_relay_schema_migrations') IS NOT NULL;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;

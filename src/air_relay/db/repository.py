@@ -1,125 +1,39 @@
-"""Typed calls for every query in ``queries.sql``; the rest of the code never writes SQL."""
+"""Typed calls for the outbox queries of ``queries.sql``: model records in, model records out.
+
+Nothing above the database layer sees SQL or an ``asyncpg.Record``.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
+from air_relay.db.notify import NOTIFY_CHANNEL
 from air_relay.db.queries import QUERIES
-
-JsonScalar = int | str
-
-
-def storable(value: str) -> bool:
-    """PostgreSQL text and jsonb take neither NUL nor an unpaired surrogate (JSON allows both)."""
-    if "\0" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class Sink:
-    id: uuid.UUID
-    tenant_id: str
-    name: str
-    description: str
-    sink_type: str
-    args: dict[str, Any]
-    events: list[str] | None
-    organization_ids: list[str] | None
-    active: bool
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_record(cls, r: asyncpg.Record) -> Sink:
-        return cls(
-            id=r["id"],
-            tenant_id=r["tenant_id"],
-            name=r["name"],
-            description=r["description"],
-            sink_type=r["sink_type"],
-            args=r["args"],
-            events=r["events"],
-            organization_ids=r["organization_ids"],
-            active=r["active"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-        )
+from air_relay.model import (
+    AttemptRecord,
+    AuditEntry,
+    AuditFilter,
+    ClaimedDelivery,
+    DeliveryEntry,
+    DeliveryFilter,
+    NewEvent,
+    Replay,
+    RetryResult,
+    Sink,
+    SinkFields,
+)
 
 
-@dataclass(frozen=True)
-class SinkFields:
-    """What a create or update writes."""
-
-    tenant_id: str
-    name: str
-    description: str
-    sink_type: str
-    args: dict[str, Any]
-    events: list[str] | None
-    organization_ids: list[str] | None
-    active: bool
+def _count(status: str) -> int:
+    """Rows affected, from a command status such as ``UPDATE 3``."""
+    return int(status.split()[-1])
 
 
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    id: uuid.UUID
-    event_id: uuid.UUID
-    event_sink_id: uuid.UUID
-    tenant_id: str
-    sink_type: str
-    attempts: int  # attempts made before this claim
-    claims: int  # including this claim
-    claim_token: uuid.UUID
-    event_name: str
-    organization_id: JsonScalar
-    body: bytes
-    sink_args: dict[str, Any] | None  # None when the sink was deleted since routing
-    received_at: datetime  # when ingest committed the event
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    attempt: int
-    outcome: str  # success | failure
-    status_code: int | None
-    error: str | None
-    response_body: str | None
-    duration_ms: int
-    next_attempt_at: datetime | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class AuditFilter:
-    tenant_id: str
-    event_sink_id: uuid.UUID | None = None
-    event_name: str | None = None
-    status_code: int | None = None
-    outcome: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    before_id: int | None = None
-    limit: int = 100
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    event_id: uuid.UUID
-    tenant_id: str
-    event_name: str
-    organization_id: JsonScalar
-    body: bytes
+# --- ingest and delivery ---------------------------------------------------------------------
 
 
 async def ingest_events(
@@ -135,6 +49,7 @@ async def ingest_events(
             [e.organization_id for e in events],
             [str(e.organization_id) for e in events],
             [e.body for e in events],
+            NOTIFY_CHANNEL,
         )
     return {r["id"]: r["n"] for r in rows}
 
@@ -227,8 +142,7 @@ async def wake_sink_backlog(
     ``recovered_delivery_id`` has just succeeded after failing: rows that failed no later
     than its last failure are woken; rows that failed since keep their backoff.
     """
-    result: str = await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_delivery_id)
-    return int(result.split()[-1])
+    return _count(await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_delivery_id))
 
 
 async def defer_delivery(pool: asyncpg.Pool, delivery: ClaimedDelivery, seconds: float) -> bool:
@@ -240,8 +154,33 @@ async def defer_delivery(pool: asyncpg.Pool, delivery: ClaimedDelivery, seconds:
 async def release_deliveries(pool: asyncpg.Pool, claim_tokens: Sequence[uuid.UUID]) -> int:
     if not claim_tokens:
         return 0
-    result: str = await pool.execute(QUERIES["release_deliveries"], list(claim_tokens))
-    return int(result.split()[-1])
+    return _count(await pool.execute(QUERIES["release_deliveries"], list(claim_tokens)))
+
+
+async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
+    """Pending deliveries and the age in seconds of the oldest."""
+    row = await pool.fetchrow(QUERIES["pending_stats"])
+    assert row is not None
+    return int(row["pending"]), float(row["oldest_age_seconds"])
+
+
+# --- sinks -----------------------------------------------------------------------------------
+
+
+def _sink(r: asyncpg.Record) -> Sink:
+    return Sink(
+        id=r["id"],
+        tenant_id=r["tenant_id"],
+        name=r["name"],
+        description=r["description"],
+        sink_type=r["sink_type"],
+        args=r["args"],
+        events=r["events"],
+        organization_ids=r["organization_ids"],
+        active=r["active"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
 
 
 async def insert_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink:
@@ -258,16 +197,16 @@ async def insert_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.active,
     )
     assert row is not None
-    return Sink.from_record(row)
+    return _sink(row)
 
 
 async def list_sinks(pool: asyncpg.Pool, tenant_id: str) -> list[Sink]:
-    return [Sink.from_record(r) for r in await pool.fetch(QUERIES["list_sinks"], tenant_id)]
+    return [_sink(r) for r in await pool.fetch(QUERIES["list_sinks"], tenant_id)]
 
 
 async def get_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> Sink | None:
     row = await pool.fetchrow(QUERIES["get_sink"], sink_id)
-    return Sink.from_record(row) if row else None
+    return _sink(row) if row else None
 
 
 async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink | None:
@@ -282,7 +221,7 @@ async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.organization_ids,
         f.active,
     )
-    return Sink.from_record(row) if row else None
+    return _sink(row) if row else None
 
 
 async def delete_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> bool:
@@ -290,8 +229,11 @@ async def delete_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> bool:
     return row is not None
 
 
-async def audit_log_page(pool: asyncpg.Pool, f: AuditFilter) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await pool.fetch(
+# --- audit log, dead letters, retry, replay --------------------------------------------------
+
+
+async def audit_log_page(pool: asyncpg.Pool, f: AuditFilter) -> list[AuditEntry]:
+    rows = await pool.fetch(
         QUERIES["audit_log_page"],
         f.tenant_id,
         f.event_sink_id,
@@ -303,37 +245,30 @@ async def audit_log_page(pool: asyncpg.Pool, f: AuditFilter) -> list[asyncpg.Rec
         f.before_id,
         f.limit,
     )
-    return rows
+    return [AuditEntry(**dict(r)) for r in rows]
 
 
-async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
-    row = await pool.fetchrow(QUERIES["pending_stats"])
-    assert row is not None
-    return int(row["pending"]), float(row["oldest_age_seconds"])
+def _delivery_entry(r: asyncpg.Record) -> DeliveryEntry:
+    return DeliveryEntry(
+        id=r["id"],
+        tenant_id=r["tenant_id"],
+        event_id=r["event_id"],
+        event_name=r["event_name"],
+        organization_id=r["organization_id"],
+        event_sink_id=r["event_sink_id"],
+        event_sink_type=r["event_sink_type"],
+        status=r["status"],
+        attempts=r["attempts"],
+        last_error=r["last_error"],
+        next_attempt_at=r["next_attempt_at"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
 
 
-# --- dead letters, retry, replay, retention ------------------------------------------------
-
-# What a replay may requeue: finished deliveries only (a pending one is already queued).
-REPLAYABLE_STATUSES = ("delivered", "dead")
-
-
-@dataclass(frozen=True)
-class DeliveryFilter:
-    tenant_id: str
-    status: str | None = None
-    event_sink_id: uuid.UUID | None = None
-    event_name: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    # Keyset position: the (created_at, id) of the last row of the previous page.
-    before: tuple[datetime, uuid.UUID] | None = None
-    limit: int = 100
-
-
-async def delivery_page(pool: asyncpg.Pool, f: DeliveryFilter) -> list[asyncpg.Record]:
+async def delivery_page(pool: asyncpg.Pool, f: DeliveryFilter) -> list[DeliveryEntry]:
     before_at, before_id = f.before if f.before else (None, None)
-    rows: list[asyncpg.Record] = await pool.fetch(
+    rows = await pool.fetch(
         QUERIES["delivery_page"],
         f.tenant_id,
         f.status,
@@ -345,13 +280,7 @@ async def delivery_page(pool: asyncpg.Pool, f: DeliveryFilter) -> list[asyncpg.R
         before_id,
         f.limit,
     )
-    return rows
-
-
-@dataclass(frozen=True)
-class RetryResult:
-    previous_status: str
-    delivery: asyncpg.Record | None  # the requeued delivery; None when it was not dead
+    return [_delivery_entry(r) for r in rows]
 
 
 async def retry_delivery(
@@ -366,21 +295,12 @@ async def retry_delivery(
         delivery_id,
         list(tenant_ids) if tenant_ids is not None else None,
         actor,
+        NOTIFY_CHANNEL,
     )
     if row is None:
         return None
-    return RetryResult(row["previous_status"], row if row["id"] is not None else None)
-
-
-@dataclass(frozen=True)
-class Replay:
-    tenant_id: str
-    event_sink_id: uuid.UUID
-    statuses: Sequence[str]  # a subset of REPLAYABLE_STATUSES
-    since: datetime
-    until: datetime
-    actor: str
-    params: dict[str, Any]  # what the operator asked for, as recorded
+    requeued = _delivery_entry(row) if row["id"] is not None else None
+    return RetryResult(row["previous_status"], requeued)
 
 
 async def replay_sink(pool: asyncpg.Pool, r: Replay) -> int:
@@ -394,9 +314,13 @@ async def replay_sink(pool: asyncpg.Pool, r: Replay) -> int:
         r.until,
         r.actor,
         r.params,
+        NOTIFY_CHANNEL,
     )
     assert row is not None
     return int(row["affected"])
+
+
+# --- retention -------------------------------------------------------------------------------
 
 
 async def retention_cutoff(pool: asyncpg.Pool, days: float) -> datetime:
@@ -406,11 +330,9 @@ async def retention_cutoff(pool: asyncpg.Pool, days: float) -> datetime:
 
 async def purge_deliveries(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
     """Delete one batch of finished deliveries (and their attempts) older than ``cutoff``."""
-    result: str = await pool.execute(QUERIES["purge_deliveries"], cutoff, limit)
-    return int(result.split()[-1])
+    return _count(await pool.execute(QUERIES["purge_deliveries"], cutoff, limit))
 
 
 async def purge_events(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
     """Delete one batch of events older than ``cutoff`` that have no deliveries left."""
-    result: str = await pool.execute(QUERIES["purge_events"], cutoff, limit)
-    return int(result.split()[-1])
+    return _count(await pool.execute(QUERIES["purge_events"], cutoff, limit))

@@ -14,21 +14,20 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
 
 import asyncpg
 import structlog
 
 from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
-from air_relay.db.pool import DB_UNAVAILABLE, connect
+from air_relay.db.notify import listen
+from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.delivery.claim import ClaimRunner
 from air_relay.metrics import Metrics
+from air_relay.model import ClaimedDelivery
 from air_relay.sinks.base import Sender
 
 log = structlog.get_logger(__name__)
-
-NOTIFY_CHANNEL = "air_relay_deliveries"
 
 
 def worker_name() -> str:
@@ -52,14 +51,14 @@ class Dispatcher:
         self.worker = worker_name()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._inflight: dict[asyncio.Task[None], repo.ClaimedDelivery] = {}
+        self._inflight: dict[asyncio.Task[None], ClaimedDelivery] = {}
         self._per_sink: Counter[uuid.UUID] = Counter()
         self._sink_share = cfg.sink_concurrency or max(1, cfg.concurrency // 4)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._listen(), name="air-relay-listen"),
+            asyncio.create_task(listen(self._dsn, self.wake), name="air-relay-listen"),
             asyncio.create_task(self._claim_loop(), name="air-relay-claim"),
         ]
 
@@ -93,37 +92,12 @@ class Dispatcher:
                 # Their leases expire on their own; another process takes them then.
                 log.warning("release_failed", error=type(exc).__name__, count=len(tokens))
 
-    async def _listen(self) -> None:
-        delay = 0.5
-        while not self._stopping:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect(self._dsn)
-                closed = asyncio.Event()
-                conn.add_termination_listener(lambda _c: closed.set())
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                delay = 0.5
-                self._wake.set()  # anything committed while we were not listening
-                await closed.wait()
-                log.warning("listen_connection_lost")
-            except DB_UNAVAILABLE as exc:
-                log.warning("listen_failed", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(conn.close(timeout=2))
-
-    def _on_notify(self, *_args: Any) -> None:
-        self._wake.set()
-
     async def _claim_loop(self) -> None:
         backoff = 0.5
         while not self._stopping:
             free = self._cfg.concurrency - len(self._inflight)
             want = min(free, self._cfg.batch_size)
-            claimed: list[repo.ClaimedDelivery] = []
+            claimed: list[ClaimedDelivery] = []
             if want > 0:
                 self._wake.clear()
                 try:
@@ -141,7 +115,7 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_seconds)
 
-    async def _claim(self, want: int) -> list[repo.ClaimedDelivery]:
+    async def _claim(self, want: int) -> list[ClaimedDelivery]:
         """Claim up to ``want`` due deliveries, fairly: sinks holding their share of the
         workers are passed over first; only if that leaves workers idle do they get more."""
         full = [sink for sink, n in self._per_sink.items() if n >= self._sink_share]
@@ -150,7 +124,7 @@ class Dispatcher:
             claimed += await self._claim_skipping(want - len(claimed), [])
         return claimed
 
-    async def _claim_skipping(self, want: int, skip: list[uuid.UUID]) -> list[repo.ClaimedDelivery]:
+    async def _claim_skipping(self, want: int, skip: list[uuid.UUID]) -> list[ClaimedDelivery]:
         return await repo.claim_deliveries(
             self._pool,
             sink_types=list(self._senders),
@@ -160,7 +134,7 @@ class Dispatcher:
             skip_sinks=skip,
         )
 
-    def _spawn(self, delivery: repo.ClaimedDelivery) -> None:
+    def _spawn(self, delivery: ClaimedDelivery) -> None:
         log.debug(
             "delivery_claimed",
             delivery_id=str(delivery.id),

@@ -1,4 +1,4 @@
-"""``GET /v1/audit_log``: every delivery attempt, newest first, keyset-paginated (SPEC 3.3)."""
+"""``GET /v1/audit_log``: every delivery attempt of a tenant, newest first, keyset-paginated."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant
 from air_relay.http.params import (
     bad_cursor,
-    bad_param,
     cursor_text,
     int_param,
     keyset_page,
@@ -24,9 +22,11 @@ from air_relay.http.params import (
     uuid_param,
 )
 from air_relay.http.state import POOL
+from air_relay.model import FAILURE, SUCCESS, AuditEntry, AuditFilter
 from air_relay.timestamps import rfc3339
+from air_relay.validation import InvalidArgument
 
-OUTCOMES = ("failure", "success", "all")
+OUTCOMES = (FAILURE, SUCCESS, "all")
 BIGINT_MAX = 2**63 - 1
 
 
@@ -42,11 +42,11 @@ def decode_cursor(name: str, cursor: str) -> int:
     return last_id
 
 
-def parse_filter(q: Mapping[str, str], tenant_id: str) -> repo.AuditFilter:
+def parse_filter(q: Mapping[str, str], tenant_id: str) -> AuditFilter:
     outcome = q.get("outcome", "all")
     if outcome not in OUTCOMES:
-        raise bad_param("outcome", "must be failure, success or all")
-    return repo.AuditFilter(
+        raise InvalidArgument("outcome", "must be failure, success or all")
+    return AuditFilter(
         tenant_id=tenant_id,
         event_sink_id=optional(q, "event_sink_id", uuid_param),
         event_name=optional(q, "event_name", text_param),
@@ -59,33 +59,38 @@ def parse_filter(q: Mapping[str, str], tenant_id: str) -> repo.AuditFilter:
     )
 
 
-def render_entry(r: asyncpg.Record) -> dict[str, Any]:
+def render_entry(e: AuditEntry) -> dict[str, Any]:
     return {
-        "id": r["id"],
-        "timestamp": rfc3339(r["created_at"]),
-        "tenant_id": r["tenant_id"],
-        "event_id": str(r["event_id"]),
-        "event_name": r["event_name"],
-        "organization_id": r["organization_id"],
-        "event_sink_id": str(r["event_sink_id"]),
-        "event_sink_type": r["event_sink_type"],
-        "attempt": r["attempt"],
-        "outcome": r["outcome"],
-        "status_code": r["status_code"],
-        "error": r["error"],
-        "response_body": r["response_body"],
-        "duration_ms": r["duration_ms"],
-        "next_attempt_at": rfc3339(r["next_attempt_at"]),
+        "id": e.id,
+        "timestamp": rfc3339(e.created_at),
+        "tenant_id": e.tenant_id,
+        "event_id": str(e.event_id),
+        "event_name": e.event_name,
+        "organization_id": e.organization_id,
+        "event_sink_id": str(e.event_sink_id),
+        "event_sink_type": e.event_sink_type,
+        "attempt": e.attempt,
+        "outcome": e.outcome,
+        "status_code": e.status_code,
+        "error": e.error,
+        "response_body": e.response_body,
+        "duration_ms": e.duration_ms,
+        "next_attempt_at": rfc3339(e.next_attempt_at),
     }
 
 
 async def audit_log(request: web.Request) -> web.Response:
     tenant_id = query_tenant(request, api_key(request))
     flt = parse_filter(request.query, tenant_id)
+    # One row more than asked tells whether another page exists.
     rows = await repo.audit_log_page(
         request.app[POOL], dataclasses.replace(flt, limit=flt.limit + 1)
     )
-    page, pagination = keyset_page(rows, flt.limit, lambda r: f"a:{r['id']}")
+    page, pagination = keyset_page(rows, flt.limit, lambda e: f"a:{e.id}")
     return web.json_response(
-        {"data": {"audit_logs": [render_entry(r) for r in page]}, "pagination": pagination}
+        {"data": {"audit_logs": [render_entry(e) for e in page]}, "pagination": pagination}
     )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/audit_log", audit_log)

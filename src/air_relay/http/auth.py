@@ -1,15 +1,45 @@
-"""Bearer-token checks for ingest (tokens -> tenant) and the management API (keys -> tenants)."""
+"""Bearer-token checks: ingest tokens (token -> tenant) and management-API keys (key ->
+tenants), both looked up in constant time, and the tenant rules of the API."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+from collections.abc import Iterable
+from typing import TypeVar
 
 from aiohttp import web
 
-from air_relay.config import WILDCARD_TENANT, ApiKey
-from air_relay.db.repository import storable
+from air_relay.config import WILDCARD_TENANT, ApiKey, Config
 from air_relay.http.errors import ApiError
 from air_relay.http.state import CONFIG
+from air_relay.validation import storable
+
+T = TypeVar("T")
+
+
+def constant_time_find(presented: str, candidates: Iterable[tuple[str, T]]) -> T | None:
+    """The value paired with the secret equal to ``presented``, or None.
+
+    Every candidate is compared, with no early exit, so the time taken says nothing about
+    which secret matched or how much of one did.
+    """
+    found: T | None = None
+    raw = presented.encode()
+    for secret, value in candidates:
+        if hmac.compare_digest(raw, secret.encode()) and found is None:
+            found = value
+    return found
+
+
+def tenant_for_token(cfg: Config, token: str) -> str | None:
+    """The tenant of an ingest token."""
+    return constant_time_find(token, ((t.token, t.tenant_id) for t in cfg.ingest.tokens))
+
+
+def api_key_for(cfg: Config, key: str) -> ApiKey | None:
+    """The configured API key equal to ``key``."""
+    return constant_time_find(key, ((k.key, k) for k in cfg.api.keys))
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -26,7 +56,7 @@ def unauthorized(message: str = "A valid Bearer token is required.") -> ApiError
 
 def ingest_tenant(request: web.Request) -> str:
     token = bearer_token(request)
-    tenant = request.app[CONFIG].tenant_for_token(token) if token else None
+    tenant = tenant_for_token(request.app[CONFIG], token) if token else None
     if tenant is None:
         raise unauthorized()
     return tenant
@@ -34,7 +64,7 @@ def ingest_tenant(request: web.Request) -> str:
 
 def api_key(request: web.Request) -> ApiKey:
     token = bearer_token(request)
-    key = request.app[CONFIG].api_key(token) if token else None
+    key = api_key_for(request.app[CONFIG], token) if token else None
     if key is None:
         raise unauthorized()
     return key

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
@@ -25,7 +24,6 @@ from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.params import (
     bad_cursor,
-    bad_param,
     cursor_text,
     keyset_page,
     optional,
@@ -37,16 +35,27 @@ from air_relay.http.params import (
 )
 from air_relay.http.sinks_api import visible_sink
 from air_relay.http.state import POOL
+from air_relay.model import (
+    DEAD,
+    DELIVERED,
+    FINISHED_STATUSES,
+    PENDING,
+    DeliveryEntry,
+    DeliveryFilter,
+    Replay,
+    Sink,
+)
 from air_relay.timestamps import rfc3339
+from air_relay.validation import InvalidArgument, reject_unknown
 
 log = structlog.get_logger(__name__)
 
-STATUS_FILTERS = ("pending", "delivered", "dead", "all")
+STATUS_FILTERS = (PENDING, DELIVERED, DEAD, "all")
 # What each replay ``status`` requeues; "all" is every finished delivery, never a pending one.
 REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
-    "dead": ("dead",),
-    "delivered": ("delivered",),
-    "all": repo.REPLAYABLE_STATUSES,
+    DEAD: (DEAD,),
+    DELIVERED: (DELIVERED,),
+    "all": FINISHED_STATUSES,
 }
 _REPLAY_FIELDS = ("since", "until", "status")
 _NO_DELIVERY = "No delivery with that id."
@@ -55,8 +64,8 @@ _NO_DELIVERY = "No delivery with that id."
 # --- GET /v1/delivery ---------------------------------------------------------------------------
 
 
-def cursor_of(r: asyncpg.Record) -> str:
-    return f"{rfc3339(r['created_at'])}|{r['id']}"
+def cursor_of(d: DeliveryEntry) -> str:
+    return f"{rfc3339(d.created_at)}|{d.id}"
 
 
 def decode_cursor(name: str, cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -70,11 +79,11 @@ def decode_cursor(name: str, cursor: str) -> tuple[datetime, uuid.UUID]:
         raise bad_cursor() from exc
 
 
-def parse_filter(q: Mapping[str, str], tenant_id: str) -> repo.DeliveryFilter:
+def parse_filter(q: Mapping[str, str], tenant_id: str) -> DeliveryFilter:
     status = q.get("status", "all")
     if status not in STATUS_FILTERS:
-        raise bad_param("status", "must be pending, delivered, dead or all")
-    return repo.DeliveryFilter(
+        raise InvalidArgument("status", "must be pending, delivered, dead or all")
+    return DeliveryFilter(
         tenant_id=tenant_id,
         status=None if status == "all" else status,
         event_sink_id=optional(q, "event_sink_id", uuid_param),
@@ -86,22 +95,22 @@ def parse_filter(q: Mapping[str, str], tenant_id: str) -> repo.DeliveryFilter:
     )
 
 
-def render_entry(r: asyncpg.Record) -> dict[str, Any]:
+def render_entry(d: DeliveryEntry) -> dict[str, Any]:
     return {
-        "id": str(r["id"]),
-        "tenant_id": r["tenant_id"],
-        "event_id": str(r["event_id"]),
-        "event_name": r["event_name"],
-        "organization_id": r["organization_id"],
-        "event_sink_id": str(r["event_sink_id"]),
-        "event_sink_type": r["event_sink_type"],
-        "status": r["status"],
-        "attempts": r["attempts"],
-        "last_error": r["last_error"],
+        "id": str(d.id),
+        "tenant_id": d.tenant_id,
+        "event_id": str(d.event_id),
+        "event_name": d.event_name,
+        "organization_id": d.organization_id,
+        "event_sink_id": str(d.event_sink_id),
+        "event_sink_type": d.event_sink_type,
+        "status": d.status,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
         # While a delivery is claimed this is the end of its lease.
-        "next_attempt_at": rfc3339(r["next_attempt_at"]) if r["status"] == "pending" else None,
-        "created_at": rfc3339(r["created_at"]),
-        "updated_at": rfc3339(r["updated_at"]),
+        "next_attempt_at": rfc3339(d.next_attempt_at) if d.status == PENDING else None,
+        "created_at": rfc3339(d.created_at),
+        "updated_at": rfc3339(d.updated_at),
     }
 
 
@@ -114,7 +123,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     )
     page, pagination = keyset_page(rows, flt.limit, cursor_of)
     return web.json_response(
-        {"data": {"deliveries": [render_entry(r) for r in page]}, "pagination": pagination}
+        {"data": {"deliveries": [render_entry(d) for d in page]}, "pagination": pagination}
     )
 
 
@@ -156,26 +165,22 @@ def _time_field(body: Mapping[str, Any], name: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise bad_param(name, "must be an RFC 3339 timestamp string")
+        raise InvalidArgument(name, "must be an RFC 3339 timestamp string")
     return parse_time(name, value)
 
 
-def parse_replay(
-    body: Mapping[str, Any], sink: repo.Sink, actor: str, now: datetime
-) -> repo.Replay:
-    for name in body:
-        if name not in _REPLAY_FIELDS:
-            raise bad_param(name, "is not a known field")
+def parse_replay(body: Mapping[str, Any], sink: Sink, actor: str, now: datetime) -> Replay:
+    reject_unknown(body, _REPLAY_FIELDS)
     since = _time_field(body, "since")
     if since is None:
-        raise bad_param("since", "is required")
+        raise InvalidArgument("since", "is required")
     until = _time_field(body, "until") or now
     if since > until:
-        raise bad_param("since", "must not be later than until")
+        raise InvalidArgument("since", "must not be later than until")
     status = body.get("status", "all")
     if not isinstance(status, str) or status not in REPLAY_STATUSES:
-        raise bad_param("status", "must be dead, delivered or all")
-    return repo.Replay(
+        raise InvalidArgument("status", "must be dead, delivered or all")
+    return Replay(
         tenant_id=sink.tenant_id,
         event_sink_id=sink.id,
         statuses=REPLAY_STATUSES[status],

@@ -1,5 +1,6 @@
 """The one error body shape, ``{"error": {"code", "message"}}``, and the middleware that makes
-every failure (aiohttp's own 404/405/413 included) come out in it."""
+every failure come out in it: ``ApiError``, ``InvalidArgument`` (400 ``invalid_argument``),
+aiohttp's own 404/405/413, a database that cannot take the request (503), and bugs (500)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.validation import InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +66,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except InvalidArgument as exc:
+        return error_response(400, "invalid_argument", f"{exc.field} {exc.message}.")
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "payload_too_large", "The request body is too large.")
     except web.HTTPException as exc:

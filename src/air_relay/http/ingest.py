@@ -1,4 +1,4 @@
-"""``POST /v1/air/events``: what AIR calls (SPEC 3.1).
+"""``POST /v1/air/events`` (the path is ``ingest.path``): what AIR calls.
 
 The event and one delivery per routed sink commit in one statement before the 202; if the
 database cannot take the write the answer is 503 with Retry-After, never a 202.
@@ -12,14 +12,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from air_relay.db import repository as repo
 from air_relay.db.pool import DB_UNAVAILABLE
-from air_relay.db.repository import storable
 from air_relay.events import parameter_mismatches
 from air_relay.http.auth import ingest_tenant
 from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import is_json_content_type, read_json
 from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS
+from air_relay.model import NewEvent
+from air_relay.validation import storable
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +76,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
     event_id = uuid.uuid4()
     try:
         deliveries = await app[INGEST_BATCHER].submit(
-            repo.NewEvent(event_id, tenant_id, event_name, org, raw)
+            NewEvent(event_id, tenant_id, event_name, org, raw)
         )
     except DB_UNAVAILABLE as exc:
         # Whatever stopped the commit (server gone, read-only after failover, disk full),

@@ -1,6 +1,6 @@
-"""Parsing of management-API parameters (query strings and JSON fields) and keyset pages,
-shared by the audit log and the delivery API: every bad value is a 400 ``invalid_argument``
-naming the parameter."""
+"""Parsing of management-API parameters (query strings, JSON fields, path ids) and keyset
+pages, shared by every API handler: a bad value is an ``InvalidArgument`` naming the
+parameter (400), an id in the path that names nothing a 404."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from air_relay.db.repository import storable
 from air_relay.http.errors import ApiError
+from air_relay.validation import InvalidArgument, storable
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 100
@@ -24,53 +24,61 @@ MAX_LIMIT = 1000
 _SPACE_OFFSET = re.compile(r"(?<=\d) (\d{2}:\d{2})$")
 
 
-def bad_param(name: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_argument", f"{name} {message}.")
-
-
 def parse_time(name: str, value: str) -> datetime:
     # An unencoded "+" in a query string arrives as a space: "...T12:00:00 02:00".
     value = _SPACE_OFFSET.sub(r"+\1", value)
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError as exc:
-        raise bad_param(name, "must be an RFC 3339 timestamp, e.g. 2025-01-28T12:00:00Z") from exc
+        raise InvalidArgument(
+            name, "must be an RFC 3339 timestamp, e.g. 2025-01-28T12:00:00Z"
+        ) from exc
     if parsed.tzinfo is None:
-        raise bad_param(name, "must carry a time zone (Z or +hh:mm)")
+        raise InvalidArgument(name, "must carry a time zone (Z or +hh:mm)")
     try:
         return parsed.astimezone(UTC)
     except OverflowError as exc:
-        raise bad_param(name, "is out of range") from exc
+        raise InvalidArgument(name, "is out of range") from exc
 
 
 def int_param(name: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError as exc:
-        raise bad_param(name, "must be an integer") from exc
+        raise InvalidArgument(name, "must be an integer") from exc
     if not low <= number <= high:
-        raise bad_param(name, f"must be between {low} and {high}")
+        raise InvalidArgument(name, f"must be between {low} and {high}")
     return number
 
 
-def uuid_param(name: str, value: str) -> uuid.UUID:
+def parse_uuid(value: object) -> uuid.UUID | None:
+    """``value`` as a UUID, None when it is not a string holding one."""
+    if not isinstance(value, str):
+        return None
     try:
         return uuid.UUID(value)
-    except ValueError as exc:
-        raise bad_param(name, "must be a UUID") from exc
+    except ValueError:
+        return None
+
+
+def uuid_param(name: str, value: str) -> uuid.UUID:
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise InvalidArgument(name, "must be a UUID")
+    return parsed
 
 
 def path_uuid(request: web.Request, not_found: str) -> uuid.UUID:
     """The path's ``{id}``; an id that is not a UUID names nothing: 404 ``not_found``."""
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError as exc:
-        raise ApiError(404, "not_found", not_found) from exc
+    parsed = parse_uuid(request.match_info["id"])
+    if parsed is None:
+        raise ApiError(404, "not_found", not_found)
+    return parsed
 
 
 def text_param(name: str, value: str) -> str:
     if not storable(value):
-        raise bad_param(name, "contains NUL characters or unpaired surrogates")
+        raise InvalidArgument(name, "contains NUL characters or unpaired surrogates")
     return value
 
 
@@ -96,8 +104,8 @@ def cursor_text(cursor: str) -> str:
         raise bad_cursor() from exc
 
 
-def bad_cursor() -> ApiError:
-    return bad_param("cursor", "is not a cursor this API returned")
+def bad_cursor() -> InvalidArgument:
+    return InvalidArgument("cursor", "is not a cursor this API returned")
 
 
 def keyset_page(

@@ -1,7 +1,9 @@
-"""``/v1/event_sink``: the Scanner-compatible event sink API (SPEC 3.2).
+"""``/v1/event_sink``: the Scanner-compatible event sink API (create, list, get, update,
+delete), and the sink object it answers with.
 
 A key sees only its tenants: another tenant's sink is a 404 (its existence is not revealed),
-a list or create naming a tenant the key does not hold is a 403.
+a list or create naming a tenant the key does not hold is a 403. Argument rules live in
+``sinks.args`` and ``sinks.registry``; this module only reads the request and answers.
 """
 
 from __future__ import annotations
@@ -12,27 +14,22 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from air_relay.config import ApiKey
+from air_relay.config import ApiKey, Config
 from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
-from air_relay.http.params import path_uuid
+from air_relay.http.params import parse_uuid, path_uuid
 from air_relay.http.state import CONFIG, POOL
-from air_relay.sinks.args import (
-    InvalidArgument,
-    parse_active,
-    parse_events,
-    parse_organization_ids,
-    parse_sink_args,
-    render_sink,
-    text_field,
-)
-from air_relay.sinks.egress_guard import DestinationRefused, check_url
+from air_relay.model import Sink, SinkFields
+from air_relay.sinks.args import parse_active, parse_events, parse_organization_ids
+from air_relay.sinks.registry import check_destination, parse_sink_args, shown_args
+from air_relay.timestamps import rfc3339_seconds
+from air_relay.validation import InvalidArgument, reject_unknown, text_field
 
 log = structlog.get_logger(__name__)
 
-_CREATE_FIELDS = {
+_CREATE_FIELDS = (
     "tenant_id",
     "name",
     "description",
@@ -40,12 +37,26 @@ _CREATE_FIELDS = {
     "events",
     "organization_ids",
     "active",
-}
-_UPDATE_FIELDS = _CREATE_FIELDS | {"id"}
+)
+_UPDATE_FIELDS = (*_CREATE_FIELDS, "id")
+NO_SINK = "No event sink with that id."
 
 
-def bad_argument(exc: InvalidArgument) -> ApiError:
-    return ApiError(400, "invalid_argument", f"{exc.field} {exc.message}.")
+def render_sink(sink: Sink) -> dict[str, Any]:
+    """The Scanner event-sink object, plus the air-relay extensions."""
+    return {
+        "id": str(sink.id),
+        "tenant_id": sink.tenant_id,
+        "name": sink.name,
+        "description": sink.description,
+        "event_sink_type": sink.sink_type,
+        "configuration": {sink.sink_type: shown_args(sink.sink_type, sink.args)},
+        "events": sink.events,
+        "organization_ids": sink.organization_ids,
+        "active": sink.active,
+        "created_at": rfc3339_seconds(sink.created_at),
+        "updated_at": rfc3339_seconds(sink.updated_at),
+    }
 
 
 def _require_string(body: dict[str, Any], name: str, *, allow_empty: bool = False) -> str:
@@ -54,25 +65,7 @@ def _require_string(body: dict[str, Any], name: str, *, allow_empty: bool = Fals
     return text_field(body[name], name, allow_empty=allow_empty)
 
 
-def _check_fields(body: dict[str, Any], allowed: set[str]) -> None:
-    for name in body:
-        if name not in allowed:
-            raise InvalidArgument(name, "is not a known field")
-
-
-def _parse_uuid(value: Any) -> uuid.UUID | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
-
-
-NO_SINK = "No event sink with that id."
-
-
-async def visible_sink(request: web.Request, key: ApiKey) -> repo.Sink:
+async def visible_sink(request: web.Request, key: ApiKey) -> Sink:
     """The sink of the path's ``{id}``; a 404 unless ``key`` holds its tenant."""
     sink = await repo.get_sink(request.app[POOL], path_uuid(request, NO_SINK))
     if sink is None or not key.allows(sink.tenant_id):
@@ -80,45 +73,66 @@ async def visible_sink(request: web.Request, key: ApiKey) -> repo.Sink:
     return sink
 
 
-async def _check_destination(request: web.Request, sink_type: str, args: dict[str, Any]) -> None:
-    """The SSRF guard at create/update; the senders check again at every send."""
-    if sink_type != "Webhook" or request.app[CONFIG].delivery.allow_private_destinations:
-        return
-    try:
-        await check_url(args["url"])
-    except DestinationRefused as exc:
-        raise InvalidArgument(
-            "event_sink_args.Webhook.url",
-            f"points to a {exc.reason} address, which is not allowed "
-            "(delivery.allow_private_destinations is false)",
-        ) from exc
+def _new_fields(body: dict[str, Any], key: ApiKey, cfg: Config) -> SinkFields:
+    reject_unknown(body, _CREATE_FIELDS)
+    tenant_id = _require_string(body, "tenant_id")
+    require_tenant(key, tenant_id)
+    if "event_sink_args" not in body:
+        raise InvalidArgument("event_sink_args", "is required")
+    sink_type, args = parse_sink_args(body["event_sink_args"], cfg)
+    return SinkFields(
+        tenant_id=tenant_id,
+        name=_require_string(body, "name"),
+        description=_require_string(body, "description", allow_empty=True),
+        sink_type=sink_type,
+        args=args,
+        events=parse_events(body.get("events")),
+        organization_ids=parse_organization_ids(body.get("organization_ids")),
+        active=parse_active(body.get("active", True)),
+    )
+
+
+def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields:
+    """The sink's fields with the update applied: only what the body names changes."""
+    reject_unknown(body, _UPDATE_FIELDS)
+    if "id" in body and parse_uuid(body["id"]) != sink.id:
+        raise InvalidArgument("id", "does not match the id in the path")
+    if "tenant_id" in body and body["tenant_id"] != sink.tenant_id:
+        raise InvalidArgument("tenant_id", "cannot be changed")
+    sink_type, args = sink.sink_type, sink.args
+    if "event_sink_args" in body:
+        sink_type, args = parse_sink_args(body["event_sink_args"], cfg, sink)
+
+    def given(name: str, parse: Any, current: Any) -> Any:
+        return parse(body[name]) if name in body else current
+
+    return SinkFields(
+        tenant_id=sink.tenant_id,
+        name=_require_string(body, "name") if "name" in body else sink.name,
+        description=_require_string(body, "description", allow_empty=True)
+        if "description" in body
+        else sink.description,
+        sink_type=sink_type,
+        args=args,
+        events=given("events", parse_events, sink.events),
+        organization_ids=given("organization_ids", parse_organization_ids, sink.organization_ids),
+        active=given("active", parse_active, sink.active),
+    )
 
 
 async def create_sink(request: web.Request) -> web.Response:
     key = api_key(request)
     body = await read_api_json(request)
-    try:
-        _check_fields(body, _CREATE_FIELDS)
-        tenant_id = _require_string(body, "tenant_id")
-        require_tenant(key, tenant_id)
-        if "event_sink_args" not in body:
-            raise InvalidArgument("event_sink_args", "is required")
-        sink_type, args = parse_sink_args(body["event_sink_args"], request.app[CONFIG])
-        await _check_destination(request, sink_type, args)
-        fields = repo.SinkFields(
-            tenant_id=tenant_id,
-            name=_require_string(body, "name"),
-            description=_require_string(body, "description", allow_empty=True),
-            sink_type=sink_type,
-            args=args,
-            events=parse_events(body.get("events")),
-            organization_ids=parse_organization_ids(body.get("organization_ids")),
-            active=parse_active(body.get("active", True)),
-        )
-    except InvalidArgument as exc:
-        raise bad_argument(exc) from exc
+    cfg = request.app[CONFIG]
+    fields = _new_fields(body, key, cfg)
+    await check_destination(fields.sink_type, fields.args, cfg)
     sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields)
-    log.info("sink_created", event_sink_id=str(sink.id), tenant_id=tenant_id, sink_type=sink_type)
+    log.info(
+        "sink_created",
+        event_sink_id=str(sink.id),
+        tenant_id=sink.tenant_id,
+        sink_type=sink.sink_type,
+    )
     return web.json_response({"event_sink": render_sink(sink)})
 
 
@@ -131,46 +145,17 @@ async def list_sinks(request: web.Request) -> web.Response:
 
 
 async def get_sink(request: web.Request) -> web.Response:
-    key = api_key(request)
-    sink = await visible_sink(request, key)
+    sink = await visible_sink(request, api_key(request))
     return web.json_response({"event_sink": render_sink(sink)})
 
 
-def _updated_fields(body: dict[str, Any], sink: repo.Sink, request: web.Request) -> repo.SinkFields:
-    _check_fields(body, _UPDATE_FIELDS)
-    if "id" in body and _parse_uuid(body["id"]) != sink.id:
-        raise InvalidArgument("id", "does not match the id in the path")
-    if "tenant_id" in body and body["tenant_id"] != sink.tenant_id:
-        raise InvalidArgument("tenant_id", "cannot be changed")
-    sink_type, args = sink.sink_type, sink.args
-    if "event_sink_args" in body:
-        sink_type, args = parse_sink_args(body["event_sink_args"], request.app[CONFIG], sink)
-    return repo.SinkFields(
-        tenant_id=sink.tenant_id,
-        name=_require_string(body, "name") if "name" in body else sink.name,
-        description=_require_string(body, "description", allow_empty=True)
-        if "description" in body
-        else sink.description,
-        sink_type=sink_type,
-        args=args,
-        events=parse_events(body["events"]) if "events" in body else sink.events,
-        organization_ids=parse_organization_ids(body["organization_ids"])
-        if "organization_ids" in body
-        else sink.organization_ids,
-        active=parse_active(body["active"]) if "active" in body else sink.active,
-    )
-
-
 async def update_sink(request: web.Request) -> web.Response:
-    key = api_key(request)
-    sink = await visible_sink(request, key)
+    sink = await visible_sink(request, api_key(request))
     body = await read_api_json(request)
-    try:
-        fields = _updated_fields(body, sink, request)
-        if "event_sink_args" in body:
-            await _check_destination(request, fields.sink_type, fields.args)
-    except InvalidArgument as exc:
-        raise bad_argument(exc) from exc
+    cfg = request.app[CONFIG]
+    fields = _updated_fields(body, sink, cfg)
+    if "event_sink_args" in body:
+        await check_destination(fields.sink_type, fields.args, cfg)
     updated = await repo.update_sink(request.app[POOL], sink.id, fields)
     if updated is None:
         raise ApiError(404, "not_found", NO_SINK)
@@ -179,8 +164,7 @@ async def update_sink(request: web.Request) -> web.Response:
 
 
 async def delete_sink(request: web.Request) -> web.Response:
-    key = api_key(request)
-    sink = await visible_sink(request, key)
+    sink = await visible_sink(request, api_key(request))
     if not await repo.delete_sink(request.app[POOL], sink.id):
         raise ApiError(404, "not_found", NO_SINK)
     log.info("sink_deleted", event_sink_id=str(sink.id), tenant_id=sink.tenant_id)

@@ -1,8 +1,10 @@
-"""Typed application state (``web.AppKey``), shared by every handler."""
+"""Typed application state (aiohttp ``web.AppKey``s): what the handlers read from the app.
+
+The runtime puts each of these in place before the app serves (``runtime.build_app``).
+"""
 
 from __future__ import annotations
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -12,10 +14,8 @@ from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.metrics import Metrics
 
 CONFIG = web.AppKey("config", Config)
-DSN = web.AppKey("dsn", str)
 POOL = web.AppKey("pool", asyncpg.Pool)
 INGEST_BATCHER = web.AppKey("ingest_batcher", IngestBatcher)
 METRICS = web.AppKey("metrics", Metrics)
-CLIENT_SESSION = web.AppKey("client_session", aiohttp.ClientSession)
-WEBHOOK_SESSION = web.AppKey("webhook_session", aiohttp.ClientSession)
+# Present only when this process runs a dispatcher: ingest wakes it directly.
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -1,17 +1,20 @@
-"""What every sender returns, and the HTTP failure classification they share (SPEC 4)."""
+"""What every sender shares: the ``Sender`` protocol, the ``SendResult`` of one attempt, the
+classification of HTTP answers and client errors (transient or permanent, metrics reason),
+and ``post``, the one way a sender sends a request and reads its answer."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import aiohttp
 
-from air_relay.db.repository import ClaimedDelivery
+from air_relay.model import ClaimedDelivery
+from air_relay.redaction import redact
 from air_relay.sinks.egress_guard import refused_in
 
 RESPONSE_BODY_LIMIT = 2048
@@ -33,8 +36,6 @@ class SendResult:
 
 
 class Sender(Protocol):
-    sink_type: str
-
     async def send(self, delivery: ClaimedDelivery) -> SendResult: ...
 
 
@@ -91,7 +92,7 @@ def http_failure(status: int, body: str | None, retry_after: float | None) -> Se
     )
 
 
-# The SSRF guard refused the address: permanent, the sink's URL must change.
+# The egress guard refused the address: permanent, the sink's URL must change.
 DESTINATION_NOT_ALLOWED = SendResult(
     ok=False, error="destination_not_allowed", reason="other", transient=False
 )
@@ -120,18 +121,6 @@ def exception_failure(exc: BaseException) -> SendResult:
     return SendResult(ok=False, error=type(exc).__name__, reason="other", transient=True)
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret replaced by ``***``.
-
-    A response body goes into the audit log and the log line; a sink that echoes the request
-    (many test receivers do) would otherwise copy its own credentials there.
-    """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def audit_text(text: str, secrets: Iterable[str | None]) -> str:
     """The first RESPONSE_BODY_LIMIT bytes of a response body for the audit row.
 
@@ -140,11 +129,6 @@ def audit_text(text: str, secrets: Iterable[str | None]) -> str:
     """
     head = redact(text[: RESPONSE_BODY_LIMIT + _longest(secrets)], secrets)
     return head.encode("utf-8")[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
-
-
-async def read_audit_text(resp: aiohttp.ClientResponse, secrets: Sequence[str | None]) -> str:
-    """A response body as the audit row keeps it: its head, the sink's own secrets redacted."""
-    return audit_text(await read_limited(resp, RESPONSE_BODY_LIMIT + _longest(secrets)), secrets)
 
 
 def _longest(secrets: Iterable[str | None]) -> int:
@@ -161,3 +145,56 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_
             break
         buf += chunk
     return bytes(buf).decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A sink's HTTP answer, as a sender's classifier sees it."""
+
+    status: int
+    text: str  # the body as read (up to the read limit); may hold the sink's secrets
+    audit_body: str  # its head with the sink's secrets redacted: what the audit row keeps
+    retry_after: float | None
+
+
+def success_or_http_failure(answer: Answer) -> SendResult:
+    """The plain HTTP rule: any 2xx is delivered, anything else an ``http_<status>`` failure."""
+    if 200 <= answer.status < 300:
+        return SendResult(ok=True, status_code=answer.status, response_body=answer.audit_body)
+    return http_failure(answer.status, answer.audit_body, answer.retry_after)
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,
+    secrets: Sequence[str | None],
+    classify: Callable[[Answer], SendResult] = success_or_http_failure,
+    read_limit: int | None = None,
+) -> SendResult:
+    """POST ``body``, read the head of the answer and classify it; a request that gets no
+    answer is classified by ``exception_failure``. Redirects are never followed.
+
+    ``secrets`` are the credentials this request carries: a sink that echoes them has them
+    redacted from ``Answer.audit_body``. ``read_limit`` reads more than the audit row keeps,
+    for a sender that must parse the answer.
+    """
+    limit = max(read_limit or 0, RESPONSE_BODY_LIMIT + _longest(secrets))
+    try:
+        async with session.post(
+            url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+        ) as resp:
+            text = await read_limited(resp, limit)
+            return classify(
+                Answer(
+                    status=resp.status,
+                    text=text,
+                    audit_body=audit_text(text, secrets),
+                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                )
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return exception_failure(exc)

@@ -1,4 +1,4 @@
-"""The SSRF guard: sink URLs must not reach the operator's own network (SPEC 2, issue 3).
+"""The egress guard (against SSRF): sink URLs must not reach the operator's own network.
 
 Unless ``delivery.allow_private_destinations`` is true, a Webhook URL whose host is, or
 resolves to, a loopback, private, link-local (169.254.0.0/16: cloud metadata), multicast,

@@ -1,37 +1,7 @@
-"""PagerDuty sink: one Events API v2 ``trigger`` per AIR event (SPEC 4).
-
-What is sent to ``pagerduty.events_url``::
-
-    {"routing_key": <the sink's integration_key>, "event_action": "trigger",
-     "dedup_key": "air-relay:<eventName>:<sha256 of the event bytes>",
-     "payload": {"summary", "source", "severity", "timestamp", "component"?,
-                 "group": str(organizationId), "class": eventName, "custom_details": data},
-     "links": [{"href", "text"}], "client": "air-relay", "client_url"?}
-
-Severity by event type (``SEVERITY``; an unknown type is ``info``):
-
-- ``critical``: TriageRuleMatchedEvent (a triage rule match is a detection).
-- ``error``: TaskProcessingFailedEvent, EndpointIsolationStatusUpdatedEvent,
-  DeploymentTokenRegeneratedEvent.
-- ``warning``: EndpointDeletedEvent, EndpointUninstalledEvent, OrganizationDeletedEvent,
-  RelayServerRemovedEvent, TaskCancelledEvent, TaskAssignmentCancelledEvent,
-  TaskAssignmentDeletedEvent, TaskDeletedEvent.
-- ``info``: the other 16 event types.
-
-The dedup_key comes from the event itself (its name and a SHA-256 of the exact bytes AIR sent),
-never from the delivery: a retried or replayed delivery, a second sink on the same service and
-AIR posting the identical event again all carry the same key, so PagerDuty folds them into one
-open incident instead of opening another.
-
-PagerDuty refuses events of 512 KB or more; such an event goes out with ``custom_details``
-replaced by a small marker saying it was dropped (and, should it still be too big, without
-links).
-
-Responses: 2xx (PagerDuty answers 202) is delivered. 400 is permanent; its body (PagerDuty's
-``message`` and ``errors``) goes to the audit row, and the audit ``error`` is
-``invalid_event`` when PagerDuty says ``"status": "invalid event"``. 429 and 5xx are transient
-(``Retry-After`` honoured); other statuses and connection failures follow ``base``.
-"""
+"""The PagerDuty sender: one Events API v2 ``trigger`` per AIR event, built by ``render`` (a
+pure function of the delivery), with a ``dedup_key`` derived from the event itself and a body
+kept under PagerDuty's 512 KB by dropping ``custom_details`` first. ``docs/sinks.md`` shows
+the field mapping and the error table."""
 
 from __future__ import annotations
 
@@ -44,48 +14,10 @@ import aiohttp
 
 from air_relay import __version__
 from air_relay.config import PagerDutyConfig
-from air_relay.db.repository import ClaimedDelivery
-from air_relay.event_text import event_data, event_links, event_summary, event_title
-from air_relay.sinks.base import (
-    SendResult,
-    exception_failure,
-    http_failure,
-    parse_retry_after,
-    read_audit_text,
-)
+from air_relay.events import event_data, event_links, event_summary, event_title, severity_for
+from air_relay.model import ClaimedDelivery
+from air_relay.sinks.base import Answer, SendResult, http_failure, post
 from air_relay.timestamps import rfc3339
-
-SEVERITY: dict[str, str] = {
-    "TriageRuleMatchedEvent": "critical",
-    "TaskProcessingFailedEvent": "error",
-    "EndpointIsolationStatusUpdatedEvent": "error",
-    "DeploymentTokenRegeneratedEvent": "error",
-    "EndpointDeletedEvent": "warning",
-    "EndpointUninstalledEvent": "warning",
-    "OrganizationDeletedEvent": "warning",
-    "RelayServerRemovedEvent": "warning",
-    "TaskCancelledEvent": "warning",
-    "TaskAssignmentCancelledEvent": "warning",
-    "TaskAssignmentDeletedEvent": "warning",
-    "TaskDeletedEvent": "warning",
-    "AirVersionAvailableEvent": "info",
-    "AssetCreatedEvent": "info",
-    "CaseArchivedEvent": "info",
-    "CaseClosedEvent": "info",
-    "CaseCreatedEvent": "info",
-    "CaseFileSavedEvent": "info",
-    "DroneFileSavedEvent": "info",
-    "EndpointRegisteredEvent": "info",
-    "OrganizationCreatedEvent": "info",
-    "OrganizationUpdatedEvent": "info",
-    "RelayServerRegisteredEvent": "info",
-    "TaskAssignedToEndpointEvent": "info",
-    "TaskCompletedEvent": "info",
-    "TaskProcessingCompletedEvent": "info",
-    "TaskScheduledForEndpointEvent": "info",
-    "TasksHaveBeenTakenByEndpointEvent": "info",
-}
-DEFAULT_SEVERITY = "info"
 
 # PagerDuty's documented limits.
 MAX_BODY_BYTES = 512 * 1024  # the whole event must stay below this
@@ -98,10 +30,6 @@ DEDUP_NAME_LIMIT = 100  # keeps "air-relay:<name>:<64 hex>" within DEDUP_KEY_LIM
 CLIENT = "air-relay"
 DROPPED_REASON = "custom_details dropped: the event exceeds PagerDuty's 512 KB limit"
 UNREADABLE_REASON = "custom_details dropped: the event's data could not be re-encoded as JSON"
-
-
-def severity_for(event_name: str) -> str:
-    return SEVERITY.get(event_name, DEFAULT_SEVERITY)
 
 
 def dedup_key(event_name: str, body: bytes) -> str:
@@ -212,30 +140,31 @@ def render(delivery: ClaimedDelivery, routing_key: str) -> bytes:
     return fit(build_event(delivery, routing_key))
 
 
-def failure(status: int, body: str, retry_after: float | None) -> SendResult:
-    """A non-2xx answer; a 400 names PagerDuty's own verdict (``invalid_event``)."""
-    result = http_failure(status, body, retry_after)
-    if status != 400:
+def classify(answer: Answer) -> SendResult:
+    """PagerDuty's answer: 2xx is delivered; a 400 names PagerDuty's own verdict
+    (``invalid_event``); other statuses follow the plain HTTP rule."""
+    if 200 <= answer.status < 300:
+        return SendResult(ok=True, status_code=answer.status, response_body=answer.audit_body)
+    result = http_failure(answer.status, answer.audit_body, answer.retry_after)
+    if answer.status != 400:
         return result
     try:
-        answer = json.loads(body)
+        verdict = json.loads(answer.audit_body)
     except ValueError:
         return result
-    if isinstance(answer, dict) and answer.get("status") == "invalid event":
+    if isinstance(verdict, dict) and verdict.get("status") == "invalid event":
         return SendResult(
             ok=False,
             status_code=400,
             error="invalid_event",
             reason=result.reason,
             transient=False,
-            response_body=body,
+            response_body=answer.audit_body,
         )
     return result
 
 
 class PagerDutySender:
-    sink_type = "PagerDuty"
-
     def __init__(
         self, session: aiohttp.ClientSession, cfg: PagerDutyConfig, timeout_seconds: float
     ) -> None:
@@ -245,21 +174,13 @@ class PagerDutySender:
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         key = str((delivery.sink_args or {}).get("integration_key") or "")
-        body = render(delivery, key)
-        headers = {"Content-Type": "application/json", "User-Agent": f"air-relay/{__version__}"}
-        try:
-            async with self._session.post(
-                self._cfg.events_url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                # PagerDuty may quote the routing_key back in an error message.
-                text = await read_audit_text(resp, (key,))
-                if 200 <= resp.status < 300:
-                    return SendResult(ok=True, status_code=resp.status, response_body=text)
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                return failure(resp.status, text, retry_after)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return exception_failure(exc)
+        return await post(
+            self._session,
+            self._cfg.events_url,
+            body=render(delivery, key),
+            headers={"Content-Type": "application/json", "User-Agent": f"air-relay/{__version__}"},
+            timeout=self._timeout,
+            # PagerDuty may quote the routing_key back in an error message.
+            secrets=(key,),
+            classify=classify,
+        )

@@ -1,25 +1,7 @@
-"""Slack sink: ``chat.postMessage`` with the integration's bot token (SPEC 4).
-
-What is sent to ``{slack.api_base_url}/chat.postMessage``::
-
-    Authorization: Bearer <bot token of the sink's slack_integration_id>
-    {"channel": <channel_id, else the deprecated channel name>, "text": ..., "blocks": [...],
-     "unfurl_links": false, "unfurl_media": false}
-
-The message itself is built by ``slack_message``. Slack answers most errors with HTTP 200 and
-``{"ok": false, "error": "<code>"}``; the code becomes the audit row's ``error``:
-
-- transient: HTTP 429 / ``ratelimited`` (after ``Retry-After``), HTTP 5xx, ``internal_error``,
-  ``service_unavailable``, ``request_timeout``, ``fatal_error``, and an HTTP 200 whose body
-  is not Slack's JSON (``invalid_response``);
-- permanent: every other code (``channel_not_found``, ``not_in_channel``, ``invalid_auth``,
-  ``token_revoked``, ``msg_too_long`` ...), other HTTP statuses, and a sink whose integration
-  is no longer configured (``slack_integration_not_configured``).
-
-Sends are paced to one per ``slack.min_interval_seconds`` per (bot token, channel) in this
-process, because Slack allows about one message per second per channel and answers a burst
-with 429s. A 429 also holds that channel for its ``Retry-After``.
-"""
+"""The Slack sender: ``chat.postMessage`` with the bot token of the sink's integration, the
+classification of Slack's answers (``ok: false`` codes, transient or permanent), and the pacing
+of messages per channel. The message itself is built by ``slack_message``; ``docs/sinks.md``
+describes what arrives and the error table."""
 
 from __future__ import annotations
 
@@ -33,15 +15,8 @@ import aiohttp
 
 from air_relay import __version__
 from air_relay.config import SlackConfig
-from air_relay.db.repository import ClaimedDelivery
-from air_relay.sinks.base import (
-    SendResult,
-    audit_text,
-    exception_failure,
-    http_failure,
-    parse_retry_after,
-    read_limited,
-)
+from air_relay.model import ClaimedDelivery
+from air_relay.sinks.base import Answer, SendResult, http_failure, post
 from air_relay.sinks.slack_message import SlackMessage, message_for_body
 
 TRANSIENT_ERRORS = frozenset(
@@ -182,10 +157,12 @@ def _parse(text: str) -> Any:
         return None
 
 
-def classify(status: int, text: str, audit_body: str, retry_after: float | None) -> SendResult:
-    """The SendResult for Slack's answer (``text``: the body read; ``audit_body``: redacted)."""
+def classify(answer: Answer) -> SendResult:
+    """The SendResult for Slack's answer (parsed from ``text``; the audit row keeps
+    ``audit_body``, the redacted head)."""
+    status, audit_body, retry_after = answer.status, answer.audit_body, answer.retry_after
     if status == 429:
-        code = _error_code(_parse(text))
+        code = _error_code(_parse(answer.text))
         return SendResult(
             ok=False,
             status_code=429,
@@ -197,7 +174,7 @@ def classify(status: int, text: str, audit_body: str, retry_after: float | None)
         )
     if status != 200:
         return http_failure(status, audit_body, retry_after)
-    parsed = _parse(text)
+    parsed = _parse(answer.text)
     if isinstance(parsed, dict) and parsed.get("ok") is True:
         return SendResult(ok=True, status_code=200, response_body=audit_body)
     if not isinstance(parsed, dict) or parsed.get("ok") is not False:
@@ -223,8 +200,6 @@ def classify(status: int, text: str, audit_body: str, retry_after: float | None)
 
 
 class SlackSender:
-    sink_type = "Slack"
-
     def __init__(
         self, session: aiohttp.ClientSession, cfg: SlackConfig, timeout_seconds: float
     ) -> None:
@@ -279,26 +254,16 @@ class SlackSender:
         )
         body = request_body(channel, message)
         await self._pacer.wait_turn(key, self._promised.pop(delivery.id, None))
-        result = await self._post(body, token)
+        result = await post(
+            self._session,
+            self._url,
+            body=body,
+            headers=self.headers(token),
+            timeout=self._timeout,
+            secrets=(token,),
+            classify=classify,
+            read_limit=PARSE_LIMIT,
+        )
         if result.reason == "rate_limited" and result.retry_after is not None:
             self._pacer.hold(key, result.retry_after)
         return result
-
-    async def _post(self, body: bytes, token: str) -> SendResult:
-        try:
-            async with self._session.post(
-                self._url,
-                data=body,
-                headers=self.headers(token),
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                text = await read_limited(resp, PARSE_LIMIT)
-                return classify(
-                    resp.status,
-                    text,
-                    audit_text(text, (token,)),
-                    parse_retry_after(resp.headers.get("Retry-After")),
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return exception_failure(exc)

@@ -1,25 +1,12 @@
-"""The Slack message for one AIR event: ``text`` (the notification fallback) and Block Kit blocks.
+"""The Slack message for one AIR event: ``text`` (the notification line) and Block Kit blocks
+(header, summary, labelled fields, link buttons, footer). Pure functions, no I/O.
 
-Pure functions, no I/O. Layout of a message::
-
-    header   the event title ("Triage rule matched")
-    section  the one-line summary ("Triage rule matched: Rule Name on Endpoint Name")
-    section  fields, ten per section: "*Label*\\nvalue" for each data key
-    actions  a button per AIR link (taskDetailsUrl, reportURL) that is a usable http(s) URL
-    context  "… N more fields not shown", only when limits cut the fields short
-    context  event name, organization id and when air-relay received the event
-
-Values are escaped for mrkdwn (``&``, ``<``, ``>``), so an event can never mention
-``@channel`` or forge a link. Credential fields (``event_text.is_sensitive``) show only
-``event_text.masked``. Nothing here raises on odd input: unknown event types, non-object data,
-deep nesting and huge values all give a message inside Slack's limits.
-
-Limits: the documented ones (50 blocks, 150 characters of header, 3000 per section text, 2000 per
-field, 10 fields per section, 75 per button text, 3000 per button URL, 40,000 of ``text``) and two
-tighter ones Slack enforces without documenting them: ``msg_too_long`` above about 4000
-characters of ``text`` and ``msg_blocks_too_long`` above about 13,000 characters of block text
-(slackapi/bolt-js#2509). Both would be permanent failures, so the message stays well below.
-Lengths are counted in UTF-16 code units, which is never less than Python's ``len``.
+Values are escaped for mrkdwn, so an event can never mention ``@channel`` or forge a link;
+credential fields are masked. Nothing here raises on odd input (unknown event types,
+non-object data, deep nesting, huge values): every message stays inside Slack's limits,
+including two it enforces without documenting them (``msg_too_long`` above about 4000
+characters of ``text``, ``msg_blocks_too_long`` above about 13,000 of block text,
+slackapi/bolt-js#2509). Lengths count UTF-16 code units, never less than Python's ``len``.
 """
 
 from __future__ import annotations
@@ -30,7 +17,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from air_relay.event_text import (
+from air_relay.events import (
     LINK_FIELDS,
     event_data,
     event_links,
@@ -262,7 +249,7 @@ def _footer(event_name: str, organization_id: Any, received_at: datetime | None)
 
 
 def _safe_summary(event_name: str, data: Mapping[str, Any]) -> str:
-    """event_text's summary over a bounded copy of the data (its values may be huge)."""
+    """The event summary over a bounded copy of the data (its values may be huge)."""
     bounded = {
         k: v if isinstance(v, str | int | float | bool) or v is None else compact(v, SUMMARY_LIMIT)
         for k, v in data.items()

@@ -1,44 +1,18 @@
-"""Webhook sink: POST the AIR envelope unchanged, with Standard Webhooks headers (SPEC 4)."""
+"""The Webhook sender: POST the AIR envelope unchanged, with Standard Webhooks headers, an
+optional bearer token and the sink's extra headers, through the egress-guarded session."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from typing import Any
 
 import aiohttp
 
 from air_relay import __version__
-from air_relay.db.repository import ClaimedDelivery
-from air_relay.sinks.base import (
-    DESTINATION_NOT_ALLOWED,
-    SendResult,
-    exception_failure,
-    http_failure,
-    parse_retry_after,
-    read_audit_text,
-)
+from air_relay.model import ClaimedDelivery
+from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, post
 from air_relay.sinks.egress_guard import DestinationRefused, check_literal
-
-SIGNING_PREFIX = "whsec_"
-
-
-def decode_secret(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret; raises ValueError when malformed."""
-    raw = secret.removeprefix(SIGNING_PREFIX)
-    key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    if not key:
-        raise ValueError("empty signing key")
-    return key
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value (Standard Webhooks v1) over the exact bytes sent."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(decode_secret(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+from air_relay.sinks.signing import SIGNING_PREFIX, sign
 
 
 def _secret_key_text(args: dict[str, Any]) -> str | None:
@@ -48,8 +22,6 @@ def _secret_key_text(args: dict[str, Any]) -> str | None:
 
 
 class WebhookSender:
-    sink_type = "Webhook"
-
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -90,21 +62,11 @@ class WebhookSender:
                 check_literal(args["url"])
             except DestinationRefused:
                 return DESTINATION_NOT_ALLOWED
-        try:
-            async with self._session.post(
-                args["url"],
-                data=delivery.body,
-                headers=self.build_headers(delivery),
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                body = await read_audit_text(
-                    resp, (args.get("bearer_token"), args.get("secret"), _secret_key_text(args))
-                )
-                if 200 <= resp.status < 300:
-                    return SendResult(ok=True, status_code=resp.status, response_body=body)
-                return http_failure(
-                    resp.status, body, parse_retry_after(resp.headers.get("Retry-After"))
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return exception_failure(exc)
+        return await post(
+            self._session,
+            args["url"],
+            body=delivery.body,
+            headers=self.build_headers(delivery),
+            timeout=self._timeout,
+            secrets=(args.get("bearer_token"), args.get("secret"), _secret_key_text(args)),
+        )
