@@ -1,4 +1,4 @@
-"""The ``air-relay`` console script, run for real as a subprocess (SPEC 1): check-config,
+"""The ``air-relay`` console script, run for real as a subprocess: check-config,
 AIR_RELAY_CONFIG, exit codes, and ``migrate`` against a real, empty PostgreSQL database."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 
 from air_relay import __version__
 from air_relay.db.migrate import latest_version
-from tests.conftest import scratch_database, with_database
+from tests.support import scratch_database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -290,3 +290,16 @@ def test_migrate_reports_an_unusable_dsn(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "database.dsn" in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["check-config"]])
+def test_help_is_plain_text(command: list[str]) -> None:
+    result = subprocess.run(
+        [AIR_RELAY, *command, "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: air-relay" in result.stdout
+    # Docstring markup (reStructuredText backticks) has no place in a terminal.
+    assert "``" not in result.stdout
+    if command:
+        assert "--config PATH" in result.stdout

@@ -1,4 +1,5 @@
-"""The ``air-relay`` command: ``serve``, ``migrate`` and ``check-config``."""
+"""The ``air-relay`` command line: ``serve``, ``migrate`` and ``check-config``, their
+arguments, and their exit codes (0 done, 1 failed, 2 bad configuration)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ DEFAULT_MIGRATE_WAIT_SECONDS = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="air-relay", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="air-relay",
+        description="Relay Binalyze AIR event webhooks to Webhook, Slack and PagerDuty sinks.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad configuration or arguments.",
+    )
     parser.add_argument("--version", action="version", version=f"air-relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
@@ -29,11 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         ("migrate", "apply pending database migrations and exit"),
         ("check-config", "validate the config and print it with secrets redacted"),
     ):
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
         cmd.add_argument(
             "--config",
             default=os.environ.get("AIR_RELAY_CONFIG"),
-            help="path to the YAML config (default: $AIR_RELAY_CONFIG)",
+            metavar="PATH",
+            help="the YAML configuration file (default: $AIR_RELAY_CONFIG)",
         )
         if name == "migrate":
             cmd.add_argument(
