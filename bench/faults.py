@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.fault.kit import TABLE_HEADER, Figures, fault_lab, table_row
-from tests.fault.test_faults import SCENARIOS
+from tests.fault.figures import TABLE_HEADER, Figures, table_row
+from tests.fault.lab import fault_lab
+from tests.fault.scenarios import SCENARIOS
 
 
 def parse_setting(text: str) -> tuple[str, Any]:

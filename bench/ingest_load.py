@@ -5,7 +5,7 @@ state_dir, or --dsn), creates one Webhook sink, POSTs --events events with --con
 connections, and prints the accept rate, ingest latency percentiles and the end-to-end
 delivery rate. Only 127.0.0.1 is used. Not a test: it prints figures.
 
-    .venv/bin/python bench/ingest_load.py --events 5000 --concurrency 32
+    .venv/bin/python -m bench.ingest_load --events 5000 --concurrency 32
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST = "bench-ingest-token"
@@ -35,12 +36,6 @@ EVENT = json.dumps(
         "data": {"taskId": "t", "taskDetailsUrl": "/#/t", "taskType": "Triage", "assetId": "a"},
     }
 ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_receiver() -> tuple[web.AppRunner, str, list[float]]:

@@ -1,4 +1,4 @@
-"""The configuration contract (SPEC 2): ${VAR} expansion, errors that name the dotted key,
+"""The configuration contract: ${VAR} expansion, errors that name the dotted key,
 value checks, defaults and redaction."""
 
 from __future__ import annotations

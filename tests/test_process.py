@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import SinkServer
+from tests.support import SinkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST = "process-ingest-token"
@@ -154,7 +154,7 @@ async def test_serve_refuses_bad_config(tmp_path: Path, bad: str) -> None:
 async def test_serve_exits_1_when_the_database_refuses_the_dsn(
     tmp_path: Path, server_dsn: str, unused_tcp_port: int
 ) -> None:
-    from tests.conftest import with_database
+    from tests.support import with_database
 
     dsn = with_database(server_dsn, "no_such_database")
     config = (

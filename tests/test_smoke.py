@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import CATALOG, SinkServer, create_sink, post_event
+from tests.support import CATALOG, SinkServer, create_sink, post_event
 
 
 async def test_event_reaches_webhook(relay: Any, sink_server: SinkServer) -> None:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from air_relay import systemd
-from tests.conftest import INGEST_TOKEN, TENANT
+from tests.support import INGEST_TOKEN, TENANT
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "air-relay.service"

@@ -13,7 +13,7 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
-from tests.conftest import scratch_database
+from tests.support import scratch_database
 
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:

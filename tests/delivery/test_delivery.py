@@ -12,7 +12,7 @@ import asyncpg
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     CATALOG,
     TENANT,
@@ -307,7 +307,7 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
     from air_relay.db.pool import create_pool
     from air_relay.delivery.claim import ClaimRunner
     from air_relay.metrics import Metrics
-    from tests.conftest import make_config
+    from tests.support import make_config
 
     class BrokenSender:
         async def send(self, delivery: model.ClaimedDelivery) -> Any:

@@ -18,7 +18,7 @@ from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
 from air_relay.db.queries import QUERIES
 from air_relay.delivery.retention import PurgeCounts, RetentionTask
-from tests.conftest import (
+from tests.support import (
     TENANT,
     SinkServer,
     create_sink,

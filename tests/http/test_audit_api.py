@@ -1,4 +1,4 @@
-"""The audit log, GET /v1/audit_log (SPEC 3.3): rows made by the real delivery pipeline, and
+"""The audit log, GET /v1/audit_log: rows made by the real delivery pipeline, and
 volumes seeded with SQL for the filters and the keyset pagination."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     INGEST_TOKEN_B,
     TENANT,

@@ -14,7 +14,7 @@ import asyncpg
 from structlog.testing import capture_logs
 
 from air_relay.db.queries import QUERIES
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     INGEST_TOKEN_B,
     TENANT,

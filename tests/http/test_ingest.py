@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import (
+from tests.support import (
     CATALOG,
     INGEST_TOKEN,
     INGEST_TOKEN_B,

@@ -1,4 +1,4 @@
-"""The Scanner-compatible event sink API, /v1/event_sink (SPEC 3.2), end to end over HTTP on a
+"""The Scanner-compatible event sink API, /v1/event_sink, end to end over HTTP on a
 real database: shapes, extensions, write-only secrets, PUT merging, validation, auth, tenant
 isolation, and the routing effect of a sink's settings on the next event."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     CATALOG,
     SLACK_INTEGRATION,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     INGEST_TOKEN,
     INGEST_TOKEN_B,

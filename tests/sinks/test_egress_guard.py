@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from air_relay.sinks.egress_guard import refusal
-from tests.conftest import ADMIN_KEY, TENANT, SinkServer, auth, create_sink, post_event, wait_until
+from tests.support import ADMIN_KEY, TENANT, SinkServer, auth, create_sink, post_event, wait_until
 
 EVENT = {"eventName": "CaseCreatedEvent", "organizationId": 1, "data": {"id": "c-1"}}
 GUARDED = {"delivery": {"allow_private_destinations": False}}

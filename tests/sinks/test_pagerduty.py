@@ -22,7 +22,7 @@ from air_relay import events
 from air_relay.model import ClaimedDelivery
 from air_relay.sinks import pagerduty as pd
 from air_relay.sinks.base import Answer, SendResult
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     CATALOG,
     TENANT,

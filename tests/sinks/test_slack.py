@@ -31,7 +31,7 @@ from air_relay.sinks.slack_message import (
     build_message,
     message_for_body,
 )
-from tests.conftest import (
+from tests.support import (
     ADMIN_KEY,
     CATALOG,
     SLACK_INTEGRATION,

@@ -1,0 +1,267 @@
+"""Helpers the tests share: credentials and tenants, a test config, real recording sink
+servers on 127.0.0.1, database scratch copies, and calls to the relay's API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from air_relay.config import Config, parse_config
+
+TENANT = "00000000-0000-0000-0000-000000000000"
+
+
+TENANT_B = "11111111-1111-1111-1111-111111111111"
+
+
+INGEST_TOKEN = "ingest-token-tenant-a"
+
+
+INGEST_TOKEN_B = "ingest-token-tenant-b"
+
+
+ADMIN_KEY = "admin-api-key"
+
+
+TENANT_B_KEY = "tenant-b-api-key"
+
+
+SLACK_INTEGRATION = "00000000-0000-0000-0000-000000000001"
+
+
+TEMPLATE_DB = "air_relay_test_template"
+
+
+CATALOG: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent.parent / "src/air_relay/data/air-event-catalog.json").read_text()
+)
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_dsn: str, template: str | None = None) -> AsyncIterator[str]:
+    """A new database (empty, or cloned from ``template``), dropped afterwards; yields its DSN."""
+    name = f"air_relay_test_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_data(**overrides: Any) -> dict[str, Any]:
+    """A test config: fast retries, two tenants, an admin key and a tenant-B-only key."""
+    base: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 8080, "max_body_bytes": 65536},
+        "ingest": {
+            "tokens": [
+                {"token": INGEST_TOKEN, "tenant_id": TENANT},
+                {"token": INGEST_TOKEN_B, "tenant_id": TENANT_B},
+            ]
+        },
+        "api": {
+            "keys": [
+                {"key": ADMIN_KEY, "tenant_ids": ["*"]},
+                {"key": TENANT_B_KEY, "tenant_ids": [TENANT_B]},
+            ]
+        },
+        "delivery": {
+            # The sink servers of the tests live on 127.0.0.1; the SSRF tests turn this off.
+            "allow_private_destinations": True,
+            "concurrency": 8,
+            "timeout_seconds": 2,
+            "poll_interval_seconds": 0.05,
+            "retry": {
+                "attempts_per_claim": 3,
+                "backoff_initial_seconds": 0.01,
+                "backoff_max_seconds": 0.05,
+                "schedule_seconds": [0.05, 0.05],
+                "retry_after_max_seconds": 5,
+            },
+        },
+        "slack": {
+            "integrations": {SLACK_INTEGRATION: {"bot_token": "xoxb-test-token"}},
+            "min_interval_seconds": 0.0,
+        },
+        "logging": {"format": "json", "level": "info"},
+    }
+    return deep_merge(base, overrides)
+
+
+def make_config(**overrides: Any) -> Config:
+    return parse_config(yaml.safe_dump(config_data(**overrides)))
+
+
+RelayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: str = "ok"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class SinkServer:
+    """A real HTTP server on 127.0.0.1 that records requests and answers from a script."""
+
+    server: TestServer
+    received: list[Received]
+    script: list[Reply]
+    default: Reply
+
+    def url(self, path: str = "/hook") -> str:
+        return str(self.server.make_url(path))
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        return await wait_for_requests(self.received, count, timeout)
+
+
+async def wait_for_requests(
+    received: list[Received], count: int, timeout: float = 10.0
+) -> list[Received]:
+    """``received`` once it holds ``count`` requests (a test server appends to it)."""
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} requests, got {len(received)}")
+        await asyncio.sleep(0.01)
+    return received
+
+
+async def make_sink_server(aiohttp_server: Any) -> SinkServer:
+    """A recording sink server; the fixture gives one, a test needing two calls this."""
+    received: list[Received] = []
+    script: list[Reply] = []
+    state = SinkServer(server=None, received=received, script=script, default=Reply())  # type: ignore[arg-type]
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
+        reply = script.pop(0) if script else state.default
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    state.server = await aiohttp_server(app, host="127.0.0.1")
+    return state
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def create_sink(
+    client: TestClient[web.Request, web.Application],
+    args: dict[str, Any],
+    *,
+    tenant_id: str = TENANT,
+    key: str = ADMIN_KEY,
+    **extra: Any,
+) -> dict[str, Any]:
+    body = {
+        "tenant_id": tenant_id,
+        "name": "test sink",
+        "description": "a sink for tests",
+        "event_sink_args": args,
+        **extra,
+    }
+    resp = await client.post("/v1/event_sink", json=body, headers=auth(key))
+    assert resp.status == 200, await resp.text()
+    sink: dict[str, Any] = (await resp.json())["event_sink"]
+    return sink
+
+
+async def api_get(
+    client: TestClient[web.Request, web.Application],
+    path: str,
+    key: str = ADMIN_KEY,
+    **params: str | int,
+) -> tuple[int, dict[str, Any]]:
+    """GET a management-API listing (``tenant_id`` defaults to TENANT): status and body."""
+    query = {k: str(v) for k, v in params.items()}
+    query.setdefault("tenant_id", TENANT)
+    resp = await client.get(path, params=query, headers=auth(key))
+    body: dict[str, Any] = await resp.json()
+    return resp.status, body
+
+
+async def post_event(
+    client: TestClient[web.Request, web.Application],
+    event: dict[str, Any] | bytes,
+    token: str = INGEST_TOKEN,
+) -> Any:
+    data = event if isinstance(event, bytes) else json.dumps(event).encode()
+    return await client.post(
+        "/v1/air/events",
+        data=data,
+        headers={**auth(token), "Content-Type": "application/json"},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
