@@ -1,7 +1,7 @@
-"""Fault-injection figures: runs the scenarios of tests/test_faults.py and prints a table.
+"""Fault-injection figures: runs the scenarios of tests/fault/scenarios.py and prints a table.
 
 Each scenario starts real ``air-relay serve`` processes against a private PostgreSQL that it
-crashes and restarts (tests/faultkit.py), a counting Webhook sink on 127.0.0.1, and an
+crashes and restarts (tests/fault/), a counting Webhook sink on 127.0.0.1, and an
 ingest load; it checks what the test checks and reports, per fault: events sent, accepted
 (202), rejected (503 + Retry-After), connection errors, delivered, delivered without a 202,
 duplicated, the highest RSS of the serve processes, and notes. Only 127.0.0.1 is used.
