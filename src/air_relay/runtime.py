@@ -27,7 +27,7 @@ from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_da
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.http.app import make_app
-from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS, POOL
+from air_relay.http.state import DISPATCHER, INGEST_BATCHER, METRICS, POOL
 from air_relay.sinks.egress_guard import GuardedResolver
 from air_relay.sinks.registry import Clients, build_senders
 
@@ -89,7 +89,7 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         await running.stop(grace_seconds=cfg.delivery.timeout_seconds)
 
     async def retention(app: web.Application) -> AsyncIterator[None]:
-        task = RetentionTask(app[POOL], app[CONFIG].retention)
+        task = RetentionTask(app[POOL], cfg.retention)
         task.start()
         yield
         await task.stop()

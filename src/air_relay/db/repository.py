@@ -5,9 +5,11 @@ Nothing above the database layer sees SQL or an ``asyncpg.Record``.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -26,6 +28,14 @@ from air_relay.model import (
     Sink,
     SinkFields,
 )
+
+R = TypeVar("R")
+
+
+def _as(record_type: type[R], r: asyncpg.Record) -> R:
+    """A model record from a row whose columns are named like its fields (extra ones ignored)."""
+    fields = dataclasses.fields(record_type)  # type: ignore[arg-type]
+    return record_type(**{f.name: r[f.name] for f in fields})
 
 
 def _count(status: str) -> int:
@@ -167,22 +177,6 @@ async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
 # --- sinks -----------------------------------------------------------------------------------
 
 
-def _sink(r: asyncpg.Record) -> Sink:
-    return Sink(
-        id=r["id"],
-        tenant_id=r["tenant_id"],
-        name=r["name"],
-        description=r["description"],
-        sink_type=r["sink_type"],
-        args=r["args"],
-        events=r["events"],
-        organization_ids=r["organization_ids"],
-        active=r["active"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
-
-
 async def insert_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink:
     row = await pool.fetchrow(
         QUERIES["insert_sink"],
@@ -197,16 +191,16 @@ async def insert_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.active,
     )
     assert row is not None
-    return _sink(row)
+    return _as(Sink, row)
 
 
 async def list_sinks(pool: asyncpg.Pool, tenant_id: str) -> list[Sink]:
-    return [_sink(r) for r in await pool.fetch(QUERIES["list_sinks"], tenant_id)]
+    return [_as(Sink, r) for r in await pool.fetch(QUERIES["list_sinks"], tenant_id)]
 
 
 async def get_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> Sink | None:
     row = await pool.fetchrow(QUERIES["get_sink"], sink_id)
-    return _sink(row) if row else None
+    return _as(Sink, row) if row else None
 
 
 async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink | None:
@@ -221,7 +215,7 @@ async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.organization_ids,
         f.active,
     )
-    return _sink(row) if row else None
+    return _as(Sink, row) if row else None
 
 
 async def delete_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> bool:
@@ -245,25 +239,7 @@ async def audit_log_page(pool: asyncpg.Pool, f: AuditFilter) -> list[AuditEntry]
         f.before_id,
         f.limit,
     )
-    return [AuditEntry(**dict(r)) for r in rows]
-
-
-def _delivery_entry(r: asyncpg.Record) -> DeliveryEntry:
-    return DeliveryEntry(
-        id=r["id"],
-        tenant_id=r["tenant_id"],
-        event_id=r["event_id"],
-        event_name=r["event_name"],
-        organization_id=r["organization_id"],
-        event_sink_id=r["event_sink_id"],
-        event_sink_type=r["event_sink_type"],
-        status=r["status"],
-        attempts=r["attempts"],
-        last_error=r["last_error"],
-        next_attempt_at=r["next_attempt_at"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
+    return [_as(AuditEntry, r) for r in rows]
 
 
 async def delivery_page(pool: asyncpg.Pool, f: DeliveryFilter) -> list[DeliveryEntry]:
@@ -280,7 +256,7 @@ async def delivery_page(pool: asyncpg.Pool, f: DeliveryFilter) -> list[DeliveryE
         before_id,
         f.limit,
     )
-    return [_delivery_entry(r) for r in rows]
+    return [_as(DeliveryEntry, r) for r in rows]
 
 
 async def retry_delivery(
@@ -299,7 +275,7 @@ async def retry_delivery(
     )
     if row is None:
         return None
-    requeued = _delivery_entry(row) if row["id"] is not None else None
+    requeued = _as(DeliveryEntry, row) if row["id"] is not None else None
     return RetryResult(row["previous_status"], requeued)
 
 

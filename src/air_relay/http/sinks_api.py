@@ -102,10 +102,6 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
     sink_type, args = sink.sink_type, sink.args
     if "event_sink_args" in body:
         sink_type, args = parse_sink_args(body["event_sink_args"], cfg, sink)
-
-    def given(name: str, parse: Any, current: Any) -> Any:
-        return parse(body[name]) if name in body else current
-
     return SinkFields(
         tenant_id=sink.tenant_id,
         name=_require_string(body, "name") if "name" in body else sink.name,
@@ -114,9 +110,11 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
         else sink.description,
         sink_type=sink_type,
         args=args,
-        events=given("events", parse_events, sink.events),
-        organization_ids=given("organization_ids", parse_organization_ids, sink.organization_ids),
-        active=given("active", parse_active, sink.active),
+        events=parse_events(body["events"]) if "events" in body else sink.events,
+        organization_ids=parse_organization_ids(body["organization_ids"])
+        if "organization_ids" in body
+        else sink.organization_ids,
+        active=parse_active(body["active"]) if "active" in body else sink.active,
     )
 
 
