@@ -1,1 +1,2 @@
-"""The database layer: pool, embedded server, migrations and every query."""
+"""The database layer: the pool, the embedded server, migrations, LISTEN/NOTIFY, every query
+(``queries.sql``) and the typed calls that run them."""

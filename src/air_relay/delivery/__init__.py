@@ -1,1 +1,2 @@
-"""Delivery: the dispatcher that claims work and the runner that sends and retries it."""
+"""Delivery: the dispatcher that claims due deliveries, the claims that send and retry them, the
+retry decisions, and retention of finished deliveries."""
