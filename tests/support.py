@@ -23,26 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from air_relay.config import Config, parse_config
 
 TENANT = "00000000-0000-0000-0000-000000000000"
-
-
 TENANT_B = "11111111-1111-1111-1111-111111111111"
-
-
 INGEST_TOKEN = "ingest-token-tenant-a"
-
-
 INGEST_TOKEN_B = "ingest-token-tenant-b"
-
-
 ADMIN_KEY = "admin-api-key"
-
-
 TENANT_B_KEY = "tenant-b-api-key"
-
-
 SLACK_INTEGRATION = "00000000-0000-0000-0000-000000000001"
-
-
 TEMPLATE_DB = "air_relay_test_template"
 
 

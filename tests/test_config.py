@@ -23,7 +23,6 @@ from air_relay.config import (
     parse_config,
     redacted,
 )
-from air_relay.redaction import redact_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -468,22 +467,6 @@ def test_redacted_hides_every_secret_and_keeps_the_rest() -> None:
     assert data["server"]["port"] == 8080
     # The config object itself is untouched.
     assert cfg.ingest.tokens[0].token == SECRETS["INGEST_A"]
-
-
-@pytest.mark.parametrize(
-    ("dsn", "expected"),
-    [
-        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:p@ss:w/rd@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
-        ("postgresql://u@h/db", "postgresql://u@h/db"),
-        ("postgresql://h/db?user=u&password=pw&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
-        ("host=h user=u password=pw dbname=air", "host=h user=u password=*** dbname=air"),
-        ("host=h password='p w' dbname=air", "host=h password=*** dbname=air"),
-        ("postgresql://postgres:@/postgres?host=/tmp/pg", "postgresql://postgres:@/postgres?host=/tmp/pg"),
-    ],
-)  # fmt: skip
-def test_redact_dsn(dsn: str, expected: str) -> None:
-    assert redact_dsn(dsn) == expected
 
 
 def test_redacted_keeps_null_dsn() -> None:

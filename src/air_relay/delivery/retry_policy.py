@@ -1,6 +1,7 @@
-"""The retry decisions, as pure functions of a send result and the configuration: whether to
-try again within the claim (and after how long), and the verdict that ends a claim
-(delivered, rescheduled along ``schedule_seconds``, or dead)."""
+"""The retry decisions, as functions of a send result and the configuration (no I/O; the
+schedule's jitter is their only randomness): whether to try again within the claim (and after
+how long), and the verdict that ends a claim (delivered, rescheduled along
+``schedule_seconds``, or dead)."""
 
 from __future__ import annotations
 

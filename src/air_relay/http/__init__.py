@@ -1,1 +1,2 @@
-"""The HTTP layer: ingest, the event sink and audit log APIs, and the operations endpoints."""
+"""The HTTP layer: ingest, the event sink, audit log and delivery APIs, and the operations
+endpoints."""

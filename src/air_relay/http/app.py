@@ -1,7 +1,7 @@
-"""The HTTP application: routes and the error middleware, nothing else.
+"""The HTTP application: its routes, the error middleware and the configuration they read.
 
-What the handlers need (config, pool, batcher, metrics, dispatcher) is put in place by the
-runtime (``runtime.build_app``), which also owns its lifecycle.
+The resources the handlers use (pool, batcher, metrics, dispatcher) are put in place by the
+runtime (``runtime.build_app``), which also owns their lifecycle.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from air_relay.config import Config
 from air_relay.http import audit_api, delivery_api, ops, sinks_api
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
-from air_relay.http.state import CONFIG, METRICS
-from air_relay.metrics import Metrics
+from air_relay.http.state import CONFIG
 
 
 def make_app(cfg: Config) -> web.Application:
@@ -23,7 +22,6 @@ def make_app(cfg: Config) -> web.Application:
         client_max_size=cfg.server.max_body_bytes + 1,
     )
     app[CONFIG] = cfg
-    app[METRICS] = Metrics()
     app.router.add_post(cfg.ingest.path, handle_ingest)
     sinks_api.add_routes(app)
     audit_api.add_routes(app)

@@ -13,7 +13,7 @@ from aiohttp import web
 from air_relay.config import WILDCARD_TENANT, ApiKey, Config
 from air_relay.http.errors import ApiError
 from air_relay.http.state import CONFIG
-from air_relay.validation import storable
+from air_relay.validation import InvalidArgument, storable
 
 T = TypeVar("T")
 
@@ -79,9 +79,9 @@ def query_tenant(request: web.Request, key: ApiKey) -> str:
     """The ``?tenant_id=`` of a list or audit query: required, and held by ``key``."""
     tenant_id = request.query.get("tenant_id", "")
     if not tenant_id.strip():
-        raise ApiError(400, "invalid_argument", "tenant_id is required.")
+        raise InvalidArgument("tenant_id", "is required")
     if not storable(tenant_id):
-        raise ApiError(400, "invalid_argument", "tenant_id contains characters no tenant has.")
+        raise InvalidArgument("tenant_id", "contains characters no tenant has")
     require_tenant(key, tenant_id)
     return tenant_id
 

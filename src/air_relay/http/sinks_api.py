@@ -25,7 +25,7 @@ from air_relay.model import Sink, SinkFields
 from air_relay.sinks.args import parse_active, parse_events, parse_organization_ids
 from air_relay.sinks.registry import check_destination, parse_sink_args, shown_args
 from air_relay.timestamps import rfc3339_seconds
-from air_relay.validation import InvalidArgument, reject_unknown, text_field
+from air_relay.validation import InvalidArgument, reject_unknown, required, text_field
 
 log = structlog.get_logger(__name__)
 
@@ -60,9 +60,7 @@ def render_sink(sink: Sink) -> dict[str, Any]:
 
 
 def _require_string(body: dict[str, Any], name: str, *, allow_empty: bool = False) -> str:
-    if body.get(name) is None:
-        raise InvalidArgument(name, "is required")
-    return text_field(body[name], name, allow_empty=allow_empty)
+    return text_field(required(body, name), name, allow_empty=allow_empty)
 
 
 async def visible_sink(request: web.Request, key: ApiKey) -> Sink:
@@ -73,13 +71,14 @@ async def visible_sink(request: web.Request, key: ApiKey) -> Sink:
     return sink
 
 
-def _new_fields(body: dict[str, Any], key: ApiKey, cfg: Config) -> SinkFields:
+async def _new_fields(body: dict[str, Any], key: ApiKey, cfg: Config) -> SinkFields:
     reject_unknown(body, _CREATE_FIELDS)
     tenant_id = _require_string(body, "tenant_id")
     require_tenant(key, tenant_id)
     if "event_sink_args" not in body:
         raise InvalidArgument("event_sink_args", "is required")
     sink_type, args = parse_sink_args(body["event_sink_args"], cfg)
+    await check_destination(sink_type, args, cfg)
     return SinkFields(
         tenant_id=tenant_id,
         name=_require_string(body, "name"),
@@ -121,9 +120,7 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
 async def create_sink(request: web.Request) -> web.Response:
     key = api_key(request)
     body = await read_api_json(request)
-    cfg = request.app[CONFIG]
-    fields = _new_fields(body, key, cfg)
-    await check_destination(fields.sink_type, fields.args, cfg)
+    fields = await _new_fields(body, key, request.app[CONFIG])
     sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields)
     log.info(
         "sink_created",

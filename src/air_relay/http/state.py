@@ -1,6 +1,7 @@
 """Typed application state (aiohttp ``web.AppKey``s): what the handlers read from the app.
 
-The runtime puts each of these in place before the app serves (``runtime.build_app``).
+``http.app.make_app`` sets CONFIG; the runtime (``runtime.build_app``) puts the others in place
+before the app serves.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from air_relay.validation import (
     InvalidArgument,
     check_text,
     reject_unknown,
+    required,
     storable,
     text_field,
 )
@@ -85,12 +86,6 @@ class ArgRules:
         return {k: self.masked(k, args) if k in self.secrets else v for k, v in args.items()}
 
 
-def _required(args: Mapping[str, Any], name: str, prefix: str) -> Any:
-    if args.get(name) is None:
-        raise InvalidArgument(f"{prefix}.{name}", "is required")
-    return args[name]
-
-
 def _url(value: Any, field: str) -> str:
     url = text_field(value, field, limit=2048)
     if _URL_FORBIDDEN.search(url):
@@ -148,8 +143,8 @@ def _bearer_token(value: Any, field: str) -> str:
 
 
 def _webhook(args: dict[str, Any], prefix: str, _cfg: Config) -> dict[str, Any]:
-    reject_unknown(args, ("url", "secret", "bearer_token", "headers"), prefix)
-    out: dict[str, Any] = {"url": _url(_required(args, "url", prefix), f"{prefix}.url")}
+    reject_unknown(args, ("url", "secret", "bearer_token", "headers"), prefix, noun="argument")
+    out: dict[str, Any] = {"url": _url(required(args, "url", prefix), f"{prefix}.url")}
     if args.get("secret") is not None:
         out["secret"] = _secret(args["secret"], f"{prefix}.secret")
     if args.get("bearer_token") is not None:
@@ -160,7 +155,7 @@ def _webhook(args: dict[str, Any], prefix: str, _cfg: Config) -> dict[str, Any]:
 
 
 def _slack(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
-    reject_unknown(args, ("channel_id", "channel", "slack_integration_id"), prefix)
+    reject_unknown(args, ("channel_id", "channel", "slack_integration_id"), prefix, noun="argument")
     out: dict[str, Any] = {}
     for key in ("channel_id", "channel"):
         if args.get(key) is not None:
@@ -168,7 +163,7 @@ def _slack(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
     if not out:
         raise InvalidArgument(f"{prefix}.channel_id", "is required")
     field = f"{prefix}.slack_integration_id"
-    integration = text_field(_required(args, "slack_integration_id", prefix), field)
+    integration = text_field(required(args, "slack_integration_id", prefix), field)
     if integration not in cfg.slack.integrations:
         raise InvalidArgument(field, "names no Slack integration in the configuration")
     out["slack_integration_id"] = integration
@@ -176,8 +171,8 @@ def _slack(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
 
 
 def _pagerduty(args: dict[str, Any], prefix: str, _cfg: Config) -> dict[str, Any]:
-    reject_unknown(args, ("integration_key",), prefix)
-    key = _required(args, "integration_key", prefix)
+    reject_unknown(args, ("integration_key",), prefix, noun="argument")
+    key = required(args, "integration_key", prefix)
     return {"integration_key": text_field(key, f"{prefix}.integration_key", limit=128)}
 
 

@@ -16,6 +16,7 @@ from air_relay import __version__
 from air_relay.config import PagerDutyConfig
 from air_relay.events import event_data, event_links, event_summary, event_title, severity_for
 from air_relay.model import ClaimedDelivery
+from air_relay.redaction import ELLIPSIS
 from air_relay.sinks.base import Answer, SendResult, http_failure, post
 from air_relay.timestamps import rfc3339
 
@@ -40,7 +41,7 @@ def dedup_key(event_name: str, body: bytes) -> str:
 
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
 
 
 def one_line(text: str) -> str:

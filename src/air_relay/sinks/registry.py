@@ -1,5 +1,6 @@
-"""The sink types: each name (``Webhook``, ``Slack``, ``PagerDuty``) with its argument rules and
-its sender. Adding a sink type means a sender module and one entry here."""
+"""The sink types: each name (``Slack``, ``Webhook``, ``PagerDuty``) with its argument rules and
+its sender. Adding a sink type means a sender module, its ``ArgRules`` in ``args.py`` and one
+entry here."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class SinkType:
 
 
 SINK_TYPES: dict[str, SinkType] = {
+    "Slack": SinkType(
+        args.SLACK,
+        lambda cfg, clients: SlackSender(clients.operator, cfg.slack, cfg.delivery.timeout_seconds),
+    ),
     "Webhook": SinkType(
         args.WEBHOOK,
         lambda cfg, clients: WebhookSender(
@@ -45,10 +50,6 @@ SINK_TYPES: dict[str, SinkType] = {
             cfg.delivery.timeout_seconds,
             allow_private_destinations=cfg.delivery.allow_private_destinations,
         ),
-    ),
-    "Slack": SinkType(
-        args.SLACK,
-        lambda cfg, clients: SlackSender(clients.operator, cfg.slack, cfg.delivery.timeout_seconds),
     ),
     "PagerDuty": SinkType(
         args.PAGERDUTY,
@@ -86,8 +87,7 @@ def parse_sink_args(
 
 def shown_args(sink_type: str, sink_args: dict[str, Any]) -> dict[str, Any]:
     """A sink's args as the API shows them (write-only ones masked)."""
-    kind = SINK_TYPES.get(sink_type)
-    return kind.args.shown(sink_args) if kind else dict(sink_args)
+    return SINK_TYPES[sink_type].args.shown(sink_args)
 
 
 async def check_destination(sink_type: str, sink_args: dict[str, Any], cfg: Config) -> None:

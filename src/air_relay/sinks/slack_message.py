@@ -28,11 +28,10 @@ from air_relay.events import (
     masked,
     scalar_text,
 )
+from air_relay.redaction import ELLIPSIS
 
-ELLIPSIS = "…"
 MAX_BLOCKS = 50
 HEADER_LIMIT = 150
-SECTION_TEXT_LIMIT = 3000
 FIELD_TEXT_LIMIT = 2000
 FIELDS_PER_SECTION = 10
 BUTTON_TEXT_LIMIT = 75
