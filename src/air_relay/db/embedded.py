@@ -9,9 +9,9 @@ previous daemon was killed and left the server running, it is found and reused.
 from __future__ import annotations
 
 import warnings
-from urllib.parse import parse_qs, urlsplit
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
