@@ -251,3 +251,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def wait_final(db: asyncpg.Connection, count: int = 1, timeout: float = 15) -> None:
+    """Wait until ``count`` deliveries have left ``pending`` (delivered or dead)."""
+
+    async def done() -> bool:
+        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
+        return bool(n >= count)
+
+    await wait_until(done, timeout=timeout)
+
+
+async def audit_rows(
+    client: TestClient[web.Request, web.Application], **params: str
+) -> list[dict[str, Any]]:
+    """The tenant's audit log entries (TENANT unless given), newest first, up to 1000."""
+    status, body = await api_get(client, "/v1/audit_log", **{"limit": "1000", **params})
+    assert status == 200, body
+    rows: list[dict[str, Any]] = body["data"]["audit_logs"]
+    return rows
+
+
+async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:
+    """The row of the test's one delivery."""
+    row = await db.fetchrow("SELECT * FROM deliveries")
+    assert row is not None
+    return row

@@ -18,38 +18,17 @@ from tests.support import (
     TENANT,
     Reply,
     SinkServer,
+    audit_rows,
     auth,
     create_sink,
+    delivery_state,
     make_sink_server,
     post_event,
-    wait_until,
+    wait_final,
 )
 
 EVENT = CATALOG[3]["example"]  # TaskProcessingFailedEvent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM deliveries")
-    assert row is not None
-    return row
-
-
-async def wait_final(db: asyncpg.Connection, count: int = 1, timeout: float = 15) -> None:
-    async def done() -> bool:
-        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
-        return bool(n >= count)
-
-    await wait_until(done, timeout=timeout)
-
-
-async def audit(relay: Any, **params: str) -> list[dict[str, Any]]:
-    resp = await relay.get(
-        "/v1/audit_log", params={"tenant_id": TENANT, **params}, headers=auth(ADMIN_KEY)
-    )
-    assert resp.status == 200
-    rows: list[dict[str, Any]] = (await resp.json())["data"]["audit_logs"]
-    return rows
 
 
 async def test_404_is_one_attempt_then_dead(
@@ -65,7 +44,7 @@ async def test_404_is_one_attempt_then_dead(
     assert len(sink_server.received) == 1
     state = await delivery_state(db)
     assert (state["status"], state["attempts"], state["last_error"]) == ("dead", 1, "http_404")
-    (row,) = await audit(relay)
+    (row,) = await audit_rows(relay)
     assert row["event_id"] == event_id
     assert row["event_sink_id"] == sink["id"]
     assert row["event_sink_type"] == "Webhook"
@@ -97,7 +76,7 @@ async def test_500_exhausts_claims_and_schedule_then_dead(
     assert len(sink_server.received) == expected
     state = await delivery_state(db)
     assert (state["status"], state["attempts"], state["claims"]) == ("dead", expected, 3)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert [r["attempt"] for r in rows] == list(range(expected, 0, -1))  # newest first
     assert all(r["outcome"] == "failure" and r["status_code"] == 500 for r in rows)
     assert rows[0]["next_attempt_at"] is None
@@ -123,13 +102,13 @@ async def test_500_503_then_200_is_delivered(
     await wait_final(db)
     state = await delivery_state(db)
     assert (state["status"], state["attempts"]) == ("delivered", 3)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert [(r["attempt"], r["status_code"], r["outcome"]) for r in rows] == [
         (3, 200, "success"),
         (2, 503, "failure"),
         (1, 500, "failure"),
     ]
-    assert len(await audit(relay, outcome="failure")) == 2
+    assert len(await audit_rows(relay, outcome="failure")) == 2
     metrics = await (await relay.get("/metrics")).text()
     assert 'air_relay_deliveries_total{outcome="delivered",sink_type="Webhook"} 1.0' in metrics
 
@@ -148,7 +127,7 @@ async def test_timeout_and_connection_refused_are_transient(
     closed = await create_sink(relay, {"Webhook": {"url": f"http://127.0.0.1:{unused_tcp_port}/x"}})
     await post_event(relay, EVENT)
     await wait_final(db, count=2)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     by_sink = {r["event_sink_id"]: r for r in rows}
     assert {r["error"] for r in rows if r["event_sink_id"] == slow["id"]} == {"timeout"}
     assert {r["error"] for r in rows if r["event_sink_id"] == closed["id"]} == {
@@ -171,7 +150,7 @@ async def test_retry_after_is_honoured(
     assert second.at - first.at >= 0.95
     await wait_final(db)
     assert (await delivery_state(db))["status"] == "delivered"
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert rows[1]["error"] == "http_429"
 
 
@@ -188,7 +167,7 @@ async def test_deleted_sink_ends_dead(
     state = await delivery_state(db)
     assert (state["status"], state["last_error"]) == ("dead", "sink_deleted")
     assert sink_server.received == []
-    assert (await audit(worker))[0]["error"] == "sink_deleted"
+    assert (await audit_rows(worker))[0]["error"] == "sink_deleted"
 
 
 async def test_no_secret_in_logs_or_audit_rows(
@@ -200,7 +179,7 @@ async def test_no_secret_in_logs_or_audit_rows(
         await create_sink(relay, {"Webhook": args})
         await post_event(relay, EVENT)
         await wait_final(db)
-    text = json.dumps(logs, default=str) + json.dumps(await audit(relay))
+    text = json.dumps(logs, default=str) + json.dumps(await audit_rows(relay))
     for secret in (SECRET, SECRET.removeprefix("whsec_"), "tok-very-secret-123", "ingest-token"):
         assert secret not in text
 

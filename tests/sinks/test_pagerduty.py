@@ -23,12 +23,12 @@ from air_relay.model import ClaimedDelivery
 from air_relay.sinks import pagerduty as pd
 from air_relay.sinks.base import Answer, SendResult
 from tests.support import (
-    ADMIN_KEY,
     CATALOG,
     TENANT,
-    auth,
+    audit_rows,
     create_sink,
     post_event,
+    wait_final,
     wait_until,
 )
 
@@ -157,24 +157,13 @@ async def pd_sink(relay: Any, key: str = KEY) -> dict[str, Any]:
     return await create_sink(relay, {"PagerDuty": {"integration_key": key}})
 
 
-async def wait_final(db: asyncpg.Connection, count: int = 1, timeout: float = 15) -> None:
-    async def done() -> bool:
-        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
-        return bool(n >= count)
-
-    await wait_until(done, timeout=timeout)
-
-
 async def statuses(db: asyncpg.Connection) -> list[tuple[str, int]]:
     rows = await db.fetch("SELECT status, attempts FROM deliveries ORDER BY created_at")
     return [(r["status"], r["attempts"]) for r in rows]
 
 
 async def audit(relay: Any) -> list[dict[str, Any]]:
-    resp = await relay.get("/v1/audit_log", params={"tenant_id": TENANT}, headers=auth(ADMIN_KEY))
-    assert resp.status == 200
-    rows: list[dict[str, Any]] = (await resp.json())["data"]["audit_logs"]
-    return sorted(rows, key=lambda r: r["attempt"])
+    return sorted(await audit_rows(relay), key=lambda r: r["attempt"])
 
 
 def claimed(

@@ -32,17 +32,15 @@ from air_relay.sinks.slack_message import (
     message_for_body,
 )
 from tests.support import (
-    ADMIN_KEY,
     CATALOG,
     SLACK_INTEGRATION,
-    TENANT,
     Received,
     SinkServer,
-    auth,
+    audit_rows,
     create_sink,
     post_event,
+    wait_final,
     wait_for_requests,
-    wait_until,
 )
 
 TOKEN = "xoxb-test-token"
@@ -265,27 +263,8 @@ def slack_args(channel: str = "C0123", integration: str = SLACK_INTEGRATION) -> 
     return {"Slack": {"channel_id": channel, "slack_integration_id": integration}}
 
 
-async def wait_final(db: asyncpg.Connection, count: int = 1, timeout: float = 15) -> None:
-    async def done() -> bool:
-        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
-        return bool(n >= count)
-
-    await wait_until(done, timeout=timeout)
-
-
 async def states(db: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(await db.fetch("SELECT * FROM deliveries ORDER BY created_at"))
-
-
-async def audit(relay: Any, **params: str) -> list[dict[str, Any]]:
-    resp = await relay.get(
-        "/v1/audit_log",
-        params={"tenant_id": TENANT, "limit": "1000", **params},
-        headers=auth(ADMIN_KEY),
-    )
-    assert resp.status == 200
-    rows: list[dict[str, Any]] = (await resp.json())["data"]["audit_logs"]
-    return rows
 
 
 async def metrics(relay: Any) -> str:
@@ -323,7 +302,7 @@ async def test_triage_rule_request_shape(
     assert blocks[-1]["type"] == "context"
     assert "TriageRuleMatchedEvent" in blocks[-1]["elements"][0]["text"]
     assert (await states(db))[0]["status"] == "delivered"
-    (row,) = await audit(relay)
+    (row,) = await audit_rows(relay)
     assert (row["outcome"], row["status_code"], row["event_sink_type"]) == ("success", 200, "Slack")
     # The ok:true answer echoes the whole message: parsed in full, stored as its first 2 KiB.
     assert '"ok": true' in row["response_body"]
@@ -409,7 +388,7 @@ async def test_channel_not_found_is_one_attempt_then_dead(
         1,
         "channel_not_found",
     )
-    (row,) = await audit(relay)
+    (row,) = await audit_rows(relay)
     assert row["event_sink_id"] == sink["id"]
     assert (row["outcome"], row["status_code"], row["error"]) == (
         "failure",
@@ -449,7 +428,7 @@ async def test_each_permanent_slack_error_is_one_attempt_then_dead(
     await asyncio.sleep(0.2)
     assert len(slack.calls) == len(PERMANENT)  # one attempt each
     assert all(s["status"] == "dead" and s["attempts"] == 1 for s in await states(db))
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert {r["event_sink_id"]: r["error"] for r in rows} == sinks
     assert all(r["status_code"] == 200 and r["next_attempt_at"] is None for r in rows)
     text = await metrics(worker)
@@ -471,7 +450,7 @@ async def test_a_token_slack_refuses_is_invalid_auth_and_dead(
     (call,) = await slack.wait_for(1)
     assert call.headers["Authorization"] == "Bearer xoxb-revoked-elsewhere"
     await wait_final(db)
-    (row,) = await audit(relay)
+    (row,) = await audit_rows(relay)
     assert (row["error"], row["status_code"]) == ("invalid_auth", 200)
     assert (await states(db))[0]["status"] == "dead"
 
@@ -490,7 +469,7 @@ async def test_ratelimited_429_waits_retry_after_then_delivers(
     await wait_final(db)
     (state,) = await states(db)
     assert (state["status"], state["attempts"]) == ("delivered", 2)
-    ok, limited = await audit(relay)
+    ok, limited = await audit_rows(relay)
     assert (ok["outcome"], ok["status_code"]) == ("success", 200)
     assert (limited["outcome"], limited["status_code"], limited["error"]) == (
         "failure",
@@ -516,7 +495,7 @@ async def test_transient_errors_are_retried_until_delivered(
     await wait_final(db)
     (state,) = await states(db)
     assert (state["status"], state["attempts"]) == ("delivered", 4)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert [(r["status_code"], r["error"]) for r in reversed(rows)] == [
         (200, "internal_error"),
         (503, "http_503"),
@@ -535,7 +514,7 @@ async def test_bot_token_never_reaches_audit_rows_or_logs(
         await create_sink(relay, slack_args("C_UNKNOWN"))
         await post_event(relay, TRIAGE)
         await wait_final(db, count=2)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert len(rows) == 2
     assert all("Bearer ***" in r["response_body"] for r in rows)  # the echo was there
     assert [e for e in logs if e["event"] == "delivery_failed"]
@@ -559,7 +538,7 @@ async def test_integration_removed_from_config_is_dead(
     assert slack.calls == []
     (state,) = await states(db)
     assert (state["status"], state["last_error"]) == ("dead", "slack_integration_not_configured")
-    (row,) = await audit(second)
+    (row,) = await audit_rows(second)
     assert (row["error"], row["status_code"]) == ("slack_integration_not_configured", None)
 
 
@@ -619,7 +598,7 @@ async def test_a_burst_to_one_channel_does_not_hold_other_sinks_back(
     rows = await db.fetch("SELECT status, attempts, claims FROM deliveries")
     # A deferral is not an attempt and does not use up the retry schedule.
     assert {tuple(r) for r in rows} == {("delivered", 1, 1)}
-    assert len(await audit(relay)) == 11
+    assert len(await audit_rows(relay)) == 11
 
 
 async def test_pacer_spaces_one_key_and_not_another() -> None:

@@ -13,42 +13,18 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
 from tests.support import (
-    ADMIN_KEY,
     CATALOG,
-    TENANT,
     Reply,
     SinkServer,
-    auth,
+    audit_rows,
     create_sink,
+    delivery_state,
     post_event,
-    wait_until,
+    wait_final,
 )
 
 EVENT = CATALOG[3]["example"]  # TaskProcessingFailedEvent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM deliveries")
-    assert row is not None
-    return row
-
-
-async def wait_final(db: asyncpg.Connection, count: int = 1, timeout: float = 15) -> None:
-    async def done() -> bool:
-        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
-        return bool(n >= count)
-
-    await wait_until(done, timeout=timeout)
-
-
-async def audit(relay: Any, **params: str) -> list[dict[str, Any]]:
-    resp = await relay.get(
-        "/v1/audit_log", params={"tenant_id": TENANT, **params}, headers=auth(ADMIN_KEY)
-    )
-    assert resp.status == 200
-    rows: list[dict[str, Any]] = (await resp.json())["data"]["audit_logs"]
-    return rows
 
 
 async def test_all_28_catalog_events_arrive_unchanged(relay: Any, sink_server: SinkServer) -> None:
@@ -137,7 +113,7 @@ async def test_a_sink_echoing_the_request_does_not_put_secrets_in_audit_or_logs(
         await create_sink(relay, {"Webhook": args})
         await post_event(relay, EVENT)
         await wait_final(db)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert rows and all("Bearer ***" in r["response_body"] for r in rows)
     text = json.dumps(logs, default=str) + json.dumps(rows)
     assert token not in text
@@ -153,6 +129,6 @@ async def test_a_secret_across_the_2_kib_cut_leaves_no_piece_in_the_audit_row(
     await create_sink(relay, {"Webhook": {"url": sink_server.url(), "bearer_token": token}})
     await post_event(relay, EVENT)
     await wait_final(db)
-    rows = await audit(relay)
+    rows = await audit_rows(relay)
     assert rows and all(r["response_body"] == "x" * 2038 + "***" + "y" * 7 for r in rows)
     assert all(token[:10] not in r["response_body"] for r in rows)
