@@ -74,6 +74,10 @@ class ApiKey:
 @dataclass(frozen=True)
 class ApiConfig:
     keys: list[ApiKey] = field(default_factory=list)
+    # Caps on what an API key holder can store (each sink is read on every ingest).
+    max_sinks_per_tenant: int = 100
+    max_headers_per_sink: int = 32
+    max_header_bytes: int = 8192
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,9 @@ def _check_values(cfg: Config) -> None:
     if not cfg.server.host:
         raise ConfigError("server.host", "must not be empty")
     _positive("server.max_body_bytes", cfg.server.max_body_bytes)
+    _positive("api.max_sinks_per_tenant", cfg.api.max_sinks_per_tenant)
+    _not_negative("api.max_headers_per_sink", cfg.api.max_headers_per_sink)
+    _not_negative("api.max_header_bytes", cfg.api.max_header_bytes)
     db = cfg.database
     _not_negative("database.pool_min_size", db.pool_min_size)
     _positive("database.pool_max_size", db.pool_max_size)

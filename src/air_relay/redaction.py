@@ -3,8 +3,12 @@ redaction of response bodies before they reach the audit log and the logs, and o
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import re
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 REDACTED = "***"
 ELLIPSIS = "\u2026"
@@ -19,16 +23,62 @@ def mask(value: str, prefix: str = "") -> str:
     return f"{prefix}{ELLIPSIS}{tail}"
 
 
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
+def secret_forms(secret: str) -> set[str]:
+    """``secret`` as a receiver that echoes a request may write it: raw, JSON-escaped (with
+    or without ``\\/`` and ``\\uXXXX``), URL-encoded (upper- or lower-case hex, ``+`` for
+    spaces) and HTML-escaped."""
+    escaped = json.dumps(secret)[1:-1]
+    unescaped_unicode = json.dumps(secret, ensure_ascii=False)[1:-1]
+    url = quote(secret, safe="")
+    return {
+        secret,
+        escaped,
+        escaped.replace("/", "\\/"),
+        unescaped_unicode,
+        unescaped_unicode.replace("/", "\\/"),
+        url,
+        _lower_hex(url),
+        quote_plus(secret, safe=""),
+        html.escape(secret),
+    }
+
+
+def basic_credentials(user: str, password: str) -> set[str]:
+    """The base64 text an ``Authorization: Basic`` header carries for this user and password
+    (in both encodings clients use), which an echo shows instead of the password."""
+    out = set()
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            pair = f"{user}:{password}".encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        out.add(base64.b64encode(pair).decode("ascii"))
+    return out
+
+
+def redaction_forms(secrets: Iterable[str | None]) -> list[str]:
+    """Every form of every secret, longest first (a form may contain a shorter one)."""
+    forms = {form for secret in secrets if secret for form in secret_forms(secret)}
+    return sorted(forms, key=len, reverse=True)
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret replaced by ``***``.
+    """``text`` with every secret, in every form of ``secret_forms``, replaced by ``***``.
 
     A response body goes into the audit log and the log line; a sink that echoes the request
     (many test receivers do) would otherwise copy its own credentials there.
     """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
+    for form in redaction_forms(secrets):
+        text = text.replace(form, REDACTED)
     return text
+
+
+# Names of DSN parameters that hold a secret (password, sslpassword ...).
+_PASSWORD_LIKE = "(?:password|passwd|secret|token)"
 
 
 def redact_dsn(dsn: str) -> str:
@@ -46,8 +96,13 @@ def redact_dsn(dsn: str) -> str:
         user, colon, password = userinfo.partition(":")
         if at and colon and password:
             authority = f"{user}:{REDACTED}@{host}"
-        tail = re.sub(r"([?&]password=)[^&#]*", rf"\g<1>{REDACTED}", tail, flags=re.IGNORECASE)
+        tail = re.sub(
+            rf"([?&][^=&#]*{_PASSWORD_LIKE}[^=&#]*=)[^&#]*", rf"\g<1>{REDACTED}", tail, flags=re.I
+        )
         return f"{scheme}://{authority}{tail}"
     return re.sub(
-        r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", rf"\g<1>{REDACTED}", dsn, flags=re.I
+        rf"(\b\w*{_PASSWORD_LIKE}\w*\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
+        rf"\g<1>{REDACTED}",
+        dsn,
+        flags=re.I,
     )

@@ -27,9 +27,9 @@ from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_da
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.http.app import make_app
-from air_relay.http.state import DISPATCHER, INGEST_BATCHER, METRICS, POOL
+from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL
 from air_relay.metrics import Metrics
-from air_relay.sinks.egress_guard import GuardedResolver
+from air_relay.sinks.egress_guard import GuardedResolver, Lookups, guarded_socket
 from air_relay.sinks.registry import Clients, build_senders
 
 log = structlog.get_logger(__name__)
@@ -69,18 +69,27 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
 
     async def client_sessions(app: web.Application) -> AsyncIterator[None]:
         limit = cfg.delivery.concurrency
+        lookups = Lookups()
+        app[LOOKUPS] = lookups
+        guarded = not cfg.delivery.allow_private_destinations
         # Checked at connect time, for the address actually connected to.
-        resolver = None if cfg.delivery.allow_private_destinations else GuardedResolver()
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60)
-            ) as operator,
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60, resolver=resolver)
-            ) as webhook,
-        ):
-            app[CLIENTS] = Clients(operator=operator, webhook=webhook)
-            yield
+        webhook_connector = aiohttp.TCPConnector(
+            limit=limit,
+            ttl_dns_cache=60,
+            resolver=GuardedResolver(lookups) if guarded else None,
+            socket_factory=guarded_socket if guarded else None,
+        )
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60)
+                ) as operator,
+                aiohttp.ClientSession(connector=webhook_connector) as webhook,
+            ):
+                app[CLIENTS] = Clients(operator=operator, webhook=webhook)
+                yield
+        finally:
+            lookups.close()
 
     async def dispatcher(app: web.Application) -> AsyncIterator[None]:
         senders = build_senders(cfg, app[CLIENTS])

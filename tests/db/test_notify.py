@@ -19,7 +19,7 @@ async def test_listener_wakes_on_connect_and_when_ingest_routes_a_delivery(db_ds
     try:
         await asyncio.wait_for(wakes.get(), 10)  # connected: whatever is due, claim it
         fields = model.SinkFields("t", "s", "", "Webhook", {"url": "http://h/"}, None, None, True)
-        await repo.insert_sink(pool, uuid.uuid4(), fields)
+        await repo.insert_sink(pool, uuid.uuid4(), fields, max_per_tenant=10)
         event = model.NewEvent(uuid.uuid4(), "other-tenant", "E", 1, b"{}")
         await repo.ingest_events(pool, [event], timeout=5)  # routed to no sink: no wake
         await asyncio.sleep(0.3)

@@ -58,8 +58,9 @@ async def _seed(pool: asyncpg.Pool, n: int) -> None:
         pool,
         uuid.uuid4(),
         model.SinkFields("t", "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True),
+        max_per_tenant=10,
     )
-    assert sink.active
+    assert sink is not None and sink.active
     for _ in range(n):
         await repo.ingest_events(
             pool, [model.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}")], timeout=5

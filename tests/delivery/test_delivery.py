@@ -229,7 +229,7 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
         fields = model.SinkFields(
             TENANT, "s", "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True
         )
-        await repo.insert_sink(pool, uuid.uuid4(), fields)
+        await repo.insert_sink(pool, uuid.uuid4(), fields, max_per_tenant=10)
         await repo.ingest_events(
             pool, [model.NewEvent(uuid.uuid4(), TENANT, "E", 1, b"{}")], timeout=5
         )

@@ -46,6 +46,8 @@ EXAMPLE = CATALOG[0]["example"]  # organizationId 1 (an integer)
 WEBHOOK_ARGS = {"Webhook": {"url": "https://test.com/webhook/abc"}}
 SLACK_ARGS = {"Slack": {"channel_id": "C12345678", "slack_integration_id": SLACK_INTEGRATION}}
 PAGERDUTY_ARGS = {"PagerDuty": {"integration_key": "e93facc04764012d7bfb002500d5d1a6"}}
+# The integration key is write-only: shown as its last four characters.
+PAGERDUTY_SHOWN = {"PagerDuty": {"integration_key": "\u2026d1a6"}}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -129,28 +131,28 @@ async def test_create_webhook_matches_scanner_example(relay: Any) -> None:
     assert sink["active"] is True
 
 
-EACH_TYPE: list[tuple[dict[str, Any], str]] = [
-    (SLACK_ARGS, "Slack"),
-    ({"Slack": {"channel": "#alerts", "slack_integration_id": SLACK_INTEGRATION}}, "Slack"),
-    (
-        {"Slack": {"channel_id": "C1", "channel": "#a", "slack_integration_id": SLACK_INTEGRATION}},
-        "Slack",
-    ),
-    (WEBHOOK_ARGS, "Webhook"),
-    (PAGERDUTY_ARGS, "PagerDuty"),
-]
+EACH_TYPE: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
+    (SLACK_ARGS, "Slack", SLACK_ARGS),
+    (SLACK_NAMED := {"Slack": {"channel": "#alerts", "slack_integration_id": SLACK_INTEGRATION}},
+     "Slack", SLACK_NAMED),
+    (SLACK_BOTH := {"Slack": {"channel_id": "C1", "channel": "#a",
+                              "slack_integration_id": SLACK_INTEGRATION}},
+     "Slack", SLACK_BOTH),
+    (WEBHOOK_ARGS, "Webhook", WEBHOOK_ARGS),
+    (PAGERDUTY_ARGS, "PagerDuty", PAGERDUTY_SHOWN),
+]  # fmt: skip
 
 
 async def test_create_get_list_each_type(relay: Any) -> None:
     """Slack (channel_id, the deprecated channel, both), Webhook, PagerDuty."""
     created_all = []
-    for args, sink_type in EACH_TYPE:
+    for args, sink_type, shown in EACH_TYPE:
         status, body, _ = await call(relay, "POST", "/v1/event_sink", new_sink_body(args))
         assert status == 200, body
         created = body["event_sink"]
         assert_sink_shape(created)
         assert created["event_sink_type"] == sink_type
-        assert created["configuration"] == args
+        assert created["configuration"] == shown
         created_all.append(created)
 
         status, got, _ = await call(relay, "GET", f"/v1/event_sink/{created['id']}")
@@ -213,7 +215,7 @@ async def test_put_without_id_and_with_only_name_or_description(relay: Any) -> N
     assert status == 200, body
     assert body["event_sink"]["name"] == "new"
     assert body["event_sink"]["description"] == "old d"
-    assert body["event_sink"]["configuration"] == PAGERDUTY_ARGS
+    assert body["event_sink"]["configuration"] == PAGERDUTY_SHOWN
     status, body, _ = await call(relay, "PUT", path, {"description": ""})
     assert status == 200, body
     assert (body["event_sink"]["name"], body["event_sink"]["description"]) == ("new", "")
@@ -280,7 +282,7 @@ async def test_put_pagerduty_key(relay: Any) -> None:
         relay, "PUT", f"/v1/event_sink/{sink['id']}", {"id": sink["id"], "event_sink_args": new}
     )
     assert status == 200, body
-    assert body["event_sink"]["configuration"] == new
+    assert body["event_sink"]["configuration"] == {"PagerDuty": {"integration_key": "\u2026cdef"}}
 
 
 async def test_put_can_change_the_sink_type(relay: Any) -> None:
@@ -292,7 +294,7 @@ async def test_put_can_change_the_sink_type(relay: Any) -> None:
     )
     assert status == 200, body
     assert body["event_sink"]["event_sink_type"] == "PagerDuty"
-    assert body["event_sink"]["configuration"] == PAGERDUTY_ARGS
+    assert body["event_sink"]["configuration"] == PAGERDUTY_SHOWN
     # A new type is validated on its own: nothing of the old args is merged in.
     status, body, _ = await call(
         relay,
@@ -500,9 +502,9 @@ async def test_put_merges_webhook_args(relay: Any, db: asyncpg.Connection) -> No
 
 
 async def test_merged_secret_signs_the_next_delivery(relay: Any, sink_server: SinkServer) -> None:
-    """After a PUT that only changes the url, deliveries still carry the stored signing key and
-    bearer token, and the extra headers."""
-    sink = await create_sink(relay, webhook_full("https://unused.example/"))
+    """After a PUT that only changes the url's path, deliveries still carry the stored signing
+    key and bearer token, and the extra headers."""
+    sink = await create_sink(relay, webhook_full(sink_server.url("/old")))
     status, body, _ = await call(
         relay,
         "PUT",

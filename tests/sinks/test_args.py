@@ -69,11 +69,11 @@ def test_write_only_secrets_are_masked_and_a_masked_value_sent_back_keeps_them()
     shown = shown_args(sink_type, args)
     assert shown["secret"] == "whsec_…LaSw"
     assert shown["bearer_token"] == "…7890"
-    # A client that round-trips a GET with a new URL keeps both secrets.
+    # A client that round-trips a GET with a new path on the same host keeps both secrets.
     _, merged = parse_sink_args(
-        {"Webhook": {**shown, "url": "https://other/"}}, CFG, stored(sink_type, args)
+        {"Webhook": {**shown, "url": "https://h/v2"}}, CFG, stored(sink_type, args)
     )
-    assert merged == {"url": "https://other/", "secret": SECRET, "bearer_token": TOKEN}
+    assert merged == {"url": "https://h/v2", "secret": SECRET, "bearer_token": TOKEN}
 
 
 def test_an_update_merges_and_null_removes_an_optional_argument() -> None:

@@ -3,15 +3,33 @@ operator's own network, neither at create/update nor at send time (DNS can chang
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
+import threading
 import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 
-from air_relay.sinks.egress_guard import refusal
-from tests.support import ADMIN_KEY, TENANT, SinkServer, auth, create_sink, post_event, wait_until
+from air_relay.sinks.egress_guard import (
+    DestinationRefused,
+    Lookups,
+    check_url,
+    guarded_socket,
+    refusal,
+)
+from tests.support import (
+    ADMIN_KEY,
+    TENANT,
+    SinkServer,
+    auth,
+    create_sink,
+    free_port,
+    post_event,
+    wait_until,
+)
 
 EVENT = {"eventName": "CaseCreatedEvent", "organizationId": 1, "data": {"id": "c-1"}}
 GUARDED = {"delivery": {"allow_private_destinations": False}}
@@ -198,3 +216,102 @@ async def test_configured_api_urls_are_not_guarded(
         ("Webhook", "dead", "destination_not_allowed"),
     ]
     assert [r.path for r in sink_server.received] == ["/v2/enqueue"]
+
+
+# --- the host as the HTTP client reads it --------------------------------------------------------
+
+# Unicode "segmented digits" (U+1FBF0..U+1FBF9): Python's IDNA-2003 codec makes a name of them,
+# yarl/aiohttp (UTS-46) make an IP address, which never reaches a resolver.
+UNICODE_DIGIT_HOSTS = [
+    "\U0001fbf1\U0001fbf2\U0001fbf7.0.0.1",  # 127.0.0.1
+    "\U0001fbf1\U0001fbf6\U0001fbf9.\U0001fbf2\U0001fbf5\U0001fbf4.169.254",  # 169.254.169.254
+    "\U0001fbf1\U0001fbf0.\U0001fbf0.\U0001fbf0.\U0001fbf1",  # 10.0.0.1
+]
+
+
+@pytest.mark.parametrize("host", UNICODE_DIGIT_HOSTS)
+async def test_unicode_digits_that_make_an_ip_address_are_refused(
+    make_relay: Any, sink_server: SinkServer, host: str
+) -> None:
+    relay = await make_relay(**GUARDED)
+    url = f"http://{host}:{sink_server.server.port}/x"
+    resp = await relay.post("/v1/event_sink", json=webhook(url), headers=auth(ADMIN_KEY))
+    assert resp.status == 400, await resp.text()
+    assert "event_sink_args.Webhook.url" in (await resp.json())["error"]["message"]
+    # Even where private destinations are allowed, such a URL is not a valid one.
+    open_relay = await make_relay()
+    resp = await open_relay.post("/v1/event_sink", json=webhook(url), headers=auth(ADMIN_KEY))
+    assert resp.status == 400, await resp.text()
+
+
+async def test_a_stored_unicode_digit_url_is_refused_at_send(
+    make_relay: Any, db: asyncpg.Connection, sink_server: SinkServer
+) -> None:
+    # Stored before the create-time check knew better: the send-time checks must hold alone.
+    await insert_webhook(db, f"http://{UNICODE_DIGIT_HOSTS[0]}:{sink_server.server.port}/x")
+    relay = await make_relay(**GUARDED)
+    assert (await post_event(relay, EVENT)).status == 202
+    row = await final_delivery(db)
+    assert (row["status"], row["last_error"]) == ("dead", "destination_not_allowed")
+    assert sink_server.received == []
+
+
+def test_the_socket_factory_refuses_every_forbidden_address() -> None:
+    # The last check, on the very address a connection is opened to, however it was written.
+    for address in ("127.0.0.1", "169.254.169.254", "10.0.0.1"):
+        with pytest.raises(DestinationRefused):
+            guarded_socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 80)))
+    with pytest.raises(DestinationRefused):
+        guarded_socket((socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::ffff:7f00:1", 80, 0, 0)))
+    allowed = guarded_socket((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 80)))
+    allowed.close()  # a socket, never connected
+
+
+async def test_urls_are_stored_as_the_client_reads_them(relay: Any) -> None:
+    port = free_port()
+    fullwidth = "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54"  # "localhost"
+    sink = await create_sink(relay, {"Webhook": {"url": f"HTTP://{fullwidth}:{port}/a/%7e"}})
+    assert sink["configuration"]["Webhook"]["url"] == f"http://localhost:{port}/a/~"
+
+
+# --- create-time lookups -------------------------------------------------------------------------
+
+
+def resolves_to(*addresses: str) -> Any:
+    async def lookup(host: str, port: int) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    return lookup
+
+
+async def test_a_name_resolving_to_a_forbidden_address_is_refused() -> None:
+    with pytest.raises(DestinationRefused):
+        await check_url("https://sink.test/x", resolves_to("93.184.216.34", "10.0.0.7"))
+    await check_url("https://sink.test/x", resolves_to("93.184.216.34"))
+
+
+@pytest.mark.parametrize("failure", [socket.gaierror(socket.EAI_NONAME, "no"), TimeoutError()])
+async def test_a_name_that_cannot_be_resolved_now_is_accepted(failure: Exception) -> None:
+    # On purpose (DNS may come later): safe because every send is checked again, inside the
+    # client (test_send_time_refusal_is_permanent, test_a_stored_unicode_digit_url_...).
+    async def lookup(host: str, port: int) -> list[Any]:
+        raise failure
+
+    await check_url("https://not-yet.test/x", lookup)
+
+
+async def test_lookups_run_on_their_own_bounded_executor_with_a_timeout() -> None:
+    lookups = Lookups(threads=1, timeout=0.2)
+    try:
+        assert await lookups("localhost", 80)  # /etc/hosts, no DNS query
+        # A lookup that hangs holds the one thread: the next lookup times out instead of
+        # queueing for ever, and the event loop's default executor is untouched.
+        release = threading.Event()
+        lookups._executor.submit(release.wait, 5)
+        with pytest.raises(socket.gaierror):
+            await lookups("localhost", 80)
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, lambda: "free") == "free"
+        release.set()
+    finally:
+        lookups.close()

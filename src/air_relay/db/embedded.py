@@ -4,11 +4,19 @@ The server listens on a Unix socket only (in ``state_dir/pgdata``, or under
 ``$XDG_RUNTIME_DIR`` when that path is too long for a socket), with its data under
 ``state_dir/pgdata``. If a
 previous daemon was killed and left the server running, it is found and reused.
+
+The server inherits no secret: it is started with an environment cut down to what it
+needs, so the ingest tokens and API keys of the daemon's environment do not show up in its
+``/proc/<pid>/environ``.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,6 +24,37 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 log = structlog.get_logger(__name__)
+
+# What the server and its tools may see of the daemon's environment.
+_KEPT_VARIABLES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "XDG_RUNTIME_DIR"}
+)
+_environment_lock = threading.Lock()
+
+
+def _kept(name: str) -> bool:
+    return name in _KEPT_VARIABLES or name.startswith("LC_")
+
+
+@contextmanager
+def _scrubbed_environment() -> Iterator[None]:
+    """Run the block with only the kept variables in ``os.environ``.
+
+    The wheel starts ``pg_ctl`` with ``subprocess`` and no ``env`` argument of its own, so
+    the child gets whatever ``os.environ`` holds at that moment; it is put back afterwards.
+    The server is started before the daemon serves, so nothing else reads the environment
+    meanwhile.
+    """
+    with _environment_lock:
+        saved = dict(os.environ)
+        try:
+            for name in list(os.environ):
+                if not _kept(name):
+                    del os.environ[name]
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def _import_embedded() -> Any:
@@ -40,7 +79,7 @@ class EmbeddedPostgres:
         """Start (or reuse) the server; returns its DSN."""
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         module = _import_embedded()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _scrubbed_environment():
             warnings.simplefilter("ignore")
             self._server = module.get_server(
                 self.pgdata, cleanup_mode="delete" if self._delete else "stop"

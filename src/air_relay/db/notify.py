@@ -48,6 +48,11 @@ async def listen(dsn: str, on_notify: Callable[[], None]) -> None:
             log.warning("listen_failed", error=type(exc).__name__, retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+        except Exception:
+            # Not an outage (a misconfigured pooler, a permission): say so loudly, keep trying.
+            log.exception("listen_failed", retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
         finally:
             if conn is not None and not conn.is_closed():
                 with contextlib.suppress(Exception):

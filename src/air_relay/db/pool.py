@@ -11,19 +11,24 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# What a lost, unreachable or refusing database looks like to asyncpg callers. Server-side
-# errors are included: a database that will not take a write (read-only after failover, not
-# accepting connections, disk full) is "unavailable" to ingest, never a reason for a 500.
+# What a lost, unreachable or refusing database looks like to asyncpg callers: a database that
+# cannot take the request right now (so ingest answers 503 and loops retry), never a bug.
+# By SQLSTATE class: 08 connection, 53 insufficient resources (disk full, out of memory, too
+# many connections), 57 operator intervention (shutdown, starting up, statement timeout),
+# 58 system (I/O) error, 55 object not in prerequisite state ("database is not currently
+# accepting connections", lock timeouts), and 25006, a read-only standby after failover. Any other
+# PostgresError is a bug or a misconfiguration: a 500 with an error-level log line, not a
+# "retry later" that would hide it for ever.
 DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.exceptions.PostgresSystemError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.ObjectNotInPrerequisiteStateError,
     OSError,
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
     # Not a PostgresError nor an InterfaceError: a pooled connection that the server ended
     # (``pg_ctl stop -m fast``) can fail the next query with "cannot switch to state 12;
     # another operation is in progress" before asyncpg notices it is closed.

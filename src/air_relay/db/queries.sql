@@ -159,8 +159,19 @@ INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args, even
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 RETURNING *;
 
+-- name: lock_tenant_sinks
+-- Serialises sink creation per tenant, so that two creates cannot both pass the cap.
+SELECT pg_advisory_xact_lock(hashtextextended('air-relay:event_sinks:' || $1, 0));
+
+-- name: count_sinks
+SELECT count(*) FROM event_sinks WHERE tenant_id = $1;
+
 -- name: list_sinks
-SELECT * FROM event_sinks WHERE tenant_id = $1 ORDER BY created_at, id;
+-- One page, oldest first; $2/$3 are the (created_at, id) of the previous page's last sink.
+SELECT * FROM event_sinks
+WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+ORDER BY created_at, id
+LIMIT $4;
 
 -- name: get_sink
 SELECT * FROM event_sinks WHERE id = $1;

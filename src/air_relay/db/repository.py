@@ -177,25 +177,40 @@ async def pending_stats(pool: asyncpg.Pool) -> tuple[int, float]:
 # --- sinks -----------------------------------------------------------------------------------
 
 
-async def insert_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> Sink:
-    row = await pool.fetchrow(
-        QUERIES["insert_sink"],
-        sink_id,
-        f.tenant_id,
-        f.name,
-        f.description,
-        f.sink_type,
-        f.args,
-        f.events,
-        f.organization_ids,
-        f.active,
-    )
+async def insert_sink(
+    pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields, max_per_tenant: int
+) -> Sink | None:
+    """The new sink, or None when its tenant already has ``max_per_tenant`` sinks."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(QUERIES["lock_tenant_sinks"], f.tenant_id)
+        if await conn.fetchval(QUERIES["count_sinks"], f.tenant_id) >= max_per_tenant:
+            return None
+        row = await conn.fetchrow(
+            QUERIES["insert_sink"],
+            sink_id,
+            f.tenant_id,
+            f.name,
+            f.description,
+            f.sink_type,
+            f.args,
+            f.events,
+            f.organization_ids,
+            f.active,
+        )
     assert row is not None
     return _as(Sink, row)
 
 
-async def list_sinks(pool: asyncpg.Pool, tenant_id: str) -> list[Sink]:
-    return [_as(Sink, r) for r in await pool.fetch(QUERIES["list_sinks"], tenant_id)]
+async def list_sinks(
+    pool: asyncpg.Pool,
+    tenant_id: str,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Sink]:
+    """Up to ``limit`` sinks of the tenant, oldest first, after the keyset ``after``."""
+    after_at, after_id = after or (None, None)
+    rows = await pool.fetch(QUERIES["list_sinks"], tenant_id, after_at, after_id, limit)
+    return [_as(Sink, r) for r in rows]
 
 
 async def get_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> Sink | None:

@@ -23,7 +23,7 @@ from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.delivery.retry_policy import InClaimWait, Verdict, retry_in_claim, verdict
 from air_relay.metrics import Metrics
 from air_relay.model import DEAD, DELIVERED, FAILURE, SUCCESS, AttemptRecord, ClaimedDelivery
-from air_relay.sinks.base import PacedSender, Sender, SendResult
+from air_relay.sinks.base import PacedSender, Sender, SendResult, crash_failure
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
@@ -87,12 +87,7 @@ class Claim:
                 # A sender bug must still end in an audit row and, in time, "dead":
                 # never a task that dies and a delivery re-claimed forever.
                 log.exception("sender_crashed", delivery_id=str(delivery.id))
-                result = SendResult(
-                    ok=False,
-                    error=f"internal_error:{type(exc).__name__}",
-                    reason="other",
-                    transient=True,
-                )
+                result = crash_failure(exc)
             duration = time.monotonic() - started
             self._metrics.delivery_duration.labels(delivery.sink_type).observe(duration)
         if not result.ok:
@@ -179,6 +174,8 @@ class ClaimRunner:
                 log.warning(
                     "lease_renewal_failed", delivery_id=str(delivery.id), error=type(exc).__name__
                 )
+            except Exception:
+                log.exception("lease_renewal_failed", delivery_id=str(delivery.id))
 
     async def _conclude(self, claim: Claim, result: SendResult) -> None:
         delivery = claim.delivery
@@ -217,6 +214,9 @@ class ClaimRunner:
         except DB_UNAVAILABLE as exc:
             # Only a speed-up: without it the backlog still drains along its schedule.
             log.warning("backlog_wake_failed", error=type(exc).__name__)
+            return
+        except Exception:
+            log.exception("backlog_wake_failed")
             return
         if woken:
             log.info("sink_recovered", event_sink_id=str(delivery.event_sink_id), woken=woken)

@@ -108,6 +108,12 @@ class Dispatcher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
+                except Exception:
+                    # A bug or a misconfigured database: loud, but the loop must live on.
+                    log.exception("claim_failed", retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
                 for delivery in claimed:
                     self._spawn(delivery)
                 if len(claimed) == want:
@@ -150,6 +156,13 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         delivery = self._inflight.pop(task, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Its lease lapses and the delivery is claimed again (at least once holds).
+            log.error(
+                "delivery_task_failed",
+                delivery_id=str(delivery.id) if delivery else None,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         if delivery is not None:
             self._per_sink[delivery.event_sink_id] -= 1
             if self._per_sink[delivery.event_sink_id] <= 0:

@@ -10,7 +10,6 @@ requeue, and logged, with a fingerprint of the API key as the actor (never the k
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -23,14 +22,14 @@ from air_relay.http.auth import api_key, held_tenants, key_fingerprint, query_te
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.params import (
-    bad_cursor,
-    cursor_text,
+    decode_time_id_cursor,
     keyset_page,
     optional,
     page_limit,
     parse_time,
     path_uuid,
     text_param,
+    time_id_cursor,
     uuid_param,
 )
 from air_relay.http.sinks_api import visible_sink
@@ -65,18 +64,7 @@ _NO_DELIVERY = "No delivery with that id."
 
 
 def cursor_of(d: DeliveryEntry) -> str:
-    return f"{rfc3339(d.created_at)}|{d.id}"
-
-
-def decode_cursor(name: str, cursor: str) -> tuple[datetime, uuid.UUID]:
-    stamp, sep, ident = cursor_text(cursor).partition("|")
-    try:
-        created_at = datetime.fromisoformat(stamp)
-        if not sep or created_at.tzinfo is None:
-            raise ValueError(cursor)
-        return created_at.astimezone(UTC), uuid.UUID(ident)
-    except (ValueError, OverflowError) as exc:
-        raise bad_cursor() from exc
+    return time_id_cursor(d.created_at, d.id)
 
 
 def parse_filter(q: Mapping[str, str], tenant_id: str) -> DeliveryFilter:
@@ -90,7 +78,7 @@ def parse_filter(q: Mapping[str, str], tenant_id: str) -> DeliveryFilter:
         event_name=optional(q, "event_name", text_param),
         since=optional(q, "since", parse_time),
         until=optional(q, "until", parse_time),
-        before=optional(q, "cursor", decode_cursor),
+        before=optional(q, "cursor", decode_time_id_cursor),
         limit=page_limit(q),
     )
 

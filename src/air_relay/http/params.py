@@ -108,6 +108,23 @@ def bad_cursor() -> InvalidArgument:
     return InvalidArgument("cursor", "is not a cursor this API returned")
 
 
+def time_id_cursor(at: datetime, ident: uuid.UUID) -> str:
+    """The keyset of a row ordered by (timestamp, id), as cursor text."""
+    return f"{at.astimezone(UTC).isoformat()}|{ident}"
+
+
+def decode_time_id_cursor(name: str, cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (timestamp, id) keyset inside a cursor made from ``time_id_cursor``."""
+    stamp, sep, ident = cursor_text(cursor).partition("|")
+    try:
+        at = datetime.fromisoformat(stamp)
+        if not sep or at.tzinfo is None:
+            raise ValueError(cursor)
+        return at.astimezone(UTC), uuid.UUID(ident)
+    except (ValueError, OverflowError) as exc:
+        raise bad_cursor() from exc
+
+
 def keyset_page(
     rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]
 ) -> tuple[Sequence[T], dict[str, Any] | None]:

@@ -2,8 +2,11 @@
 delete), and the sink object it answers with.
 
 A key sees only its tenants: another tenant's sink is a 404 (its existence is not revealed),
-a list or create naming a tenant the key does not hold is a 403. Argument rules live in
-``sinks.args`` and ``sinks.registry``; this module only reads the request and answers.
+a list or create naming a tenant the key does not hold is a 403. A tenant holds at most
+``api.max_sinks_per_tenant`` sinks; the list is keyset-paginated like the audit log (with
+the default limit, the first page of a tenant within the cap is the whole Scanner answer).
+Argument rules live in ``sinks.args`` and ``sinks.registry``; this module only reads the
+request and answers.
 """
 
 from __future__ import annotations
@@ -19,8 +22,16 @@ from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
-from air_relay.http.params import parse_uuid, path_uuid
-from air_relay.http.state import CONFIG, POOL
+from air_relay.http.params import (
+    decode_time_id_cursor,
+    keyset_page,
+    optional,
+    page_limit,
+    parse_uuid,
+    path_uuid,
+    time_id_cursor,
+)
+from air_relay.http.state import CONFIG, LOOKUPS, POOL
 from air_relay.model import Sink, SinkFields
 from air_relay.sinks.args import parse_active, parse_events, parse_organization_ids
 from air_relay.sinks.registry import check_destination, parse_sink_args, shown_args
@@ -71,14 +82,15 @@ async def visible_sink(request: web.Request, key: ApiKey) -> Sink:
     return sink
 
 
-async def _new_fields(body: dict[str, Any], key: ApiKey, cfg: Config) -> SinkFields:
+async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -> SinkFields:
+    cfg = request.app[CONFIG]
     reject_unknown(body, _CREATE_FIELDS)
     tenant_id = _require_string(body, "tenant_id")
     require_tenant(key, tenant_id)
     if "event_sink_args" not in body:
         raise InvalidArgument("event_sink_args", "is required")
     sink_type, args = parse_sink_args(body["event_sink_args"], cfg)
-    await check_destination(sink_type, args, cfg)
+    await check_destination(sink_type, args, cfg, request.app[LOOKUPS])
     return SinkFields(
         tenant_id=tenant_id,
         name=_require_string(body, "name"),
@@ -120,8 +132,16 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
 async def create_sink(request: web.Request) -> web.Response:
     key = api_key(request)
     body = await read_api_json(request)
-    fields = await _new_fields(body, key, request.app[CONFIG])
-    sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields)
+    fields = await _new_fields(request, body, key)
+    most = request.app[CONFIG].api.max_sinks_per_tenant
+    sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields, most)
+    if sink is None:
+        raise ApiError(
+            409,
+            "limit_exceeded",
+            f"Tenant {fields.tenant_id} already has {most} event sinks, the most "
+            "api.max_sinks_per_tenant allows; delete one first.",
+        )
     log.info(
         "sink_created",
         event_sink_id=str(sink.id),
@@ -133,9 +153,13 @@ async def create_sink(request: web.Request) -> web.Response:
 
 async def list_sinks(request: web.Request) -> web.Response:
     tenant_id = query_tenant(request, api_key(request))
-    sinks = await repo.list_sinks(request.app[POOL], tenant_id)
+    limit = page_limit(request.query)
+    after = optional(request.query, "cursor", decode_time_id_cursor)
+    # The cursor is only a position: the query is filtered by the tenant checked above.
+    rows = await repo.list_sinks(request.app[POOL], tenant_id, limit + 1, after)
+    page, pagination = keyset_page(rows, limit, lambda s: time_id_cursor(s.created_at, s.id))
     return web.json_response(
-        {"data": {"event_sinks": [render_sink(s) for s in sinks]}, "pagination": None}
+        {"data": {"event_sinks": [render_sink(s) for s in page]}, "pagination": pagination}
     )
 
 
@@ -150,7 +174,7 @@ async def update_sink(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     fields = _updated_fields(body, sink, cfg)
     if "event_sink_args" in body:
-        await check_destination(fields.sink_type, fields.args, cfg)
+        await check_destination(fields.sink_type, fields.args, cfg, request.app[LOOKUPS])
     updated = await repo.update_sink(request.app[POOL], sink.id, fields)
     if updated is None:
         raise ApiError(404, "not_found", NO_SINK)

@@ -13,10 +13,13 @@ from air_relay.config import Config
 from air_relay.db.batcher import IngestBatcher
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.metrics import Metrics
+from air_relay.sinks.egress_guard import Lookups
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
 INGEST_BATCHER = web.AppKey("ingest_batcher", IngestBatcher)
 METRICS = web.AppKey("metrics", Metrics)
+# Name lookups for the egress guard at sink create/update (bounded, with a timeout).
+LOOKUPS = web.AppKey("lookups", Lookups)
 # Present only when this process runs a dispatcher: ingest wakes it directly.
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

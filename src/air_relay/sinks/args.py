@@ -2,6 +2,11 @@
 every sink has (``events``, ``organization_ids``, ``active``): validation, merging an update
 into stored arguments, and masking the write-only ones.
 
+Every argument is input from people the relay does not trust: URLs are parsed and stored
+the way the HTTP client will read them (``yarl``), sizes and counts are capped, header
+values are single-line printable ASCII, and every credential (signing secret, bearer token,
+URL password, secret-looking header values, PagerDuty key) is write-only.
+
 HTTP-free: every problem is an ``InvalidArgument`` naming the field.
 """
 
@@ -13,15 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiohttp.helpers import is_ip_address
+from yarl import URL
+
 from air_relay.config import Config
-from air_relay.redaction import mask
+from air_relay.redaction import REDACTED, mask
 from air_relay.sinks.signing import SIGNING_PREFIX, decode_secret
 from air_relay.validation import (
     InvalidArgument,
     check_text,
     reject_unknown,
     required,
-    storable,
     text_field,
 )
 
@@ -41,8 +48,34 @@ RESERVED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
-MAX_HEADERS = 32
+# Hop-by-hop and proxy headers: they steer the connection or a proxy, not the receiver.
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+    }
+)
+# A header whose name contains one of these carries a credential: write-only, redacted.
+SECRET_HEADER_HINTS = (
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "cookie",
+    "passw",
+    "credential",
+    "session",
+    "signature",
+)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# A header value: printable ASCII, spaces and tabs (no obs-text, no other controls).
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e\t]*$")
 # What an Authorization header can carry after "Bearer ": visible ASCII, no spaces.
 _BEARER_TOKEN = re.compile(r"^[\x21-\x7e]+$")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
@@ -51,56 +84,158 @@ _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 ArgsParser = Callable[[dict[str, Any], str, Config], dict[str, Any]]
 
 
+def secret_header(name: str) -> bool:
+    lowered = name.lower()
+    return any(hint in lowered for hint in SECRET_HEADER_HINTS)
+
+
+@dataclass(frozen=True)
+class WriteOnly:
+    """How one write-only argument is shown, and recognised when a client sends back what
+    it was shown (a GET round-tripped into a PUT keeps the stored value)."""
+
+    show: Callable[[Any], Any]
+
+    def restore(self, given: Any, stored: Any) -> Any:
+        return stored if given == self.show(stored) else given
+
+    def resent(self, given: Any, stored: Any) -> bool:
+        """Whether an update states this value anew (not as the masked form it was shown)."""
+        return bool(given != self.show(stored))
+
+
+def masked_text(prefix: str = "") -> WriteOnly:
+    return WriteOnly(lambda value: mask(value, prefix) if isinstance(value, str) else value)
+
+
+def _shown_url(url: Any) -> Any:
+    """A URL with its password (if any) replaced by ``***``."""
+    if not isinstance(url, str):
+        return url
+    parsed = URL(url)
+    return str(parsed.with_password(REDACTED)) if parsed.password else url
+
+
+def _shown_headers(headers: Any) -> Any:
+    if not isinstance(headers, dict):
+        return headers
+    return {
+        k: mask(v) if secret_header(k) and isinstance(v, str) else v for k, v in headers.items()
+    }
+
+
+class _HeaderSecrets(WriteOnly):
+    """Headers are replaced as a whole, but each secret value is recognised on its own."""
+
+    def restore(self, given: Any, stored: Any) -> Any:
+        if not isinstance(given, dict) or not isinstance(stored, dict):
+            return given
+        return {
+            k: stored[k] if k in stored and secret_header(k) and v == mask(stored[k]) else v
+            for k, v in given.items()
+        }
+
+
+URL_PASSWORD = WriteOnly(_shown_url)
+HEADER_SECRETS = _HeaderSecrets(_shown_headers)
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port as the client connects to them."""
+    parsed = URL(url)
+    return parsed.scheme, parsed.raw_host or "", parsed.port
+
+
 @dataclass(frozen=True)
 class ArgRules:
     """How one sink type's arguments are checked, merged and shown."""
 
     parse: ArgsParser
-    # Write-only arguments, shown masked: name -> the prefix its mask keeps.
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    # Write-only arguments: name -> how each is shown and recognised.
+    secrets: Mapping[str, WriteOnly] = field(default_factory=dict)
     # Arguments that name one thing between them: an update naming any replaces them all.
     alternatives: tuple[str, ...] = ()
     # The argument holding a URL that the egress guard must check, if any.
     egress_url: str | None = None
 
-    def merge(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    def merge(self, old: dict[str, Any], new: dict[str, Any], prefix: str) -> dict[str, Any]:
         """``new`` (an update) merged into ``old``: what it leaves out is kept, a ``null``
         removes an optional argument, and a masked secret sent back unchanged (as a client
-        that round-trips a GET would) keeps the stored one."""
+        that round-trips a GET would) keeps the stored one.
+
+        An update that moves the URL to another scheme, host or port must state every
+        stored credential again: kept credentials would otherwise go to the new host."""
+        if self.egress_url and self._moves(old, new, prefix):
+            self._require_credentials(old, new, prefix)
         merged = dict(old)
         if any(new.get(k) is not None for k in self.alternatives):
             for key in self.alternatives:
                 merged.pop(key, None)
         for key, value in new.items():
-            if key in self.secrets and value is not None and value == self.masked(key, old):
-                continue
-            merged[key] = value
+            rule = self.secrets.get(key)
+            merged[key] = rule.restore(value, old.get(key)) if rule and key in old else value
         return {k: v for k, v in merged.items() if v is not None}
 
-    def masked(self, key: str, args: Mapping[str, Any]) -> Any:
-        value = args.get(key)
-        return mask(value, self.secrets[key]) if isinstance(value, str) else value
+    def _moves(self, old: dict[str, Any], new: dict[str, Any], prefix: str) -> bool:
+        assert self.egress_url is not None
+        url, stored = new.get(self.egress_url), old.get(self.egress_url)
+        if url is None or not isinstance(stored, str) or url == _shown_url(stored):
+            return False
+        # A bad URL is reported as such, before any talk of credentials.
+        return origin(_url(url, f"{prefix}.{self.egress_url}")) != origin(stored)
+
+    def _require_credentials(self, old: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
+        why = "must be given again (or null) when the URL's scheme, host or port changes"
+        for key, rule in self.secrets.items():
+            if key == self.egress_url or key not in old:
+                continue
+            if key == "headers":
+                self._require_header_secrets(old[key], new, prefix, why)
+            elif key not in new or not rule.resent(new[key], old[key]):
+                raise InvalidArgument(f"{prefix}.{key}", why)
+
+    @staticmethod
+    def _require_header_secrets(
+        stored: dict[str, str], new: dict[str, Any], prefix: str, why: str
+    ) -> None:
+        given = new.get("headers", stored)
+        if not isinstance(given, dict):
+            return  # parse() refuses it
+        for name, value in stored.items():
+            if not secret_header(name) or name not in given:
+                continue
+            # Left out with the headers, or sent back as the masked form it was shown.
+            if "headers" not in new or given[name] == mask(value):
+                raise InvalidArgument(f"{prefix}.headers.{name}", why)
 
     def shown(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The args as ``configuration`` echoes them: write-only ones masked."""
-        return {k: self.masked(k, args) if k in self.secrets else v for k, v in args.items()}
+        return {k: self.secrets[k].show(v) if k in self.secrets else v for k, v in args.items()}
 
 
 def _url(value: Any, field: str) -> str:
+    """A sink URL, normalised as aiohttp/yarl will read it when sending (and stored so)."""
     url = text_field(value, field, limit=2048)
     if _URL_FORBIDDEN.search(url):
         raise InvalidArgument(field, "must not contain spaces or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise InvalidArgument(field, "must be an http or https URL")
     try:
-        host = parts.hostname
-        _ = parts.port
-    except ValueError as exc:
+        parsed = URL(url)
+        host = parsed.raw_host
+        _ = parsed.port
+    except (ValueError, TypeError, UnicodeError) as exc:
         raise InvalidArgument(field, f"is not a valid URL ({exc})") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.absolute:
+        raise InvalidArgument(field, "must be an http or https URL")
     if not host:
         raise InvalidArgument(field, "must name a host")
-    return url
+    written = urlsplit(url).netloc.rpartition("@")[2]
+    if not written.isascii() and is_ip_address(host):
+        # Unicode digits that the client reads as an IP address: no honest URL needs them.
+        raise InvalidArgument(field, "must write an IP address in ASCII digits")
+    normal = str(parsed)
+    if len(normal) > 2048:
+        raise InvalidArgument(field, "must be at most 2048 characters once normalised")
+    return normal
 
 
 def _secret(value: Any, field: str) -> str:
@@ -118,20 +253,34 @@ def _secret(value: Any, field: str) -> str:
     return secret
 
 
-def _headers(value: Any, field: str) -> dict[str, str]:
+def _headers(value: Any, field: str, cfg: Config) -> dict[str, str]:
     if not isinstance(value, dict):
         raise InvalidArgument(field, "must be an object of header names to string values")
-    if len(value) > MAX_HEADERS:
-        raise InvalidArgument(field, f"must have at most {MAX_HEADERS} headers")
+    most = cfg.api.max_headers_per_sink
+    if len(value) > most:
+        raise InvalidArgument(field, f"must have at most {most} headers (api.max_headers_per_sink)")
     out: dict[str, str] = {}
+    size = 0
     for name, val in value.items():
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.match(name) or len(name) > 256:
             raise InvalidArgument(f"{field}.{name}", "is not a valid header name")
-        if name.lower() in RESERVED_HEADERS:
+        lowered = name.lower()
+        if lowered in RESERVED_HEADERS:
             raise InvalidArgument(f"{field}.{name}", "is set by air-relay and cannot be replaced")
-        if not isinstance(val, str) or any(c in val for c in "\r\n\0") or not storable(val):
-            raise InvalidArgument(f"{field}.{name}", "must be a single-line string")
+        if lowered in HOP_BY_HOP_HEADERS:
+            raise InvalidArgument(f"{field}.{name}", "is a hop-by-hop or proxy header")
+        if not isinstance(val, str) or not _HEADER_VALUE.match(val):
+            raise InvalidArgument(
+                f"{field}.{name}", "must be a single-line string of printable ASCII"
+            )
+        size += len(name) + len(val)
         out[name] = val
+    if size > cfg.api.max_header_bytes:
+        raise InvalidArgument(
+            field,
+            f"must hold at most {cfg.api.max_header_bytes} bytes of names and values "
+            "(api.max_header_bytes)",
+        )
     return out
 
 
@@ -142,15 +291,20 @@ def _bearer_token(value: Any, field: str) -> str:
     return token
 
 
-def _webhook(args: dict[str, Any], prefix: str, _cfg: Config) -> dict[str, Any]:
+def _webhook(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
     reject_unknown(args, ("url", "secret", "bearer_token", "headers"), prefix, noun="argument")
     out: dict[str, Any] = {"url": _url(required(args, "url", prefix), f"{prefix}.url")}
     if args.get("secret") is not None:
         out["secret"] = _secret(args["secret"], f"{prefix}.secret")
     if args.get("bearer_token") is not None:
         out["bearer_token"] = _bearer_token(args["bearer_token"], f"{prefix}.bearer_token")
+        if URL(out["url"]).raw_user is not None:
+            # Both would be an Authorization header; the client refuses to send either.
+            raise InvalidArgument(
+                f"{prefix}.bearer_token", "cannot be combined with credentials in the URL"
+            )
     if args.get("headers") is not None:
-        out["headers"] = _headers(args["headers"], f"{prefix}.headers")
+        out["headers"] = _headers(args["headers"], f"{prefix}.headers", cfg)
     return out
 
 
@@ -178,13 +332,18 @@ def _pagerduty(args: dict[str, Any], prefix: str, _cfg: Config) -> dict[str, Any
 
 WEBHOOK = ArgRules(
     parse=_webhook,
-    secrets={"secret": SIGNING_PREFIX, "bearer_token": ""},
+    secrets={
+        "secret": masked_text(SIGNING_PREFIX),
+        "bearer_token": masked_text(),
+        "url": URL_PASSWORD,
+        "headers": HEADER_SECRETS,
+    },
     egress_url="url",
 )
 # channel_id and the deprecated channel name one destination: an update naming either replaces
 # both, or the old one would go on deciding where messages are posted.
 SLACK = ArgRules(parse=_slack, alternatives=("channel_id", "channel"))
-PAGERDUTY = ArgRules(parse=_pagerduty)
+PAGERDUTY = ArgRules(parse=_pagerduty, secrets={"integration_key": masked_text()})
 
 
 def parse_events(value: Any, field: str = "events") -> list[str] | None:

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 
 from air_relay.model import ClaimedDelivery
-from air_relay.redaction import redact
+from air_relay.redaction import redact, redaction_forms
 from air_relay.sinks.egress_guard import refused_in
 
 RESPONSE_BODY_LIMIT = 2048
@@ -121,6 +121,21 @@ def exception_failure(exc: BaseException) -> SendResult:
     return SendResult(ok=False, error=type(exc).__name__, reason="other", transient=True)
 
 
+# Raised while building the request from the sink's arguments and the event: the same input
+# fails the same way on every retry, so retrying only delays "dead" (by up to a day).
+_DETERMINISTIC_ERRORS = (ValueError, TypeError, LookupError, AttributeError)
+
+
+def crash_failure(exc: BaseException) -> SendResult:
+    """A sender that raised instead of answering: permanent when retrying cannot help."""
+    return SendResult(
+        ok=False,
+        error=f"internal_error:{type(exc).__name__}",
+        reason="other",
+        transient=not isinstance(exc, _DETERMINISTIC_ERRORS),
+    )
+
+
 def audit_text(text: str, secrets: Iterable[str | None]) -> str:
     """The first RESPONSE_BODY_LIMIT bytes of a response body for the audit row.
 
@@ -132,7 +147,7 @@ def audit_text(text: str, secrets: Iterable[str | None]) -> str:
 
 
 def _longest(secrets: Iterable[str | None]) -> int:
-    return max((len(s.encode("utf-8")) for s in secrets if s), default=0)
+    return max((len(s.encode("utf-8")) for s in redaction_forms(secrets)), default=0)
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_LIMIT) -> str:

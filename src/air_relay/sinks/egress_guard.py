@@ -3,9 +3,15 @@
 Unless ``delivery.allow_private_destinations`` is true, a Webhook URL whose host is, or
 resolves to, a loopback, private, link-local (169.254.0.0/16: cloud metadata), multicast,
 unspecified or otherwise non-global address is refused: once when the sink is created or
-changed, and again on every send, because DNS can change after the check. The send-time
-check sits in the HTTP client's resolver, so the address checked is the address connected
-to (no window for DNS rebinding between a check and the connection).
+changed, and again on every send, because DNS can change after the check.
+
+The guard judges the host exactly as the HTTP client will: URLs are parsed and normalised
+with ``yarl`` (aiohttp's own parser, UTS-46 IDNA), never with ``urllib``, whose IDNA-2003
+codec reads some hosts differently (Unicode digits that yarl turns into an IP literal). At
+send time two checks sit inside the client: the resolver refuses names that resolve to a
+forbidden address, and the socket factory refuses to open a socket to one, whatever the
+host was written as. Name lookups run on a small executor of their own with a timeout, so
+names whose DNS hangs cannot starve other lookups.
 """
 
 from __future__ import annotations
@@ -13,18 +19,26 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.helpers import is_ip_address
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # IPv6 prefix that carries an IPv4 address in its last 32 bits (RFC 6052 NAT64).
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 RESOLVE_TIMEOUT_SECONDS = 3.0
+# Threads for name lookups of sink hosts: a few hanging names use these up, not the event
+# loop's default executor that everything else shares.
+LOOKUP_THREADS = 4
+
+AddrInfo = tuple[Any, ...]
+# (host, port) -> the getaddrinfo() results for it
+Lookup = Callable[[str, int], Awaitable[list[AddrInfo]]]
 
 
 class DestinationRefused(OSError):
@@ -87,49 +101,105 @@ def check_addresses(host: str, addresses: Iterable[str]) -> None:
 
 
 def check_literal(url: str) -> None:
-    """The send-time check for a host written as an IP address (no DNS lookup involved)."""
-    host = urlsplit(url).hostname or ""
-    if literal_address(host) is not None:
+    """The send-time check for a host the client treats as an IP address (no DNS lookup)."""
+    host = URL(url).raw_host or ""
+    if is_ip_address(host):
         check_addresses(host, [host])
 
 
-async def check_url(url: str) -> None:
-    """The create/update check: the host as written, then every address it resolves to.
+class Lookups:
+    """getaddrinfo on a bounded executor of its own, each lookup with a timeout."""
 
-    A name that does not resolve now is let through: it reaches nothing yet, and the
-    send-time check applies when it does.
+    def __init__(
+        self, threads: int = LOOKUP_THREADS, timeout: float = RESOLVE_TIMEOUT_SECONDS
+    ) -> None:
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="air-relay-dns")
+        self._timeout = timeout
+
+    async def __call__(
+        self, host: str, port: int, family: int = socket.AF_UNSPEC
+    ) -> list[AddrInfo]:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor,
+            socket.getaddrinfo,
+            host,
+            port,
+            family,
+            socket.SOCK_STREAM,
+        )
+        try:
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            raise socket.gaierror(socket.EAI_AGAIN, f"lookup of {host} timed out") from None
+
+    def close(self) -> None:
+        # A lookup that hangs keeps its thread; do not wait for it.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def check_url(url: str, lookup: Lookup) -> None:
+    """The create/update check: the host as the client reads it, then every address it
+    resolves to.
+
+    A name that does not resolve now (no such name, a lookup that fails or times out) is let
+    through on purpose: it reaches nothing yet, and a sink can be set up before its DNS. That
+    is safe only because every send is checked again inside the client, on the addresses
+    actually connected to (``GuardedResolver`` and ``guarded_socket``).
     """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if literal_address(host) is not None:
+    parsed = URL(url)
+    host = parsed.raw_host or ""
+    if is_ip_address(host):
         check_addresses(host, [host])
         return
-    loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM),
-            RESOLVE_TIMEOUT_SECONDS,
-        )
-    except (OSError, TimeoutError, UnicodeError):
+        infos = await lookup(host, parsed.port or 443)
+    except (OSError, UnicodeError):
         return
     check_addresses(host, [str(info[4][0]) for info in infos])
 
 
 class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing names that resolve to a forbidden address."""
+    """aiohttp's resolver for Webhook sessions: lookups on the bounded executor, and names
+    that resolve to a forbidden address refused."""
 
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
+    def __init__(self, lookups: Lookups | None = None) -> None:
+        self._owned = lookups is None
+        self._lookups = lookups or Lookups()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        infos = await self._lookups(host, port, family)
+        results: list[ResolveResult] = [
+            {
+                "hostname": host,
+                "host": str(address[0]),
+                "port": int(address[1]),
+                "family": fam,
+                "proto": proto,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+            for fam, _, proto, _, address in infos
+            if fam in (socket.AF_INET, socket.AF_INET6)
+        ]
+        if not results:
+            raise OSError(f"{host} has no usable address")
         check_addresses(host, [r["host"] for r in results])
         return results
 
     async def close(self) -> None:
-        await self._inner.close()
+        if self._owned:
+            self._lookups.close()
+
+
+def guarded_socket(addr_info: AddrInfo) -> socket.socket:
+    """The socket factory of Webhook sessions: the last check, on the very address a
+    connection is about to be opened to (IP literals never reach a resolver)."""
+    family, type_, proto, _, address = addr_info
+    host = str(address[0])
+    check_addresses(host, [host])
+    return socket.socket(family=family, type=type_, proto=proto)
 
 
 def refused_in(exc: BaseException) -> DestinationRefused | None:

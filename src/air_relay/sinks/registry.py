@@ -15,7 +15,7 @@ from air_relay.model import Sink
 from air_relay.sinks import args
 from air_relay.sinks.args import ArgRules
 from air_relay.sinks.base import Sender
-from air_relay.sinks.egress_guard import DestinationRefused, check_url
+from air_relay.sinks.egress_guard import DestinationRefused, Lookup, check_url
 from air_relay.sinks.pagerduty import PagerDutySender
 from air_relay.sinks.slack import SlackSender
 from air_relay.sinks.webhook import WebhookSender
@@ -81,7 +81,7 @@ def parse_sink_args(
     if not isinstance(given, dict):
         raise InvalidArgument(prefix, "must be an object")
     if existing is not None and existing.sink_type == sink_type:
-        given = kind.args.merge(existing.args, given)
+        given = kind.args.merge(existing.args, given, prefix)
     return sink_type, kind.args.parse(given, prefix, cfg)
 
 
@@ -90,13 +90,15 @@ def shown_args(sink_type: str, sink_args: dict[str, Any]) -> dict[str, Any]:
     return SINK_TYPES[sink_type].args.shown(sink_args)
 
 
-async def check_destination(sink_type: str, sink_args: dict[str, Any], cfg: Config) -> None:
+async def check_destination(
+    sink_type: str, sink_args: dict[str, Any], cfg: Config, lookup: Lookup
+) -> None:
     """The egress guard at create and update (the senders check again at every send)."""
     egress = SINK_TYPES[sink_type].args.egress_url
     if egress is None or cfg.delivery.allow_private_destinations:
         return
     try:
-        await check_url(sink_args[egress])
+        await check_url(sink_args[egress], lookup)
     except DestinationRefused as exc:
         raise InvalidArgument(
             f"event_sink_args.{sink_type}.{egress}",

@@ -7,18 +7,32 @@ import time
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from air_relay import __version__
 from air_relay.model import ClaimedDelivery
+from air_relay.redaction import basic_credentials
+from air_relay.sinks.args import secret_header
 from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, post
 from air_relay.sinks.egress_guard import DestinationRefused, check_literal
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
 
 
-def _secret_key_text(args: dict[str, Any]) -> str | None:
-    """The base64 part of the signing secret, which an echo could show without its prefix."""
-    secret = args.get("secret")
-    return secret.removeprefix(SIGNING_PREFIX) if secret else None
+def credentials(args: dict[str, Any]) -> list[str]:
+    """Every credential a request to this sink carries, as an echo of it could show them:
+    for redaction from the answer before it reaches the audit log and the logs."""
+    found: list[str] = []
+    if secret := args.get("secret"):
+        # The base64 part too, which an echo could show without its prefix.
+        found += [secret, secret.removeprefix(SIGNING_PREFIX)]
+    if token := args.get("bearer_token"):
+        found.append(token)
+    url = URL(args["url"])
+    if url.password:
+        found += [url.password, *basic_credentials(url.user or "", url.password)]
+    headers: dict[str, str] = args.get("headers") or {}
+    found += [value for name, value in headers.items() if secret_header(name) and value]
+    return found
 
 
 class WebhookSender:
@@ -68,5 +82,5 @@ class WebhookSender:
             body=delivery.body,
             headers=self.build_headers(delivery),
             timeout=self._timeout,
-            secrets=(args.get("bearer_token"), args.get("secret"), _secret_key_text(args)),
+            secrets=credentials(args),
         )
