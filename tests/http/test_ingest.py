@@ -116,7 +116,17 @@ async def test_payload_too_large_without_content_length(relay: Any) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"{", b"not json", b'{"eventName": NaN}', b"\xff\xfe{}", b"[" * 100_00 + b"]" * 100_00],
+    [
+        b"",
+        b"{",
+        b"not json",
+        b'{"eventName": NaN}',
+        b"\xff\xfe{}",
+        b"[" * 100_00 + b"]" * 100_00,  # a depth bomb
+        b'{"eventName": "E", "organizationId": 1, "data": {"n": ' + b"9" * 5000 + b"}}",
+        b'{"eventName": "E", "organizationId": 1, "data": {"n": 1e999999}}',
+        b'{"eventName": "E", "organizationId": 1, "data": {"n": -Infinity}}',
+    ],
 )
 async def test_invalid_json(relay: Any, raw: bytes) -> None:
     resp = await post_event(relay, raw)

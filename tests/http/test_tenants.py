@@ -12,6 +12,7 @@ from tests.support import (
     TENANT,
     TENANT_B,
     TENANT_B_KEY,
+    Reply,
     SinkServer,
     auth,
     create_sink,
@@ -78,3 +79,41 @@ async def test_two_tenants_never_meet(relay: Any, sink_server: SinkServer) -> No
     assert retry.status == 404
     still = await (await relay.get(path_a, headers=admin)).json()
     assert still["event_sink"]["name"] == sink_a["name"]
+
+
+async def test_an_ingest_token_is_no_api_key_and_the_reverse(relay: Any) -> None:
+    for path in ("/v1/event_sink", "/v1/audit_log", "/v1/delivery"):
+        resp = await relay.get(f"{path}?tenant_id={TENANT}", headers=auth(INGEST_TOKEN))
+        assert resp.status == 401, path
+    resp = await post_event(relay, event("x"), ADMIN_KEY)
+    assert resp.status == 401
+
+
+async def test_a_cursor_of_one_tenant_shows_nothing_of_it_to_another(
+    relay: Any, sink_server: SinkServer
+) -> None:
+    sink_server.default = Reply(status=500)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url("/a")}})
+    await create_sink(
+        relay, {"Webhook": {"url": sink_server.url("/b")}}, tenant_id=TENANT_B, key=TENANT_B_KEY
+    )
+    for tag in ("1", "2"):
+        await post_event(relay, event(tag), INGEST_TOKEN)
+    await post_event(relay, event("b"), INGEST_TOKEN_B)
+    admin = auth(ADMIN_KEY)
+
+    async def rows(tenant: str, **query: str) -> dict[str, Any]:
+        params = {"tenant_id": tenant, **query}
+        body: dict[str, Any] = await (
+            await relay.get("/v1/audit_log", params=params, headers=admin)
+        ).json()
+        return body
+
+    async def both_failed() -> bool:
+        a, b = await rows(TENANT), await rows(TENANT_B)
+        return len(a["data"]["audit_logs"]) >= 2 and len(b["data"]["audit_logs"]) >= 1
+
+    await wait_until(both_failed)
+    cursor = (await rows(TENANT, limit="1"))["pagination"]["next_cursor"]
+    other = await rows(TENANT_B, cursor=cursor)
+    assert {r["tenant_id"] for r in other["data"]["audit_logs"]} <= {TENANT_B}

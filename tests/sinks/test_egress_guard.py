@@ -97,6 +97,15 @@ def webhook(url: str) -> dict[str, Any]:
         "http://localhost:9/hook",  # a name that resolves to loopback
         "http://2130706433/hook",  # 127.0.0.1 written as one decimal number
         "http://127.1/hook",  # the short form the C resolver expands to 127.0.0.1
+        "http://0177.0.0.1/hook",  # octal
+        "http://0x7f.0.0.1/hook",  # hex
+        "http://0x7f000001/hook",  # one hex number
+        "http://017700000001/hook",  # one octal number
+        "http://0x7f.1/hook",  # short and hex
+        "http://[::ffff:7f00:1]/hook",  # IPv4-mapped, written in hex
+        "http://[64:ff9b::7f00:1]/hook",  # NAT64
+        "http://[2002:7f00:1::]/hook",  # 6to4
+        "http://[fd00::1]/hook",  # unique local
     ],
 )
 async def test_create_refuses_private_destinations(make_relay: Any, url: str) -> None:

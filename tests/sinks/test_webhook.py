@@ -1,5 +1,6 @@
 """The Webhook sender: the exact bytes AIR sent, Standard Webhooks signatures, bearer token and
-extra headers, no redirects, and no credential in audit rows or logs even when echoed."""
+extra headers, no redirects, no proxy from the environment, and no credential in audit rows or
+logs even when echoed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from typing import Any
 
 import asyncpg
+import pytest
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
@@ -19,6 +21,7 @@ from tests.support import (
     audit_rows,
     create_sink,
     delivery_state,
+    make_sink_server,
     post_event,
     wait_final,
 )
@@ -94,6 +97,28 @@ async def test_redirect_is_not_followed(
     assert [r.path for r in sink_server.received] == ["/hook"]
     state = await delivery_state(db)
     assert (state["status"], state["last_error"]) == ("dead", "http_302")
+
+
+async def test_proxies_from_the_environment_are_ignored(
+    make_relay: Any,
+    sink_server: SinkServer,
+    aiohttp_server: Any,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy variable in the daemon's environment must not route sink traffic (or its
+    # credentials) through another host: the sessions do not trust the environment.
+    proxy = await make_sink_server(aiohttp_server)
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy.url("/"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    relay = await make_relay()
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    await post_event(relay, EVENT)
+    await sink_server.wait_for(1)
+    await wait_final(db)
+    assert proxy.received == []
 
 
 async def test_a_sink_echoing_the_request_does_not_put_secrets_in_audit_or_logs(

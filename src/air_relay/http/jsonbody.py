@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +14,15 @@ from air_relay.http.state import CONFIG
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e999999 is valid JSON text but no number a receiver can take: Python would make it
+    # inf, and re-encode it for Slack or PagerDuty as the invalid JSON word Infinity.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
 
 
 def is_json_content_type(request: web.Request) -> bool:
@@ -30,7 +40,9 @@ async def read_json(request: web.Request, max_bytes: int) -> tuple[bytes, Any]:
     if len(raw) > max_bytes:
         raise ApiError(413, "payload_too_large", f"The body exceeds {max_bytes} bytes.")
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"The body is not valid UTF-8 JSON: {exc}") from exc
     return raw, value
