@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(cfg.logging.format, cfg.logging.level)
     if args.command == "migrate":
         return asyncio.run(_migrate(cfg, args.wait))
-    from air_relay.runtime import serve
+    from air_relay.runtime import loop_factory, serve
 
-    return asyncio.run(serve(cfg))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(serve(cfg))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,17 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """The end of one claim: its attempts and the delivery's new state, to be written."""
+
+    delivery: ClaimedDelivery
+    status: str  # PENDING (a retry follows) | DELIVERED | DEAD
+    next_attempt_at: datetime | None
+    last_error: str | None
+    attempts: Sequence[AttemptRecord]
+
+
+@dataclass(frozen=True)
 class AuditFilter:
     tenant_id: str
     event_sink_id: uuid.UUID | None = None

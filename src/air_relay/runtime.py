@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import structlog
@@ -35,6 +35,17 @@ from air_relay.sinks.registry import Clients, build_senders
 log = structlog.get_logger(__name__)
 
 CLIENTS = web.AppKey("clients", Clients)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (Linux, macOS): the same asyncio API, with
+    the transport, timer and selector work in C (measured in docs/benchmarks.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def resolve_dsn(cfg: Config) -> tuple[str, EmbeddedPostgres | None]:

@@ -103,24 +103,20 @@ async def test_expired_lease_is_claimed_again_and_stale_completion_is_refused(
         assert second.claims == 2
         assert second.claim_token != first.claim_token
         record = model.AttemptRecord(1, "success", 200, None, "", 1, None, _now())
-        kept = await repo.complete_delivery(
+        # Both claims' completions in one batch: only the current holder's state is kept
+        # (the lease moved on), while both attempts are recorded (they happened).
+        kept = await repo.complete_deliveries(
             pool,
-            first,
-            status="delivered",
-            next_attempt_at=None,
-            last_error=None,
-            attempts=[record],
+            [
+                model.Completion(claim, "delivered", None, None, [record])
+                for claim in (first, second)
+            ],
         )
-        assert kept is False  # the lease moved on; the state belongs to the new holder
-        kept = await repo.complete_delivery(
-            pool,
-            second,
-            status="delivered",
-            next_attempt_at=None,
-            last_error=None,
-            attempts=[record],
+        assert kept == {(second.id, second.claim_token)}
+        recorded = await pool.fetchval(
+            "SELECT count(*) FROM delivery_attempts WHERE delivery_id = $1", first.id
         )
-        assert kept is True
+        assert recorded == 2
         status = await pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", first.id)
         assert status is not None and status["status"] == "delivered"
     finally:

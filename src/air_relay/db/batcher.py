@@ -1,54 +1,61 @@
-"""Group commit for ingest: concurrent requests share one INSERT and one commit.
+"""Group commit: concurrent callers share one statement and one commit.
 
-A commit costs a WAL flush (fsync), and that, not CPU, bounds how many events/s one
-connection can accept. Requests that arrive while a flush is running wait for the next one
-and go in together; an idle relay still commits a lone event at once (no timer, no added
-latency). Each request still answers only after its own event is committed.
+A commit costs a round trip and a WAL flush, and those, not CPU, bound how many writes/s one
+connection makes. Writes that arrive while a flush is running wait for the next one and go in
+together; an idle relay still writes a lone one at once (no timer, no added latency). Each
+caller still returns only after its own write is committed.
+
+Two users: ingest (``IngestBatcher``: events and their deliveries, fully durable) and the
+delivery workers (``CompletionBatcher``: each claim's attempts and verdict).
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import asyncpg
 
 from air_relay.db import repository as repo
-from air_relay.model import NewEvent
+from air_relay.model import Completion, NewEvent
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
-class _Waiting:
-    event: NewEvent
-    future: asyncio.Future[int]
+class _Waiting(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
 
 
-class IngestBatcher:
+class GroupCommit(Generic[T, R]):
+    """Batches ``submit`` calls into calls of ``write`` (items -> one result per item)."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
         *,
-        acquire_timeout: float,
         max_batch: int = 256,
         max_flushes: int = 2,
     ) -> None:
-        self._pool = pool
-        self._timeout = acquire_timeout
+        self._write = write
         self._max_batch = max_batch
         self._max_flushes = max_flushes
-        self._queue: list[_Waiting] = []
+        self._queue: list[_Waiting[T, R]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def submit(self, event: NewEvent) -> int:
-        """Commit ``event`` (with others); returns its delivery count or raises the DB error."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(event, future))
+    async def submit(self, item: T) -> R:
+        """Write ``item`` (with others); returns its result or raises the write's error."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(item, future))
         if len(self._flushes) < self._max_flushes:
             task = asyncio.create_task(self._flush())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
-        # shield: a client that hangs up must not cancel a commit other requests share.
+        # shield: a caller that goes away must not cancel a commit others share.
         return await asyncio.shield(future)
 
     async def _flush(self) -> None:
@@ -56,19 +63,40 @@ class IngestBatcher:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
             try:
-                counts: dict[uuid.UUID, int] = await repo.ingest_events(
-                    self._pool, [w.event for w in batch], timeout=self._timeout
-                )
+                results = await self._write([w.item for w in batch])
             except asyncio.CancelledError:
                 for waiting in (*batch, *self._queue):
                     waiting.future.cancel()
                 raise
             except Exception as exc:
-                # Nothing of the batch committed (one statement): every request hears it.
+                # Nothing of the batch committed (one transaction): every caller hears it.
                 for waiting in batch:
                     if not waiting.future.done():
                         waiting.future.set_exception(exc)
                 continue
-            for waiting in batch:
+            for waiting, result in zip(batch, results, strict=True):
                 if not waiting.future.done():
-                    waiting.future.set_result(counts[waiting.event.event_id])
+                    waiting.future.set_result(result)
+
+
+class IngestBatcher(GroupCommit[NewEvent, int]):
+    """Events committed together; each submit returns its event's delivery count."""
+
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
+        async def write(events: Sequence[NewEvent]) -> list[int]:
+            counts = await repo.ingest_events(pool, events, timeout=acquire_timeout)
+            return [counts[e.event_id] for e in events]
+
+        super().__init__(write)
+
+
+class CompletionBatcher(GroupCommit[Completion, bool]):
+    """Claims' completions written together; each submit returns whether its delivery's
+    state was kept (False: its lease had been lost to another claim)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        async def write(completions: Sequence[Completion]) -> list[bool]:
+            kept = await repo.complete_deliveries(pool, completions)
+            return [(c.delivery.id, c.delivery.claim_token) in kept for c in completions]
+
+        super().__init__(write)

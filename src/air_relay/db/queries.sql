@@ -73,41 +73,60 @@ JOIN events e ON e.id = c.event_id
 LEFT JOIN event_sinks s ON s.id = c.event_sink_id
 ORDER BY c.created_at;
 
--- name: complete_delivery
--- Record a claim's attempts and the delivery's new state in one statement. The attempts are
--- written even if the lease was lost (they happened); the state only with the claim token.
-WITH updated AS (
-    UPDATE deliveries
-    SET status = $3,
-        attempts = attempts + cardinality($6::int[]),
-        next_attempt_at = coalesce($4, now()),
-        last_error = $5,
+-- name: complete_deliveries
+-- Record many claims' attempts and their deliveries' new states in one statement (one commit
+-- for a whole batch). $1-$12: one element per claim; $13-$21: one per attempt, $13 naming its
+-- claim by position (1-based). The attempts are written even if the lease was lost (they
+-- happened); a state only with its claim token. Returns the claims whose state was kept. (A
+-- data-modifying CTE runs to completion whether or not the final SELECT reads it.)
+WITH claim AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
+                $7::text[], $8::uuid[], $9::text[], $10::text[], $11::uuid[], $12::text[])
+         WITH ORDINALITY
+         AS c(id, claim_token, status, next_attempt_at, last_error, attempts, tenant_id,
+              event_id, event_name, organization_id, event_sink_id, sink_type, claim_no)
+), updated AS (
+    UPDATE deliveries d
+    SET status = c.status,
+        attempts = d.attempts + c.attempts,
+        next_attempt_at = coalesce(c.next_attempt_at, now()),
+        last_error = c.last_error,
         claim_token = NULL,
         claimed_by = NULL,
         updated_at = now()
-    WHERE id = $1 AND claim_token = $2
-    RETURNING id
+    FROM claim c
+    WHERE d.id = c.id AND d.claim_token = c.claim_token
+    RETURNING c.id, c.claim_token
 ), recorded AS (
     INSERT INTO delivery_attempts (
         delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
         event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
         next_attempt_at, created_at)
-    SELECT $1, $7, $8, $9, $10, $11, $12, a.attempt, a.outcome, a.status_code, a.error,
+    SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id::jsonb,
+           c.event_sink_id, c.sink_type, a.attempt, a.outcome, a.status_code, a.error,
            a.response_body, a.duration_ms, a.next_attempt_at, a.created_at
-    FROM unnest($6::int[], $13::text[], $14::int[], $15::text[], $16::text[], $17::int[],
-                $18::timestamptz[], $19::timestamptz[])
-         AS a(attempt, outcome, status_code, error, response_body, duration_ms,
+    FROM unnest($13::bigint[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[],
+                $19::int[], $20::timestamptz[], $21::timestamptz[])
+         AS a(claim_no, attempt, outcome, status_code, error, response_body, duration_ms,
               next_attempt_at, created_at)
-    RETURNING 1
+    JOIN claim c USING (claim_no)
 )
-SELECT (SELECT count(*) FROM updated) AS updated, (SELECT count(*) FROM recorded) AS recorded;
+SELECT id, claim_token FROM updated;
 
--- name: renew_lease
--- Extend a running claim; no row when the claim is no longer ours.
-UPDATE deliveries
+-- name: set_local_async_commit
+-- This transaction's commit does not wait for the WAL flush (completions only, see
+-- repository.complete_deliveries).
+SET LOCAL synchronous_commit = off;
+
+-- name: renew_leases
+-- Extend running claims ($1 ids, $2 their claim tokens) by $3 seconds; returns the ids of
+-- those still ours.
+UPDATE deliveries d
 SET next_attempt_at = now() + make_interval(secs => $3)
-WHERE id = $1 AND claim_token = $2 AND status = 'pending'
-RETURNING id;
+FROM unnest($1::uuid[], $2::uuid[]) AS c(id, claim_token)
+WHERE d.id = c.id AND d.claim_token = c.claim_token AND d.status = 'pending'
+RETURNING d.id;
 
 -- name: wake_sink_backlog
 -- $1 a sink, $2 a delivery of it that has just succeeded after failing. The sink's pending

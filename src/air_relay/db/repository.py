@@ -6,6 +6,7 @@ Nothing above the database layer sees SQL or an ``asyncpg.Record``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,10 +17,10 @@ import asyncpg
 from air_relay.db.notify import NOTIFY_CHANNEL
 from air_relay.db.queries import QUERIES
 from air_relay.model import (
-    AttemptRecord,
     AuditEntry,
     AuditFilter,
     ClaimedDelivery,
+    Completion,
     DeliveryEntry,
     DeliveryFilter,
     NewEvent,
@@ -101,47 +102,58 @@ async def claim_deliveries(
     ]
 
 
-async def complete_delivery(
-    pool: asyncpg.Pool,
-    delivery: ClaimedDelivery,
-    *,
-    status: str,
-    next_attempt_at: datetime | None,
-    last_error: str | None,
-    attempts: Sequence[AttemptRecord],
-) -> bool:
-    """Write the claim's attempts and the new state; False if the lease had been lost."""
-    row = await pool.fetchrow(
-        QUERIES["complete_delivery"],
-        delivery.id,
-        delivery.claim_token,
-        status,
-        next_attempt_at,
-        last_error,
-        [a.attempt for a in attempts],
-        delivery.tenant_id,
-        delivery.event_id,
-        delivery.event_name,
-        delivery.organization_id,
-        delivery.event_sink_id,
-        delivery.sink_type,
-        [a.outcome for a in attempts],
-        [a.status_code for a in attempts],
-        [a.error for a in attempts],
-        [a.response_body for a in attempts],
-        [a.duration_ms for a in attempts],
-        [a.next_attempt_at for a in attempts],
-        [a.created_at for a in attempts],
-    )
-    assert row is not None
-    return bool(row["updated"])
+async def complete_deliveries(
+    pool: asyncpg.Pool, completions: Sequence[Completion]
+) -> set[tuple[uuid.UUID, uuid.UUID]]:
+    """Write the claims' attempts and new states in one transaction; returns the
+    (delivery id, claim token) of the claims whose state was kept (the others had lost their
+    lease).
+
+    The commit does not wait for its WAL flush (``synchronous_commit = off``): a completion
+    lost in a crash of PostgreSQL leaves its delivery claimed, so the lease lapses and it is
+    sent again. At least once holds; ingest commits stay fully durable.
+    """
+    attempts = [(i, a) for i, c in enumerate(completions, 1) for a in c.attempts]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(QUERIES["set_local_async_commit"])
+        rows = await conn.fetch(
+            QUERIES["complete_deliveries"],
+            [c.delivery.id for c in completions],
+            [c.delivery.claim_token for c in completions],
+            [c.status for c in completions],
+            [c.next_attempt_at for c in completions],
+            [c.last_error for c in completions],
+            [len(c.attempts) for c in completions],
+            [c.delivery.tenant_id for c in completions],
+            [c.delivery.event_id for c in completions],
+            [c.delivery.event_name for c in completions],
+            [json.dumps(c.delivery.organization_id) for c in completions],
+            [c.delivery.event_sink_id for c in completions],
+            [c.delivery.sink_type for c in completions],
+            [i for i, _ in attempts],
+            [a.attempt for _, a in attempts],
+            [a.outcome for _, a in attempts],
+            [a.status_code for _, a in attempts],
+            [a.error for _, a in attempts],
+            [a.response_body for _, a in attempts],
+            [a.duration_ms for _, a in attempts],
+            [a.next_attempt_at for _, a in attempts],
+            [a.created_at for _, a in attempts],
+        )
+    return {(r["id"], r["claim_token"]) for r in rows}
 
 
-async def renew_lease(pool: asyncpg.Pool, delivery: ClaimedDelivery, lease_seconds: float) -> bool:
-    row = await pool.fetchrow(
-        QUERIES["renew_lease"], delivery.id, delivery.claim_token, lease_seconds
+async def renew_leases(
+    pool: asyncpg.Pool, deliveries: Sequence[ClaimedDelivery], lease_seconds: float
+) -> set[uuid.UUID]:
+    """Extend the claims' leases; returns the ids of the deliveries still held."""
+    rows = await pool.fetch(
+        QUERIES["renew_leases"],
+        [d.id for d in deliveries],
+        [d.claim_token for d in deliveries],
+        lease_seconds,
     )
-    return row is not None
+    return {r["id"] for r in rows}
 
 
 async def wake_sink_backlog(

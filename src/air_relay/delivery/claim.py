@@ -1,5 +1,6 @@
-"""Running one claim of one delivery: up to ``attempts_per_claim`` sends (tenacity), the lease
-kept alive meanwhile, then the verdict (``retry_policy``) written with the claim's attempts.
+"""Running one claim of one delivery: up to ``attempts_per_claim`` sends (tenacity), then the
+verdict (``retry_policy``) written with the claim's attempts. (The dispatcher keeps the
+leases of all running claims alive.)
 
 Every attempt becomes an audit row, written with the verdict in one statement; every failed
 attempt is also one ``delivery_failed`` log line carrying the same fields.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,10 +21,19 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 
 from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
+from air_relay.db.batcher import CompletionBatcher
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.delivery.retry_policy import InClaimWait, Verdict, retry_in_claim, verdict
 from air_relay.metrics import Metrics
-from air_relay.model import DEAD, DELIVERED, FAILURE, SUCCESS, AttemptRecord, ClaimedDelivery
+from air_relay.model import (
+    DEAD,
+    DELIVERED,
+    FAILURE,
+    SUCCESS,
+    AttemptRecord,
+    ClaimedDelivery,
+    Completion,
+)
 from air_relay.sinks.base import PacedSender, Sender, SendResult, crash_failure
 from air_relay.timestamps import rfc3339
 
@@ -32,6 +43,7 @@ SINK_DELETED = SendResult(ok=False, error="sink_deleted", reason="other", transi
 # How long a claim keeps trying to record its attempts while the database is away; after
 # that its lease lapses and the delivery is sent again (at-least-once, never lost).
 COMPLETION_DEADLINE_SECONDS = 60.0
+WAKE_INTERVAL_SECONDS = 10.0
 
 
 def attempt_record(
@@ -126,11 +138,30 @@ class ClaimRunner:
         self._cfg = cfg
         self._metrics = metrics
         self._wait = InClaimWait(cfg.retry)
+        # Completions of concurrent claims share one statement and one commit.
+        self._completions = CompletionBatcher(pool)
+        self._paced: dict[type, bool] = {}
+        # Per sink, when this process last woke its backlog and last saw it fail.
+        self._woken_at: dict[uuid.UUID, float] = {}
+        self._failed_at: dict[uuid.UUID, float] = {}
 
     async def run(self, sender: Sender, delivery: ClaimedDelivery) -> None:
         if await self._deferred(sender, delivery):
             return
         claim = Claim(delivery, sender, self._metrics)
+        result = await claim.attempt()
+        # Most claims end with their first attempt: tenacity only when another one follows.
+        if self._cfg.retry.attempts_per_claim > 1 and retry_in_claim(result, self._cfg.retry):
+            result = await self._retry(claim, result)
+        await self._conclude(claim, result)
+
+    async def _retry(self, claim: Claim, first: SendResult) -> SendResult:
+        """The rest of the claim's attempts; tenacity sees ``first`` as its attempt 1."""
+        done = [first]
+
+        async def attempt() -> SendResult:
+            return done.pop() if done else await claim.attempt()
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._cfg.retry.attempts_per_claim),
             wait=self._wait,
@@ -138,17 +169,21 @@ class ClaimRunner:
             before_sleep=claim.retrying_after,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        renewal = asyncio.create_task(self._keep_lease(delivery))
-        try:
-            result: SendResult = await retrying(claim.attempt)
-        finally:
-            renewal.cancel()
-        await self._conclude(claim, result)
+        result: SendResult = await retrying(attempt)
+        return result
+
+    def _is_paced(self, sender: Sender) -> bool:
+        # Checking a runtime Protocol costs several microseconds: once per sender class.
+        kind = type(sender)
+        if kind not in self._paced:
+            self._paced[kind] = isinstance(sender, PacedSender)
+        return self._paced[kind]
 
     async def _deferred(self, sender: Sender, delivery: ClaimedDelivery) -> bool:
         """Requeue the delivery unsent when a paced sender's turn for it is far off."""
-        if delivery.sink_args is None or not isinstance(sender, PacedSender):
+        if delivery.sink_args is None or not self._is_paced(sender):
             return False
+        assert isinstance(sender, PacedSender)
         seconds = sender.defer_seconds(delivery)
         if seconds is None:
             return False
@@ -160,32 +195,16 @@ class ClaimRunner:
         log.debug("delivery_deferred", delivery_id=str(delivery.id), seconds=round(seconds, 3))
         return True
 
-    async def _keep_lease(self, delivery: ClaimedDelivery) -> None:
-        """Renew the claim's lease while it runs, so no other process takes it meanwhile."""
-        lease = self._cfg.lease_seconds
-        while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                if not await repo.renew_lease(self._pool, delivery, lease):
-                    log.warning("lease_lost", delivery_id=str(delivery.id))
-                    return
-            except DB_UNAVAILABLE as exc:
-                # Keep trying: the lease may still be saved before it lapses.
-                log.warning(
-                    "lease_renewal_failed", delivery_id=str(delivery.id), error=type(exc).__name__
-                )
-            except Exception:
-                log.exception("lease_renewal_failed", delivery_id=str(delivery.id))
-
     async def _conclude(self, claim: Claim, result: SendResult) -> None:
         delivery = claim.delivery
         outcome = verdict(result, delivery.claims, self._cfg.retry, datetime.now(UTC))
         if not result.ok:
             claim.note_failure(outcome.next_attempt_at)
+            self._failed_at[delivery.event_sink_id] = time.monotonic()
         await self._complete(claim, outcome, result)
         last = claim.records[-1]
         if outcome.status == DELIVERED:
-            if last.attempt > 1:
+            if last.attempt > 1 and self._wake_due(delivery.event_sink_id):
                 await self._wake_backlog(delivery)
             self._metrics.deliveries.labels(delivery.sink_type, DELIVERED).inc()
             log.info(
@@ -207,6 +226,22 @@ class ClaimRunner:
                 error=last.error,
             )
 
+    def _wake_due(self, sink_id: uuid.UUID) -> bool:
+        """Whether a success after failures should wake the sink's backlog: once per
+        recovery, not once per delivery of the backlog (each of which succeeds after failing,
+        and each wake reads the whole backlog). Again after WAKE_INTERVAL_SECONDS, or at once
+        if the sink has failed since, so another process's recovery is not missed for long."""
+        now = time.monotonic()
+        woken = self._woken_at.get(sink_id)
+        if (
+            woken is not None
+            and now - woken < WAKE_INTERVAL_SECONDS
+            and self._failed_at.get(sink_id, 0.0) < woken
+        ):
+            return False
+        self._woken_at[sink_id] = now
+        return True
+
     async def _wake_backlog(self, delivery: ClaimedDelivery) -> None:
         """The sink recovered: its other backed-off deliveries need not wait out their delays."""
         try:
@@ -224,18 +259,18 @@ class ClaimRunner:
     async def _complete(self, claim: Claim, outcome: Verdict, result: SendResult) -> None:
         """Write the claim's attempts and its verdict, retrying while the database is away."""
         delivery = claim.delivery
+        completion = Completion(
+            delivery=delivery,
+            status=outcome.status,
+            next_attempt_at=outcome.next_attempt_at,
+            last_error=None if result.ok else result.error,
+            attempts=tuple(claim.records),
+        )
         delay = 0.5
         deadline = time.monotonic() + COMPLETION_DEADLINE_SECONDS
         while True:
             try:
-                kept = await repo.complete_delivery(
-                    self._pool,
-                    delivery,
-                    status=outcome.status,
-                    next_attempt_at=outcome.next_attempt_at,
-                    last_error=None if result.ok else result.error,
-                    attempts=claim.records,
-                )
+                kept = await self._completions.submit(completion)
                 if not kept:
                     log.warning("lease_lost", delivery_id=str(delivery.id))
                 return

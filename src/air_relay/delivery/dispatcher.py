@@ -60,6 +60,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(listen(self._dsn, self.wake), name="air-relay-listen"),
             asyncio.create_task(self._claim_loop(), name="air-relay-claim"),
+            asyncio.create_task(self._renew_loop(), name="air-relay-leases"),
         ]
 
     def wake(self) -> None:
@@ -121,6 +122,30 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval_seconds)
 
+    async def _renew_loop(self) -> None:
+        """Renew the leases of every running claim, in one statement, every third of a lease,
+        so that no other process takes them meanwhile."""
+        lease = self._cfg.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            running = list(self._inflight.values())
+            if not running:
+                continue
+            try:
+                held = await repo.renew_leases(self._pool, running, lease)
+            except DB_UNAVAILABLE as exc:
+                # Keep trying: the leases may still be saved before they lapse.
+                log.warning("lease_renewal_failed", count=len(running), error=type(exc).__name__)
+                continue
+            except Exception:
+                log.exception("lease_renewal_failed", count=len(running))
+                continue
+            # Not held: finished meanwhile (its completion cleared the token), or lost.
+            still_running = {d.id for d in self._inflight.values()}
+            for delivery in running:
+                if delivery.id not in held and delivery.id in still_running:
+                    log.warning("lease_lost", delivery_id=str(delivery.id))
+
     async def _claim(self, want: int) -> list[ClaimedDelivery]:
         """Claim up to ``want`` due deliveries, fairly: sinks holding their share of the
         workers are passed over first; only if that leaves workers idle do they get more."""
@@ -156,13 +181,6 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         delivery = self._inflight.pop(task, None)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # Its lease lapses and the delivery is claimed again (at least once holds).
-            log.error(
-                "delivery_task_failed",
-                delivery_id=str(delivery.id) if delivery else None,
-                error=f"{type(exc).__name__}: {exc}",
-            )
         if delivery is not None:
             self._per_sink[delivery.event_sink_id] -= 1
             if self._per_sink[delivery.event_sink_id] <= 0:
