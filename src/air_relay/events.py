@@ -203,9 +203,7 @@ def link_values(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def event_links(
-    data: Mapping[str, Any], console_url: str | None = None
-) -> list[tuple[str, str]]:
+def event_links(data: Mapping[str, Any], console_url: str | None = None) -> list[tuple[str, str]]:
     """(label, url) for each AIR link in the data that is, or with ``console_url`` becomes,
     an absolute http(s) URL."""
     out: list[tuple[str, str]] = []

@@ -139,9 +139,7 @@ def fit(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def render(
-    delivery: ClaimedDelivery, routing_key: str, console_url: str | None = None
-) -> bytes:
+def render(delivery: ClaimedDelivery, routing_key: str, console_url: str | None = None) -> bytes:
     """The exact request body for one delivery (a pure function of the delivery)."""
     return fit(build_event(delivery, routing_key, console_url))
 
