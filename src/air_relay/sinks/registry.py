@@ -54,6 +54,7 @@ SINK_TYPES: dict[str, SinkType] = {
             clients.webhook,
             cfg.delivery.timeout_seconds,
             allow_private_destinations=cfg.delivery.allow_private_destinations,
+            console_url=cfg.air.console_url or None,
         ),
     ),
     "PagerDuty": SinkType(
