@@ -21,9 +21,10 @@ commit after a higher one. The sealer only seals up to a *horizon* below which e
 committed: attempt rows are inserted holding an advisory lock in shared mode, taken before
 their ids are drawn and held to their commit; the sealer takes the same lock exclusively for
 one statement, which reads the highest id (``queries.sql``, ``audit_seal_horizon``). It only
-*tries* that lock, a few times, so deliveries recording attempts never queue behind it; after
+*tries* that lock, a few times, so deliveries recording attempts do not queue behind it; after
 the tries it waits for it (with a lock timeout), so sealing also progresses under constant
-load. Audit rows are never updated by sealing: which seal covers a row follows from its id.
+load (new inserts then wait, with it, for the ones in flight). Audit rows are never updated by
+sealing: which seal covers a row follows from its id.
 """
 
 from __future__ import annotations
