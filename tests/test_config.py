@@ -276,6 +276,13 @@ def test_invalid_yaml() -> None:
         ("database:\n  dsn: mysql://db/air\n", "database.dsn"),
         ("api:\n  keys:\n    - {key: k, tenant_ids: []}\n", "api.keys[0].tenant_ids"),
         ("api:\n  keys:\n    - {key: k, tenant_ids: ['']}\n", "api.keys[0].tenant_ids[0]"),
+        ("audit:\n  seal_interval_seconds: 0\n", "audit.seal_interval_seconds"),
+        ("air:\n  console_url: air.example.com\n", "air.console_url"),
+        ("air:\n  console_url: ftp://air.example.com\n", "air.console_url"),
+        ("air:\n  console_url: 'https://'\n", "air.console_url"),
+        ("air:\n  console_url: https://air.example.com/?x=1\n", "air.console_url"),
+        ("air:\n  console_url: https://air.example.com/#/\n", "air.console_url"),
+        ("air:\n  console_url: https://air.example.com:99999\n", "air.console_url"),
     ],
 )
 def test_value_checks_name_the_key(text: str, key: str) -> None:
@@ -338,6 +345,15 @@ def test_empty_file_gives_the_documented_defaults() -> None:
     assert cfg.pagerduty.events_url == "https://events.pagerduty.com/v2/enqueue"
     assert cfg.logging.format == "json"
     assert cfg.logging.level == "info"
+    assert cfg.audit.seal_interval_seconds == 10
+    assert cfg.air.console_url is None
+
+
+def test_console_url_may_have_a_path_and_an_empty_one_means_none() -> None:
+    assert parse("air:\n  console_url: https://air.example.com/air/\n").air.console_url == (
+        "https://air.example.com/air/"
+    )
+    assert parse("air:\n  console_url: ''\n").air.console_url == ""
 
 
 def test_null_section_means_defaults() -> None:

@@ -1,5 +1,5 @@
-"""The ``air-relay`` command line: ``serve``, ``migrate`` and ``check-config``, their
-arguments, and their exit codes (0 done, 1 failed, 2 bad configuration)."""
+"""The ``air-relay`` command line: ``serve``, ``migrate``, ``check-config`` and ``audit
+verify``, their arguments, and their exit codes (0 done, 1 failed, 2 bad configuration)."""
 
 from __future__ import annotations
 
@@ -35,22 +35,43 @@ def _parser() -> argparse.ArgumentParser:
         ("check-config", "validate the config and print it with secrets redacted"),
     ):
         cmd = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
-        cmd.add_argument(
-            "--config",
-            default=os.environ.get("AIR_RELAY_CONFIG"),
-            metavar="PATH",
-            help="the YAML configuration file (default: $AIR_RELAY_CONFIG)",
-        )
+        _config_argument(cmd)
         if name == "migrate":
-            cmd.add_argument(
-                "--wait",
-                type=float,
-                default=DEFAULT_MIGRATE_WAIT_SECONDS,
-                metavar="SECONDS",
-                help="how long to wait for the database to accept connections "
-                f"(default: {DEFAULT_MIGRATE_WAIT_SECONDS:g})",
-            )
+            _wait_argument(cmd)
+    audit = sub.add_parser(
+        "audit", help="check the sealed audit log", description="Check the sealed audit log."
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="recompute every seal of the audit log",
+        description="Recompute every seal of the audit log still in the database, oldest "
+        "first. Exits 0 when all match, 1 naming the first seal that does not (a row "
+        "changed, deleted or inserted) or when the database cannot be read.",
+    )
+    _config_argument(verify)
+    _wait_argument(verify)
     return parser
+
+
+def _config_argument(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--config",
+        default=os.environ.get("AIR_RELAY_CONFIG"),
+        metavar="PATH",
+        help="the YAML configuration file (default: $AIR_RELAY_CONFIG)",
+    )
+
+
+def _wait_argument(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_MIGRATE_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="how long to wait for the database to accept connections "
+        f"(default: {DEFAULT_MIGRATE_WAIT_SECONDS:g})",
+    )
 
 
 async def _connect_error(dsn: str) -> str:
@@ -65,21 +86,26 @@ async def _connect_error(dsn: str) -> str:
     return "it accepts connections now"
 
 
-async def _migrate(cfg: Config, wait_seconds: float) -> int:
+def _db_failures() -> tuple[type[BaseException], ...]:
     import asyncpg
 
-    from air_relay.db.migrate import apply_migrations
-    from air_relay.db.pool import DB_UNAVAILABLE, DatabaseRefused, connect, wait_for_database
-    from air_relay.runtime import resolve_dsn
+    from air_relay.db.pool import DB_UNAVAILABLE, DatabaseRefused
 
-    log = structlog.get_logger("air_relay.cli")
-    failures: tuple[type[BaseException], ...] = (
+    return (
         *DB_UNAVAILABLE,
         asyncpg.PostgresError,
         DatabaseRefused,  # wrong credentials, no such database
         subprocess.SubprocessError,  # the embedded server would not start
         ValueError,  # a DSN asyncpg cannot parse (bad port, bad sslmode ...)
     )
+
+
+async def _migrate(cfg: Config, wait_seconds: float) -> int:
+    from air_relay.db.migrate import apply_migrations
+    from air_relay.db.pool import connect, wait_for_database
+    from air_relay.runtime import resolve_dsn
+
+    log = structlog.get_logger("air_relay.cli")
     embedded = None
     try:
         dsn, embedded = await resolve_dsn(cfg)
@@ -97,7 +123,7 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
             applied = await apply_migrations(conn)
         finally:
             await conn.close()
-    except failures as exc:
+    except _db_failures() as exc:
         log.error("migrate_failed", error=f"{type(exc).__name__}: {exc}")
         return EXIT_FAILURE
     finally:
@@ -105,6 +131,46 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
             await asyncio.to_thread(embedded.stop)
     log.info("migrations_done", applied=applied)
     return 0
+
+
+async def _audit_verify(cfg: Config, wait_seconds: float) -> int:
+    """``audit verify``: the report on stdout; 0 when every seal matches."""
+    from air_relay.db import repository as repo
+    from air_relay.db.migrate import current_version, latest_version
+    from air_relay.db.pool import connect, wait_for_database
+    from air_relay.delivery.sealing import describe, verify_chain
+    from air_relay.runtime import resolve_dsn
+
+    log = structlog.get_logger("air_relay.cli")
+    embedded = None
+    try:
+        dsn, embedded = await resolve_dsn(cfg)
+        try:
+            await asyncio.wait_for(wait_for_database(dsn), timeout=wait_seconds)
+        except TimeoutError:
+            reason = await _connect_error(dsn)
+            log.error(
+                "audit_verify_failed",
+                error=f"database not reachable within {wait_seconds:g} s ({reason})",
+            )
+            return EXIT_FAILURE
+        conn = await connect(dsn)
+        try:
+            if await current_version(conn) < latest_version():
+                log.error("audit_verify_failed", error="the database is not fully migrated")
+                return EXIT_FAILURE
+            async with repo.audit_snapshot(conn) as snapshot:
+                report = await verify_chain(snapshot)
+        finally:
+            await conn.close()
+    except _db_failures() as exc:
+        log.error("audit_verify_failed", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    print(describe(report))
+    return 0 if report.ok else EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(cfg.logging.format, cfg.logging.level)
     if args.command == "migrate":
         return asyncio.run(_migrate(cfg, args.wait))
+    if args.command == "audit":
+        return asyncio.run(_audit_verify(cfg, args.wait))
     from air_relay.runtime import loop_factory, serve
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -138,6 +138,18 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # How often the audit log's new rows are sealed into the hash chain.
+    seal_interval_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class AirConfig:
+    # AIR's console address: its console-relative links (``/#/...``) are made absolute with it.
+    console_url: str | None = None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     format: str = "json"
     level: str = "info"
@@ -154,6 +166,8 @@ class Config:
     slack: SlackConfig = field(default_factory=SlackConfig)
     pagerduty: PagerDutyConfig = field(default_factory=PagerDutyConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    air: AirConfig = field(default_factory=AirConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -292,6 +306,19 @@ def _http_url(key: str, value: str) -> None:
         raise ConfigError(key, "must be an http:// or https:// URL")
 
 
+def _console_url(key: str, value: str) -> None:
+    """An http(s) URL with a host, and nothing a link could be appended to badly."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(key, "is not a valid URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, "must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment or re.search(r"[\s\x00-\x1f\x7f]", value):
+        raise ConfigError(key, "must not have a query, a fragment, spaces or control characters")
+
+
 def _check_credentials(cfg: Config) -> None:
     tokens: dict[str, int] = {}
     for i, tok in enumerate(cfg.ingest.tokens):
@@ -380,6 +407,9 @@ def _check_values(cfg: Config) -> None:
     _positive("retention.days", cfg.retention.days)
     _positive("retention.interval_seconds", cfg.retention.interval_seconds)
     _positive("retention.batch_size", cfg.retention.batch_size)
+    _positive("audit.seal_interval_seconds", cfg.audit.seal_interval_seconds)
+    if cfg.air.console_url:
+        _console_url("air.console_url", cfg.air.console_url)
     if cfg.logging.format not in ("json", "console"):
         raise ConfigError("logging.format", "must be json or console")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -175,13 +175,42 @@ def event_summary(event_name: str, data: Mapping[str, Any]) -> str:
     return f"{title}: {subject}" if subject else title
 
 
-def event_links(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(label, url) for each AIR link in the data that is an http(s) URL."""
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def absolute_link(value: str, console_url: str | None) -> str | None:
+    """An AIR link as an absolute http(s) URL, or None when it cannot be one.
+
+    AIR writes its links relative to its console (``/#/task-details/12345``); with
+    ``console_url`` (``air.console_url``) such a link is appended to it, so a console behind
+    a path prefix keeps the prefix. A link with a scheme other than http(s), or one starting
+    with ``//`` (another host), never becomes a link.
+    """
+    if value.lower().startswith(("http://", "https://")):
+        return value
+    if not console_url or not value or _SCHEME.match(value) or value.startswith("//"):
+        return None
+    root = console_url.rstrip("/")
+    return root + value if value.startswith("/") else f"{root}/{value}"
+
+
+def link_values(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(data key, label, value as AIR wrote it) for each AIR link field in the data."""
+    return [
+        (key, label, data[key])
+        for key, label in LINK_FIELDS.items()
+        if isinstance(data.get(key), str) and data[key]
+    ]
+
+
+def event_links(data: Mapping[str, Any], console_url: str | None = None) -> list[tuple[str, str]]:
+    """(label, url) for each AIR link in the data that is, or with ``console_url`` becomes,
+    an absolute http(s) URL."""
     out: list[tuple[str, str]] = []
-    for key, label in LINK_FIELDS.items():
-        value = data.get(key)
-        if isinstance(value, str) and value.lower().startswith(("http://", "https://")):
-            out.append((label, value))
+    for _key, label, value in link_values(data):
+        url = absolute_link(value, console_url)
+        if url is not None:
+            out.append((label, url))
     return out
 
 

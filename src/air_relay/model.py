@@ -135,6 +135,42 @@ class AuditEntry:
     response_body: str | None
     duration_ms: int
     next_attempt_at: datetime | None
+    seal_id: int | None = None  # the seal covering this row; None until it is sealed
+
+
+@dataclass(frozen=True)
+class StoredAttempt:
+    """An audit row with every stored column, as the audit seals hash it."""
+
+    id: int
+    delivery_id: uuid.UUID
+    tenant_id: str
+    event_id: uuid.UUID
+    event_name: str
+    organization_id: JsonScalar
+    event_sink_id: uuid.UUID
+    event_sink_type: str
+    attempt: int
+    outcome: str
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+    duration_ms: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditSeal:
+    """One link of the audit log's hash chain: the rows with ids first_id..last_id."""
+
+    id: int  # its place in the chain: 1, 2, 3 ...
+    sealed_at: datetime
+    first_id: int
+    last_id: int
+    row_count: int
+    prev_hash: str  # the previous seal's hash (64 zeros for the first seal)
+    hash: str
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_database
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
+from air_relay.delivery.sealing import SealerTask
 from air_relay.http.app import make_app
 from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL
 from air_relay.metrics import Metrics
@@ -59,7 +60,7 @@ async def resolve_dsn(cfg: Config) -> tuple[str, EmbeddedPostgres | None]:
 
 def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Application:
     """The HTTP app with the database, client sessions and (unless ``run_dispatcher`` is
-    false) the dispatcher and retention attached to its lifecycle."""
+    false) the dispatcher, retention and the audit sealer attached to its lifecycle."""
     app = make_app(cfg)
     app[METRICS] = Metrics()
 
@@ -116,11 +117,18 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         yield
         await task.stop()
 
+    async def sealer(app: web.Application) -> AsyncIterator[None]:
+        task = SealerTask(app[POOL], cfg.audit)
+        task.start()
+        yield
+        await task.stop()
+
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(client_sessions)
     if run_dispatcher:
         app.cleanup_ctx.append(dispatcher)
         app.cleanup_ctx.append(retention)
+        app.cleanup_ctx.append(sealer)
     return app
 
 

@@ -144,3 +144,50 @@ def _now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
+    server_dsn: str,
+) -> None:
+    from air_relay.config import AuditConfig
+    from air_relay.delivery.sealing import SealerTask, verify_chain
+
+    async with scratch_database(server_dsn) as dsn:
+        conn = await connect(dsn)
+        try:
+            # The schema of migration 3, with a delivery and its attempts written under it.
+            await conn.execute(QUERIES["create_migrations_table"])
+            for m in available_migrations()[:3]:
+                await conn.execute(m.sql)
+                await conn.execute(QUERIES["record_migration"], m.version, m.name)
+            pool = await create_pool(dsn, 1, 2)
+            try:
+                await _seed(pool, 1)
+                (claimed,) = await repo.claim_deliveries(
+                    pool, sink_types=["Webhook"], limit=1, lease_seconds=60, worker="w"
+                )
+                records = [model.AttemptRecord(n, "failure", 503, "http_503", "", 1, None, _now())
+                           for n in (1, 2)]  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO delivery_attempts (delivery_id, tenant_id, event_id, event_name,"
+                    " organization_id, event_sink_id, event_sink_type, attempt, outcome,"
+                    " duration_ms) VALUES ($1, 't', $2, 'E', '1', $3, 'Webhook', 1, 'failure', 1)",
+                    claimed.id,
+                    claimed.event_id,
+                    claimed.event_sink_id,
+                )
+                assert await apply_migrations(conn) == [4]
+                await repo.complete_deliveries(
+                    pool, [model.Completion(claimed, "dead", None, "x", records)]
+                )
+                (seal,) = await SealerTask(pool, AuditConfig()).run_once()
+                assert (seal.first_id, seal.row_count) == (1, 3)
+                # Attempts no longer go with their delivery: only with their sealed batch.
+                await conn.execute("DELETE FROM deliveries")
+                assert await conn.fetchval("SELECT count(*) FROM delivery_attempts") == 3
+                async with repo.audit_snapshot(conn) as snapshot:
+                    assert (await verify_chain(snapshot)).ok
+            finally:
+                await pool.close()
+        finally:
+            await conn.close()

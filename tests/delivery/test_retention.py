@@ -108,20 +108,20 @@ async def test_old_finished_rows_are_purged_in_batches(
     assert await repo.purge_deliveries(pool, cutoff, 3) == 3
     with capture_logs() as logs:
         counts = await RetentionTask(pool, cfg, batch_pause=0).run_logged()
-    # 13 old finished deliveries (3 already gone), 12 + 1 events; 4 + 5 batches.
-    assert counts == PurgeCounts(deliveries=10, events=13, batches=9)
+    # 13 old finished deliveries (3 already gone), 12 + 1 events; 4 + 5 batches, and one
+    # statement that finds no sealed batch of the audit log to purge.
+    assert counts == PurgeCounts(deliveries=10, events=13, batches=10)
     (line,) = [e for e in logs if e["event"] == "retention_purged"]
-    assert (line["deliveries"], line["events"], line["batches"]) == (10, 13, 9)
+    assert (line["deliveries"], line["events"], line["batches"]) == (10, 13, 10)
     assert isinstance(line["duration_ms"], int)
 
     assert await ids(db, "deliveries") == {recent, pending, shared_pending}
     assert await ids(db, "events") == {recent_event, pending_event, shared_event, lonely_recent}
     assert lonely_old not in await ids(db, "events")
-    # Attempts went with their deliveries; the kept deliveries keep theirs.
-    rows = await db.fetch("SELECT delivery_id, count(*) AS n FROM delivery_attempts GROUP BY 1")
-    assert {r["delivery_id"]: r["n"] for r in rows} == {recent: 2, pending: 2, shared_pending: 2}
+    # The attempts are the audit log: they go by sealed batch only, and none is sealed here.
+    assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 2 * 16
     # A second run finds nothing.
-    assert await RetentionTask(pool, cfg).run_once() == PurgeCounts(0, 0, 2)
+    assert await RetentionTask(pool, cfg).run_once() == PurgeCounts(0, 0, 3)
 
 
 async def test_exactly_full_batches_and_the_days_setting(
@@ -132,8 +132,8 @@ async def test_exactly_full_batches_and_the_days_setting(
         await add_delivery(db, event_id, "delivered", NOW - timedelta(days=age))
     cfg = RetentionConfig(days=2, interval_seconds=3600, batch_size=3)
     counts = await RetentionTask(pool, cfg, batch_pause=0).run_once()
-    # Two full batches, then one that finds nothing, for each table.
-    assert counts == PurgeCounts(deliveries=6, events=6, batches=6)
+    # Two full batches, then one that finds nothing, for each table; no sealed batch.
+    assert counts == PurgeCounts(deliveries=6, events=6, batches=7)
     assert await db.fetchval("SELECT count(*) FROM deliveries") == 1
 
 
@@ -143,7 +143,10 @@ async def test_background_task_purges_beside_delivery(
     for _ in range(20):
         await add_delivery(db, await add_event(db, OLD), "delivered", OLD)
     with capture_logs() as logs:
-        relay = await make_relay(retention={"interval_seconds": 0.1, "batch_size": 4})
+        relay = await make_relay(
+            retention={"interval_seconds": 0.1, "batch_size": 4},
+            audit={"seal_interval_seconds": 3600},
+        )
         await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
         for _ in range(10):
             assert (
@@ -163,7 +166,8 @@ async def test_background_task_purges_beside_delivery(
 
         await wait_until(all_delivered)
         await asyncio.sleep(0.25)  # more runs: the new, recent rows stay
-    assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 10
+    # The old deliveries' 40 attempts stay with the 10 new ones: not sealed, never purged.
+    assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 50
     runs = [e for e in logs if e["event"] == "retention_purged"]
     assert len(runs) >= 2
     assert sum(e["deliveries"] for e in runs) == 20 and sum(e["events"] for e in runs) == 20

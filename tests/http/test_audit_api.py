@@ -42,6 +42,7 @@ ENTRY_KEYS = {
     "response_body",
     "duration_ms",
     "next_attempt_at",
+    "seal_id",  # an extension: null until the row is sealed
 }
 BASE_TIME = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"audit-signing-key-0123456789abcd").decode()
@@ -325,6 +326,7 @@ async def test_seeded_entry_renders_every_field(relay: Any, db: asyncpg.Connecti
         "response_body": None,
         "duration_ms": 10_000,
         "next_attempt_at": "2025-03-01T08:30:45.250000Z",
+        "seal_id": None,
     }
 
 

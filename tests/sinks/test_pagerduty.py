@@ -519,3 +519,30 @@ async def test_connection_refused_is_transient(
     assert rows[0]["status_code"] is None
     assert rows[0]["next_attempt_at"] is not None  # transient: another attempt followed
     assert await statuses(db) == [("dead", 9)]  # 3 claims x 3 attempts, then the schedule ends
+
+
+# --- AIR's console-relative links (air.console_url) -----------------------------------------
+
+
+def test_relative_links_need_the_console_url() -> None:
+    event = with_data("TaskProcessingFailedEvent", taskDetailsUrl="/#/task-details/12345")
+    without = json.loads(pd.render(claimed(event), KEY))
+    assert "links" not in without and "client_url" not in without
+    assert without["payload"]["custom_details"]["taskDetailsUrl"] == "/#/task-details/12345"
+    with_url = json.loads(pd.render(claimed(event), KEY, "https://air.example.com"))
+    url = "https://air.example.com/#/task-details/12345"
+    assert with_url["links"] == [{"href": url, "text": "Task details"}]
+    assert with_url["client_url"] == url
+    # custom_details stay the data AIR sent.
+    assert with_url["payload"]["custom_details"]["taskDetailsUrl"] == "/#/task-details/12345"
+
+
+async def test_console_url_makes_pagerduty_links_absolute(make_relay: Any, mimic: Mimic) -> None:
+    relay = await pd_relay(make_relay, mimic.url, air={"console_url": "https://air.example.com"})
+    await pd_sink(relay)
+    await post_event(
+        relay, with_data("CaseFileSavedEvent", reportURL="/#/reports/r-1", taskId="t-1")
+    )
+    (event,) = await mimic.wait_for(1)
+    assert event["links"] == [{"href": "https://air.example.com/#/reports/r-1", "text": "Report"}]
+    assert event["client_url"] == "https://air.example.com/#/reports/r-1"

@@ -763,3 +763,56 @@ def test_the_limit_checker_itself_catches_violations() -> None:
     assert limit_problems({"text": "t" * 4001, "blocks": good["blocks"]}) != []
     many = [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 2900}}] * 5
     assert limit_problems({"text": "t", "blocks": many}) != []
+
+
+# --- AIR's console-relative links (air.console_url) -----------------------------------------
+
+RELATIVE = "/#/task-details/12345"
+
+
+def _with_relative_link() -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(json.dumps(EXAMPLES["TaskProcessingCompletedEvent"]))
+    event["data"]["taskDetailsUrl"] = RELATIVE
+    return event
+
+
+async def test_relative_link_stays_text_without_console_url(
+    relay: Any, slack: SlackMimic, db: asyncpg.Connection
+) -> None:
+    await create_sink(relay, slack_args())
+    await post_event(relay, _with_relative_link())
+    (call,) = await slack.wait_for(1)
+    blocks = call.json()["blocks"]
+    assert buttons(blocks) == []
+    assert f"*Task details url*\n{RELATIVE}" in field_texts(blocks)
+
+
+async def test_relative_link_becomes_a_button_with_console_url(
+    make_relay: Any, slack: SlackMimic, db: asyncpg.Connection
+) -> None:
+    relay = await make_relay(
+        slack={"api_base_url": slack.base_url}, air={"console_url": "https://air.example.com/"}
+    )
+    await create_sink(relay, slack_args())
+    await post_event(relay, _with_relative_link())
+    (call,) = await slack.wait_for(1)
+    blocks = call.json()["blocks"]
+    (button,) = buttons(blocks)
+    assert button["url"] == "https://air.example.com/#/task-details/12345"
+    assert button["text"]["text"] == "Task details"
+    assert not any(RELATIVE in t for t in field_texts(blocks))  # shown once, as the button
+    await wait_final(db)
+    assert (await states(db))[0]["status"] == "delivered"
+
+
+def test_console_url_keeps_its_path_prefix_and_never_changes_host() -> None:
+    base = "https://air.example.com/air"
+    data = {"taskDetailsUrl": "/#/t/1", "reportURL": "reports/7"}
+    message = build_message("CaseFileSavedEvent", 1, data, console_url=base)
+    assert [b["url"] for b in buttons(message.blocks)] == [
+        "https://air.example.com/air/#/t/1",
+        "https://air.example.com/air/reports/7",
+    ]
+    # Another host, another scheme: never a button, with or without the console address.
+    odd = {"taskDetailsUrl": "//evil.example/x", "reportURL": "javascript:alert(1)"}
+    assert buttons(build_message("CaseFileSavedEvent", 1, odd, console_url=base).blocks) == []

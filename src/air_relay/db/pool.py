@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from air_relay.redaction import redact_dsn
+
 log = structlog.get_logger(__name__)
 
 # What a lost, unreachable or refusing database looks like to asyncpg callers: a database that
@@ -97,11 +99,12 @@ async def wait_for_database(dsn: str, *, max_delay: float = 10.0) -> None:
         except DB_REFUSED as exc:
             raise DatabaseRefused(f"{type(exc).__name__}: {exc}") from exc
         except DB_UNAVAILABLE as exc:
-            # The server's message names the cause; it never contains the password.
+            # The server's message names the cause; it never contains the password. A socket
+            # error may not name the address (uvloop's do not): the DSN, redacted, does.
             log.warning(
                 "database_unavailable",
                 error=type(exc).__name__,
-                detail=str(exc)[:200],
+                detail=f"{str(exc)[:200]} (connecting to {redact_dsn(dsn)})",
                 retry_in=delay,
             )
             await asyncio.sleep(delay)

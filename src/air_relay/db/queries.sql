@@ -114,10 +114,12 @@ WITH claim AS (
 )
 SELECT id, claim_token FROM updated;
 
--- name: set_local_async_commit
--- This transaction's commit does not wait for the WAL flush (completions only, see
--- repository.complete_deliveries).
-SET LOCAL synchronous_commit = off;
+-- name: begin_completions
+-- The first statement of a completions transaction: its commit does not wait for the WAL
+-- flush (see repository.complete_deliveries), and it holds the audit-write lock ($1) shared
+-- until the commit, taken before any attempt id is drawn: the sealer's horizon
+-- (audit_seal_horizon) relies on it.
+SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock_shared($1)::text;
 
 -- name: renew_leases
 -- Extend running claims ($1 ids, $2 their claim tokens) by $3 seconds; returns the ids of
@@ -206,11 +208,15 @@ RETURNING *;
 DELETE FROM event_sinks WHERE id = $1 RETURNING id, tenant_id;
 
 -- name: audit_log_page
--- Keyset pagination on id, newest first; a NULL parameter means "no filter".
+-- Keyset pagination on id, newest first; a NULL parameter means "no filter". seal_id is the
+-- seal whose id range holds the row (NULL until one does).
 SELECT id, created_at, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at
-FROM delivery_attempts
+       next_attempt_at,
+       (SELECT s.id FROM audit_seals s
+        WHERE s.last_id >= a.id AND s.first_id <= a.id
+        ORDER BY s.last_id LIMIT 1) AS seal_id
+FROM delivery_attempts a
 WHERE tenant_id = $1
   AND ($2::uuid IS NULL OR event_sink_id = $2)
   AND ($3::text IS NULL OR event_name = $3)
@@ -357,6 +363,101 @@ WITH doomed AS (
 DELETE FROM events e
 USING doomed
 WHERE e.id = doomed.id;
+
+-- name: purge_audit_seal
+-- Retention of the audit log: the oldest seal, if it was made before the cutoff ($1), goes
+-- with every row it covers, in one statement, so a batch is purged whole or not at all and
+-- unsealed rows never. The newest seal always stays: the chain goes on from its hash.
+-- FOR UPDATE (not SKIP LOCKED): a second instance waits, then finds the row gone and stops,
+-- rather than purging the next seal out of order.
+WITH doomed AS (
+    SELECT id, first_id, last_id
+    FROM audit_seals
+    WHERE sealed_at < $1
+      AND id < (SELECT max(id) FROM audit_seals)
+    ORDER BY id
+    LIMIT 1
+    FOR UPDATE
+), rows AS (
+    DELETE FROM delivery_attempts a
+    USING doomed
+    WHERE a.id BETWEEN doomed.first_id AND doomed.last_id
+    RETURNING 1
+), seal AS (
+    DELETE FROM audit_seals s
+    USING doomed
+    WHERE s.id = doomed.id
+    RETURNING s.id
+)
+SELECT (SELECT count(*) FROM seal) AS seals, (SELECT count(*) FROM rows) AS rows;
+
+-- name: audit_seal_horizon
+-- The sealer's horizon: every audit row with an id up to the answer has committed (or rolled
+-- back) for good. Attempt rows are inserted only under the audit-write lock in shared mode
+-- ($1; see begin_completions), held from before their ids are drawn until their commit; ids
+-- are drawn in increasing order. So once this lock is granted in exclusive mode, no
+-- transaction that drew an id up to the highest id visible here is still in flight, and
+-- no later one can draw an id that low. NULL when the lock is held right now (a delivery is
+-- recording its attempts): the sealer tries again shortly, so it never makes them wait.
+SELECT CASE WHEN pg_try_advisory_xact_lock($1)
+            THEN (SELECT coalesce(max(id), 0) FROM delivery_attempts) END AS horizon;
+
+-- name: audit_seal_horizon_wait
+-- The same horizon, waiting for the lock (at most the session's lock_timeout): the sealer
+-- falls back to this when the lock was busy at every try, so sealing always progresses.
+SELECT (SELECT coalesce(max(id), 0) FROM delivery_attempts) AS horizon
+FROM (SELECT pg_advisory_xact_lock($1)::text) AS locked;
+
+-- name: set_lock_timeout
+-- For the rest of the transaction: $1 such as '2s'.
+SELECT set_config('lock_timeout', $1, true);
+
+-- name: audit_sealer_lock
+-- One sealer at a time across instances, for the rest of the transaction: false when another
+-- is sealing now (this one skips its turn).
+SELECT pg_try_advisory_xact_lock($1);
+
+-- name: latest_audit_seal
+SELECT id, sealed_at, first_id, last_id, row_count, prev_hash, hash
+FROM audit_seals
+ORDER BY id DESC
+LIMIT 1;
+
+-- name: seal_clock
+SELECT clock_timestamp();
+
+-- name: audit_rows_to_seal
+-- Rows from $1 up to the horizon $2, in id order, at most $3 of them: one seal's batch.
+SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
+       event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+       next_attempt_at, created_at
+FROM delivery_attempts
+WHERE id >= $1 AND id <= $2
+ORDER BY id
+LIMIT $3;
+
+-- name: insert_audit_seal
+INSERT INTO audit_seals (id, sealed_at, first_id, last_id, row_count, prev_hash, hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: audit_seals_in_order
+-- Verification: every seal, oldest first.
+SELECT id, sealed_at, first_id, last_id, row_count, prev_hash, hash
+FROM audit_seals
+ORDER BY id;
+
+-- name: audit_rows_from
+-- Verification: every audit row from id $1 on, in id order (read through a cursor).
+SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
+       event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+       next_attempt_at, created_at
+FROM delivery_attempts
+WHERE id >= $1
+ORDER BY id;
+
+-- name: audit_rows_before
+-- Verification: rows below the oldest seal's range (retention leaves none).
+SELECT count(*) FROM delivery_attempts WHERE id < $1;
 
 -- name: migration_lock
 -- Held while migrations run, so several instances starting at once apply each migration once

@@ -5,20 +5,23 @@ Nothing above the database layer sees SQL or an ``asyncpg.Record``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from air_relay.db.notify import NOTIFY_CHANNEL
 from air_relay.db.queries import QUERIES
 from air_relay.model import (
     AuditEntry,
     AuditFilter,
+    AuditSeal,
     ClaimedDelivery,
     Completion,
     DeliveryEntry,
@@ -28,9 +31,16 @@ from air_relay.model import (
     RetryResult,
     Sink,
     SinkFields,
+    StoredAttempt,
 )
 
 R = TypeVar("R")
+
+# Advisory-lock keys (arbitrary, fixed; beside migrate.MIGRATION_LOCK_KEY). Attempt rows are
+# inserted holding AUDIT_WRITE_LOCK_KEY shared; the sealer takes it exclusively for a moment
+# to learn its horizon. AUDIT_SEALER_LOCK_KEY lets one instance seal at a time.
+AUDIT_WRITE_LOCK_KEY = 0x6169722D61756477  # "air-audw"
+AUDIT_SEALER_LOCK_KEY = 0x6169722D7365616C  # "air-seal"
 
 
 def _as(record_type: type[R], r: asyncpg.Record) -> R:
@@ -113,33 +123,40 @@ async def complete_deliveries(
     lost in a crash of PostgreSQL leaves its delivery claimed, so the lease lapses and it is
     sent again. At least once holds; ingest commits stay fully durable.
     """
-    attempts = [(i, a) for i, c in enumerate(completions, 1) for a in c.attempts]
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(QUERIES["set_local_async_commit"])
-        rows = await conn.fetch(
-            QUERIES["complete_deliveries"],
-            [c.delivery.id for c in completions],
-            [c.delivery.claim_token for c in completions],
-            [c.status for c in completions],
-            [c.next_attempt_at for c in completions],
-            [c.last_error for c in completions],
-            [len(c.attempts) for c in completions],
-            [c.delivery.tenant_id for c in completions],
-            [c.delivery.event_id for c in completions],
-            [c.delivery.event_name for c in completions],
-            [json.dumps(c.delivery.organization_id) for c in completions],
-            [c.delivery.event_sink_id for c in completions],
-            [c.delivery.sink_type for c in completions],
-            [i for i, _ in attempts],
-            [a.attempt for _, a in attempts],
-            [a.outcome for _, a in attempts],
-            [a.status_code for _, a in attempts],
-            [a.error for _, a in attempts],
-            [a.response_body for _, a in attempts],
-            [a.duration_ms for _, a in attempts],
-            [a.next_attempt_at for _, a in attempts],
-            [a.created_at for _, a in attempts],
-        )
+        return await write_completions(conn, completions)
+
+
+async def write_completions(
+    conn: asyncpg.Connection | PoolConnectionProxy, completions: Sequence[Completion]
+) -> set[tuple[uuid.UUID, uuid.UUID]]:
+    """``complete_deliveries``' statements, in the caller's transaction on ``conn``."""
+    attempts = [(i, a) for i, c in enumerate(completions, 1) for a in c.attempts]
+    await conn.execute(QUERIES["begin_completions"], AUDIT_WRITE_LOCK_KEY)
+    rows = await conn.fetch(
+        QUERIES["complete_deliveries"],
+        [c.delivery.id for c in completions],
+        [c.delivery.claim_token for c in completions],
+        [c.status for c in completions],
+        [c.next_attempt_at for c in completions],
+        [c.last_error for c in completions],
+        [len(c.attempts) for c in completions],
+        [c.delivery.tenant_id for c in completions],
+        [c.delivery.event_id for c in completions],
+        [c.delivery.event_name for c in completions],
+        [json.dumps(c.delivery.organization_id) for c in completions],
+        [c.delivery.event_sink_id for c in completions],
+        [c.delivery.sink_type for c in completions],
+        [i for i, _ in attempts],
+        [a.attempt for _, a in attempts],
+        [a.outcome for _, a in attempts],
+        [a.status_code for _, a in attempts],
+        [a.error for _, a in attempts],
+        [a.response_body for _, a in attempts],
+        [a.duration_ms for _, a in attempts],
+        [a.next_attempt_at for _, a in attempts],
+        [a.created_at for _, a in attempts],
+    )
     return {(r["id"], r["claim_token"]) for r in rows}
 
 
@@ -339,3 +356,103 @@ async def purge_deliveries(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> 
 async def purge_events(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
     """Delete one batch of events older than ``cutoff`` that have no deliveries left."""
     return _count(await pool.execute(QUERIES["purge_events"], cutoff, limit))
+
+
+async def purge_audit_seal(pool: asyncpg.Pool, cutoff: datetime) -> tuple[int, int]:
+    """Delete the oldest seal made before ``cutoff`` (never the newest) and every audit row it
+    covers; returns (seals, rows) deleted: (0, 0) when none is due."""
+    row = await pool.fetchrow(QUERIES["purge_audit_seal"], cutoff)
+    assert row is not None
+    return int(row["seals"]), int(row["rows"])
+
+
+# --- the audit seals ---------------------------------------------------------------------
+
+
+class SealerBusy(Exception):
+    """Another instance is sealing right now."""
+
+
+async def try_audit_horizon(pool: asyncpg.Pool) -> int | None:
+    """The sealer's horizon (every audit row up to it has committed), or None when a delivery
+    is recording attempts at this very moment (try again shortly)."""
+    horizon: int | None = await pool.fetchval(QUERIES["audit_seal_horizon"], AUDIT_WRITE_LOCK_KEY)
+    return horizon
+
+
+async def wait_audit_horizon(pool: asyncpg.Pool, lock_timeout_seconds: float) -> int:
+    """The horizon, waiting up to ``lock_timeout_seconds`` for the audit-write lock (raises
+    asyncpg's LockNotAvailableError after that)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(QUERIES["set_lock_timeout"], f"{round(lock_timeout_seconds * 1000)}ms")
+        horizon: int = await conn.fetchval(QUERIES["audit_seal_horizon_wait"], AUDIT_WRITE_LOCK_KEY)
+    return horizon
+
+
+async def latest_audit_seal(pool: asyncpg.Pool) -> AuditSeal | None:
+    row = await pool.fetchrow(QUERIES["latest_audit_seal"])
+    return _as(AuditSeal, row) if row else None
+
+
+SealBuilder = Callable[[AuditSeal | None, datetime, Sequence[StoredAttempt]], AuditSeal]
+
+
+async def seal_next_batch(
+    pool: asyncpg.Pool, *, horizon: int, max_rows: int, build: SealBuilder
+) -> AuditSeal | None:
+    """Seal the next batch of audit rows up to ``horizon`` (at most ``max_rows``) in one
+    transaction: ``build`` makes the seal from the previous one, the time and the rows.
+
+    None when nothing up to the horizon is left to seal; SealerBusy when another instance
+    holds the sealer lock.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(QUERIES["audit_sealer_lock"], AUDIT_SEALER_LOCK_KEY):
+            raise SealerBusy
+        latest = await conn.fetchrow(QUERIES["latest_audit_seal"])
+        previous = _as(AuditSeal, latest) if latest else None
+        first_id = previous.last_id + 1 if previous else 1
+        if first_id > horizon:
+            return None
+        rows = await conn.fetch(QUERIES["audit_rows_to_seal"], first_id, horizon, max_rows)
+        if not rows:
+            return None
+        sealed_at: datetime = await conn.fetchval(QUERIES["seal_clock"])
+        seal = build(previous, sealed_at, [_as(StoredAttempt, r) for r in rows])
+        await conn.execute(
+            QUERIES["insert_audit_seal"],
+            seal.id,
+            seal.sealed_at,
+            seal.first_id,
+            seal.last_id,
+            seal.row_count,
+            seal.prev_hash,
+            seal.hash,
+        )
+    return seal
+
+
+class AuditSnapshot:
+    """The seals and the audit rows as of one moment (a repeatable-read, read-only
+    transaction), read through cursors so a long log is never held in memory."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def seals(self) -> AsyncIterator[AuditSeal]:
+        async for r in self._conn.cursor(QUERIES["audit_seals_in_order"], prefetch=500):
+            yield _as(AuditSeal, r)
+
+    async def rows_from(self, first_id: int) -> AsyncIterator[StoredAttempt]:
+        async for r in self._conn.cursor(QUERIES["audit_rows_from"], first_id, prefetch=500):
+            yield _as(StoredAttempt, r)
+
+    async def rows_before(self, first_id: int) -> int:
+        count: int = await self._conn.fetchval(QUERIES["audit_rows_before"], first_id)
+        return count
+
+
+@contextlib.asynccontextmanager
+async def audit_snapshot(conn: asyncpg.Connection) -> AsyncIterator[AuditSnapshot]:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        yield AuditSnapshot(conn)

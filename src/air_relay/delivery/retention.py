@@ -1,10 +1,13 @@
-"""Retention: finished deliveries (delivered or dead), their attempts and then their events are
-purged ``retention.days`` after they finished, in small batches, by a background task.
+"""Retention: finished deliveries (delivered or dead) and then their events are purged
+``retention.days`` after they finished, and the audit log (the attempts) by whole sealed
+batches ``retention.days`` after they were sealed, in small batches, by a background task.
 
-Pending deliveries, and the events they need, are never purged. Each batch is one short
-statement that skips rows someone else holds (SKIP LOCKED), with a pause between batches, so
-the purge never blocks delivery and delivery traffic interleaves with it. A database error
-ends that run only: it is logged and the next interval tries again.
+Pending deliveries, and the events they need, are never purged; nor is an audit row that is
+not sealed yet, nor part of a sealed batch (``delivery/sealing.py``), nor the newest seal.
+Each batch is one short statement that skips rows someone else holds (SKIP LOCKED), with a
+pause between batches, so the purge never blocks delivery and delivery traffic interleaves
+with it (a sealed batch is one statement too, and waits for a second instance's). A database
+error ends that run only: it is logged and the next interval tries again.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class PurgeCounts:
     deliveries: int
     events: int
     batches: int  # statements run, so an operator sees the purge was split as configured
+    audit_seals: int = 0  # sealed batches of the audit log purged
+    audit_rows: int = 0  # the audit rows they covered
 
 
 class RetentionTask:
@@ -92,6 +97,8 @@ class RetentionTask:
             deliveries=counts.deliveries,
             events=counts.events,
             batches=counts.batches,
+            audit_seals=counts.audit_seals,
+            audit_rows=counts.audit_rows,
             duration_ms=round((time.monotonic() - started) * 1000),
             retention_days=self._cfg.days,
         )
@@ -102,7 +109,22 @@ class RetentionTask:
         # Deliveries first: an event goes only once none of its deliveries is left.
         deliveries, delivery_batches = await self._purge(repo.purge_deliveries, cutoff)
         events, event_batches = await self._purge(repo.purge_events, cutoff)
-        return PurgeCounts(deliveries, events, delivery_batches + event_batches)
+        seals, rows, seal_batches = await self._purge_seals(cutoff)
+        batches = delivery_batches + event_batches + seal_batches
+        return PurgeCounts(deliveries, events, batches, seals, rows)
+
+    async def _purge_seals(self, cutoff: datetime) -> tuple[int, int, int]:
+        """Sealed batches of the audit log, oldest first, one per statement (a batch goes
+        whole); returns (seals, rows, statements)."""
+        seals = rows = batches = 0
+        while True:
+            purged, purged_rows = await repo.purge_audit_seal(self._pool, cutoff)
+            batches += 1
+            if not purged:
+                return seals, rows, batches
+            seals += purged
+            rows += purged_rows
+            await asyncio.sleep(self._batch_pause)
 
     async def _purge(self, purge: Purge, cutoff: datetime) -> tuple[int, int]:
         """Batches until one comes back short; returns (rows deleted, batches run)."""

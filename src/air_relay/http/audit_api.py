@@ -1,4 +1,6 @@
-"""``GET /v1/audit_log``: every delivery attempt of a tenant, newest first, keyset-paginated."""
+"""``GET /v1/audit_log``: every delivery attempt of a tenant, newest first, keyset-paginated,
+each with the seal that covers it; ``GET /v1/audit_seal/latest``: the newest seal of the
+audit log's hash chain."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from air_relay.http.params import (
     uuid_param,
 )
 from air_relay.http.state import POOL
-from air_relay.model import FAILURE, SUCCESS, AuditEntry, AuditFilter
+from air_relay.model import FAILURE, SUCCESS, AuditEntry, AuditFilter, AuditSeal
 from air_relay.timestamps import rfc3339
 from air_relay.validation import InvalidArgument
 
@@ -76,6 +78,7 @@ def render_entry(e: AuditEntry) -> dict[str, Any]:
         "response_body": e.response_body,
         "duration_ms": e.duration_ms,
         "next_attempt_at": rfc3339(e.next_attempt_at),
+        "seal_id": e.seal_id,
     }
 
 
@@ -92,5 +95,26 @@ async def audit_log(request: web.Request) -> web.Response:
     )
 
 
+def render_seal(seal: AuditSeal) -> dict[str, Any]:
+    return {
+        "id": seal.id,
+        "sealed_at": rfc3339(seal.sealed_at),
+        "hash": seal.hash,
+        "prev_hash": seal.prev_hash,
+        "first_id": seal.first_id,
+        "last_id": seal.last_id,
+        "row_count": seal.row_count,
+    }
+
+
+async def latest_seal(request: web.Request) -> web.Response:
+    # Seals cover every tenant's rows at once, and say nothing about any row but its id:
+    # any valid API key may read the newest one.
+    api_key(request)
+    seal = await repo.latest_audit_seal(request.app[POOL])
+    return web.json_response({"data": {"audit_seal": render_seal(seal) if seal else None}})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/audit_log", audit_log)
+    app.router.add_get("/v1/audit_seal/latest", latest_seal)

@@ -24,6 +24,7 @@ from yarl import URL
 from air_relay.config import Config
 from air_relay.redaction import REDACTED, mask
 from air_relay.sinks.signing import SIGNING_PREFIX, decode_secret
+from air_relay.sinks.templates import parse_template
 from air_relay.validation import (
     InvalidArgument,
     check_text,
@@ -292,7 +293,8 @@ def _bearer_token(value: Any, field: str) -> str:
 
 
 def _webhook(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
-    reject_unknown(args, ("url", "secret", "bearer_token", "headers"), prefix, noun="argument")
+    known = ("url", "secret", "bearer_token", "headers", "template")
+    reject_unknown(args, known, prefix, noun="argument")
     out: dict[str, Any] = {"url": _url(required(args, "url", prefix), f"{prefix}.url")}
     if args.get("secret") is not None:
         out["secret"] = _secret(args["secret"], f"{prefix}.secret")
@@ -305,6 +307,10 @@ def _webhook(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
             )
     if args.get("headers") is not None:
         out["headers"] = _headers(args["headers"], f"{prefix}.headers", cfg)
+    if args.get("template") is not None:
+        out["template"] = parse_template(
+            args["template"], f"{prefix}.template", cfg.air.console_url or None
+        )
     return out
 
 

@@ -59,16 +59,19 @@ def summary_text(event_name: str, data: Mapping[str, Any], org: str) -> str:
     return prefix + clip(middle, SUMMARY_LIMIT - len(prefix) - len(suffix)) + suffix
 
 
-def _links(data: Mapping[str, Any]) -> list[dict[str, str]]:
+def _links(data: Mapping[str, Any], console_url: str | None) -> list[dict[str, str]]:
     return [
         {"href": url, "text": label}
-        for label, url in event_links(data)
+        for label, url in event_links(data, console_url)
         if len(url) <= LINK_HREF_LIMIT
     ]
 
 
-def build_event(delivery: ClaimedDelivery, routing_key: str) -> dict[str, Any]:
-    """The full Events API v2 body, before the size rule."""
+def build_event(
+    delivery: ClaimedDelivery, routing_key: str, console_url: str | None = None
+) -> dict[str, Any]:
+    """The full Events API v2 body, before the size rule. With ``console_url``, AIR's
+    console-relative links become ``links`` too."""
     data, readable = event_data(delivery.body)
     fields: Mapping[str, Any] = data if isinstance(data, dict) else {}
     org = str(delivery.organization_id)
@@ -97,7 +100,7 @@ def build_event(delivery: ClaimedDelivery, routing_key: str) -> dict[str, Any]:
         "payload": payload,
         "client": CLIENT,
     }
-    links = _links(fields)
+    links = _links(fields, console_url)
     if links:
         event["links"] = links
         event["client_url"] = links[0]["href"]
@@ -136,9 +139,9 @@ def fit(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def render(delivery: ClaimedDelivery, routing_key: str) -> bytes:
+def render(delivery: ClaimedDelivery, routing_key: str, console_url: str | None = None) -> bytes:
     """The exact request body for one delivery (a pure function of the delivery)."""
-    return fit(build_event(delivery, routing_key))
+    return fit(build_event(delivery, routing_key, console_url))
 
 
 def classify(answer: Answer) -> SendResult:
@@ -167,18 +170,24 @@ def classify(answer: Answer) -> SendResult:
 
 class PagerDutySender:
     def __init__(
-        self, session: aiohttp.ClientSession, cfg: PagerDutyConfig, timeout_seconds: float
+        self,
+        session: aiohttp.ClientSession,
+        cfg: PagerDutyConfig,
+        timeout_seconds: float,
+        *,
+        console_url: str | None = None,
     ) -> None:
         self._session = session
         self._cfg = cfg
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._console_url = console_url
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         key = str((delivery.sink_args or {}).get("integration_key") or "")
         return await post(
             self._session,
             self._cfg.events_url,
-            body=render(delivery, key),
+            body=render(delivery, key, self._console_url),
             headers={"Content-Type": "application/json", "User-Agent": f"air-relay/{__version__}"},
             timeout=self._timeout,
             # PagerDuty may quote the routing_key back in an error message.

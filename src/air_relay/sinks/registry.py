@@ -41,7 +41,12 @@ class SinkType:
 SINK_TYPES: dict[str, SinkType] = {
     "Slack": SinkType(
         args.SLACK,
-        lambda cfg, clients: SlackSender(clients.operator, cfg.slack, cfg.delivery.timeout_seconds),
+        lambda cfg, clients: SlackSender(
+            clients.operator,
+            cfg.slack,
+            cfg.delivery.timeout_seconds,
+            console_url=cfg.air.console_url or None,
+        ),
     ),
     "Webhook": SinkType(
         args.WEBHOOK,
@@ -49,12 +54,16 @@ SINK_TYPES: dict[str, SinkType] = {
             clients.webhook,
             cfg.delivery.timeout_seconds,
             allow_private_destinations=cfg.delivery.allow_private_destinations,
+            console_url=cfg.air.console_url or None,
         ),
     ),
     "PagerDuty": SinkType(
         args.PAGERDUTY,
         lambda cfg, clients: PagerDutySender(
-            clients.operator, cfg.pagerduty, cfg.delivery.timeout_seconds
+            clients.operator,
+            cfg.pagerduty,
+            cfg.delivery.timeout_seconds,
+            console_url=cfg.air.console_url or None,
         ),
     ),
 }

@@ -201,10 +201,16 @@ def classify(answer: Answer) -> SendResult:
 
 class SlackSender:
     def __init__(
-        self, session: aiohttp.ClientSession, cfg: SlackConfig, timeout_seconds: float
+        self,
+        session: aiohttp.ClientSession,
+        cfg: SlackConfig,
+        timeout_seconds: float,
+        *,
+        console_url: str | None = None,
     ) -> None:
         self._session = session
         self._cfg = cfg
+        self._console_url = console_url
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._url = cfg.api_base_url.rstrip("/") + "/chat.postMessage"
         self._pacer = ChannelPacer(cfg.min_interval_seconds)
@@ -250,7 +256,11 @@ class SlackSender:
             return key
         token, channel = key
         message = message_for_body(
-            delivery.event_name, delivery.organization_id, delivery.body, delivery.received_at
+            delivery.event_name,
+            delivery.organization_id,
+            delivery.body,
+            delivery.received_at,
+            self._console_url,
         )
         body = request_body(channel, message)
         await self._pacer.wait_turn(key, self._promised.pop(delivery.id, None))

@@ -18,13 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from air_relay.events import (
-    LINK_FIELDS,
+    absolute_link,
     event_data,
-    event_links,
     event_summary,
     event_title,
     humanize,
     is_sensitive,
+    link_values,
     masked,
     scalar_text,
 )
@@ -186,12 +186,19 @@ def _usable_url(url: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
-def _links(data: Mapping[str, Any]) -> tuple[list[tuple[str, str]], set[str]]:
-    """The (label, url) buttons and the data keys they stand for."""
-    links = [(label, url) for label, url in event_links(data) if _usable_url(url)]
-    urls = {url for _, url in links}
-    keys = {k for k in LINK_FIELDS if isinstance(data.get(k), str) and data[k] in urls}
-    return links[:BUTTONS_PER_ACTIONS], keys
+def _links(
+    data: Mapping[str, Any], console_url: str | None
+) -> tuple[list[tuple[str, str]], set[str]]:
+    """The (label, url) buttons and the data keys they stand for. A link that cannot be a
+    button (relative without ``air.console_url``, too long ...) stays a text field."""
+    links: list[tuple[str, str]] = []
+    keys: set[str] = set()
+    for key, label, value in link_values(data):
+        url = absolute_link(value, console_url)
+        if url is not None and _usable_url(url) and len(links) < BUTTONS_PER_ACTIONS:
+            links.append((label, url))
+            keys.add(key)
+    return links, keys
 
 
 def _actions(links: list[tuple[str, str]]) -> dict[str, Any]:
@@ -265,8 +272,10 @@ def build_message(
     organization_id: Any,
     data: Any,
     received_at: datetime | None = None,
+    console_url: str | None = None,
 ) -> SlackMessage:
-    """The Slack message for one event; ``data`` may be anything (a non-object is one field)."""
+    """The Slack message for one event; ``data`` may be anything (a non-object is one field).
+    With ``console_url``, AIR's console-relative links become buttons too."""
     name = str(event_name)[:CONTEXT_PART_LIMIT] or "AIR event"
     fields: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
     if not isinstance(data, Mapping) and data is not None:
@@ -280,7 +289,7 @@ def build_message(
         {"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}},
         {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn(summary, SUMMARY_LIMIT)}},
     ]
-    links, link_keys = _links(fields)
+    links, link_keys = _links(fields, console_url)
     tail: list[dict[str, Any]] = [_actions(links)] if links else []
     tail.append(_context(_footer(name, organization_id, received_at)))
 
@@ -299,8 +308,12 @@ def build_message(
 
 
 def message_for_body(
-    event_name: str, organization_id: Any, body: bytes, received_at: datetime | None = None
+    event_name: str,
+    organization_id: Any,
+    body: bytes,
+    received_at: datetime | None = None,
+    console_url: str | None = None,
 ) -> SlackMessage:
     """The message for the exact bytes AIR sent (``data`` taken from the envelope)."""
     data, _ = event_data(body)
-    return build_message(event_name, organization_id, data, received_at)
+    return build_message(event_name, organization_id, data, received_at, console_url)

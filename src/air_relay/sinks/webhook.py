@@ -1,5 +1,6 @@
-"""The Webhook sender: POST the AIR envelope unchanged, with Standard Webhooks headers, an
-optional bearer token and the sink's extra headers, through the egress-guarded session."""
+"""The Webhook sender: POST the AIR envelope unchanged (or, with a ``template``, the JSON it
+renders), with Standard Webhooks headers signing the bytes sent, an optional bearer token and
+the sink's extra headers, through the egress-guarded session."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from air_relay import __version__
 from air_relay.model import ClaimedDelivery
 from air_relay.redaction import basic_credentials
 from air_relay.sinks.args import secret_header
-from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, post
+from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, audit_text, post
 from air_relay.sinks.egress_guard import DestinationRefused, check_literal
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
+from air_relay.sinks.templates import RenderFailed, delivery_context, render
 
 
 def credentials(args: dict[str, Any]) -> list[str]:
@@ -42,14 +44,19 @@ class WebhookSender:
         timeout_seconds: float,
         *,
         allow_private_destinations: bool = False,
+        console_url: str | None = None,
     ) -> None:
         # Names are checked by the session's GuardedResolver; hosts written as IP addresses
         # never reach a resolver, so they are checked here.
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._allow_private = allow_private_destinations
+        self._console_url = console_url
 
-    def build_headers(self, delivery: ClaimedDelivery, now: int | None = None) -> dict[str, str]:
+    def build_headers(
+        self, delivery: ClaimedDelivery, now: int | None = None, body: bytes | None = None
+    ) -> dict[str, str]:
+        """The headers for sending ``body`` (default: the envelope as AIR sent it)."""
         args = delivery.sink_args or {}
         timestamp = int(time.time()) if now is None else now
         # Same id on every retry of this delivery: receivers dedupe on it.
@@ -64,7 +71,8 @@ class WebhookSender:
             }
         )
         if args.get("secret"):
-            headers["webhook-signature"] = sign(args["secret"], msg_id, timestamp, delivery.body)
+            sent = delivery.body if body is None else body
+            headers["webhook-signature"] = sign(args["secret"], msg_id, timestamp, sent)
         if args.get("bearer_token"):
             headers["Authorization"] = f"Bearer {args['bearer_token']}"
         return headers
@@ -76,11 +84,28 @@ class WebhookSender:
                 check_literal(args["url"])
             except DestinationRefused:
                 return DESTINATION_NOT_ALLOWED
+        secrets = credentials(args)
+        body = delivery.body
+        if args.get("template") is not None:
+            context = delivery_context(
+                delivery.body, str(delivery.event_id), delivery.received_at, self._console_url
+            )
+            try:
+                body = render(args["template"], context)
+            except RenderFailed as exc:
+                # The same event renders the same way next time: permanent, said in the row.
+                return SendResult(
+                    ok=False,
+                    error="template_error",
+                    reason="other",
+                    transient=False,
+                    response_body=audit_text(str(exc), secrets),
+                )
         return await post(
             self._session,
             args["url"],
-            body=delivery.body,
-            headers=self.build_headers(delivery),
+            body=body,
+            headers=self.build_headers(delivery, body=body),
             timeout=self._timeout,
-            secrets=credentials(args),
+            secrets=secrets,
         )
