@@ -79,6 +79,10 @@ ORDER BY c.created_at;
 -- claim by position (1-based). The attempts are written even if the lease was lost (they
 -- happened); a state only with its claim token. Returns the claims whose state was kept. (A
 -- data-modifying CTE runs to completion whether or not the final SELECT reads it.)
+-- $22 is the audit-write lock, taken shared by a one-time filter of the INSERT (so before any
+-- attempt id is drawn) and held to the commit: the sealer's horizon (audit_seal_horizon)
+-- relies on it. The same filter turns synchronous_commit off for this transaction: its
+-- commit does not wait for the WAL flush (see repository.complete_deliveries).
 WITH claim AS (
     SELECT *
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
@@ -111,15 +115,10 @@ WITH claim AS (
          AS a(claim_no, attempt, outcome, status_code, error, response_body, duration_ms,
               next_attempt_at, created_at)
     JOIN claim c USING (claim_no)
+    WHERE (SELECT pg_advisory_xact_lock_shared($22)::text
+                  || set_config('synchronous_commit', 'off', true)) IS NOT NULL
 )
 SELECT id, claim_token FROM updated;
-
--- name: begin_completions
--- The first statement of a completions transaction: its commit does not wait for the WAL
--- flush (see repository.complete_deliveries), and it holds the audit-write lock ($1) shared
--- until the commit, taken before any attempt id is drawn: the sealer's horizon
--- (audit_seal_horizon) relies on it.
-SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock_shared($1)::text;
 
 -- name: renew_leases
 -- Extend running claims ($1 ids, $2 their claim tokens) by $3 seconds; returns the ids of
@@ -394,7 +393,7 @@ SELECT (SELECT count(*) FROM seal) AS seals, (SELECT count(*) FROM rows) AS rows
 -- name: audit_seal_horizon
 -- The sealer's horizon: every audit row with an id up to the answer has committed (or rolled
 -- back) for good. Attempt rows are inserted only under the audit-write lock in shared mode
--- ($1; see begin_completions), held from before their ids are drawn until their commit; ids
+-- ($1; see complete_deliveries), held from before their ids are drawn until their commit; ids
 -- are drawn in increasing order. So once this lock is granted in exclusive mode, no
 -- transaction that drew an id up to the highest id visible here is still in flight, and
 -- no later one can draw an id that low. NULL when the lock is held right now (a delivery is

@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import TypeVar
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from air_relay.db.notify import NOTIFY_CHANNEL
 from air_relay.db.queries import QUERIES
@@ -123,16 +122,14 @@ async def complete_deliveries(
     lost in a crash of PostgreSQL leaves its delivery claimed, so the lease lapses and it is
     sent again. At least once holds; ingest commits stay fully durable.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        return await write_completions(conn, completions)
+    return await write_completions(pool, completions)
 
 
 async def write_completions(
-    conn: asyncpg.Connection | PoolConnectionProxy, completions: Sequence[Completion]
+    conn: asyncpg.Pool | asyncpg.Connection, completions: Sequence[Completion]
 ) -> set[tuple[uuid.UUID, uuid.UUID]]:
-    """``complete_deliveries``' statements, in the caller's transaction on ``conn``."""
+    """``complete_deliveries`` on a pool, or on a connection (in the caller's transaction)."""
     attempts = [(i, a) for i, c in enumerate(completions, 1) for a in c.attempts]
-    await conn.execute(QUERIES["begin_completions"], AUDIT_WRITE_LOCK_KEY)
     rows = await conn.fetch(
         QUERIES["complete_deliveries"],
         [c.delivery.id for c in completions],
@@ -156,6 +153,7 @@ async def write_completions(
         [a.duration_ms for _, a in attempts],
         [a.next_attempt_at for _, a in attempts],
         [a.created_at for _, a in attempts],
+        AUDIT_WRITE_LOCK_KEY,
     )
     return {(r["id"], r["claim_token"]) for r in rows}
 
