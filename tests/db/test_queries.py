@@ -18,13 +18,13 @@ from tests.support import scratch_database
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:
     # With sequential scans priced out, the planner must still be able to answer the claim
-    # from deliveries_claimable_idx: proof that the query's predicate matches the index's.
+    # from deliveries_sink_due_idx: proof that the query's predicates match the index's.
     await db.execute("SET enable_seqscan = off")
     plan = await db.fetch(
-        "EXPLAIN " + QUERIES["claim_deliveries"], ["Webhook"], 10, 30.0, "w", [uuid.uuid4()]
+        "EXPLAIN " + QUERIES["claim_deliveries"], ["Webhook"], 10, 30.0, "w", [uuid.uuid4()], 8, [1]
     )
     text = "\n".join(r[0] for r in plan)
-    assert "deliveries_claimable_idx" in text
+    assert "deliveries_sink_due_idx" in text
     assert "Seq Scan on deliveries" not in text
 
 
@@ -176,7 +176,7 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                     claimed.event_id,
                     claimed.event_sink_id,
                 )
-                assert await apply_migrations(conn) == [4]
+                assert await apply_migrations(conn) == [4, 5]
                 await repo.complete_deliveries(
                     pool, [model.Completion(claimed, "dead", None, "x", records)]
                 )

@@ -37,21 +37,43 @@ SELECT c.id, c.n,
 FROM counted c;
 
 -- name: claim_deliveries
--- Claim due deliveries: the lease end goes into next_attempt_at, so an expired lease is just
--- a due row again. The claim commits before any HTTP is sent.
-WITH due AS (
-    SELECT id
-    FROM deliveries
-    WHERE status = 'pending'
-      AND next_attempt_at <= now()
-      AND sink_type = ANY ($1::text[])
-      -- Sinks that already hold their share of this process's workers (a sink that is down
-      -- or slow must not take every worker while other sinks' deliveries wait).
-      AND event_sink_id <> ALL ($5::uuid[])
-    -- created_at breaks ties: a backlog made due at once drains in order of arrival.
-    ORDER BY next_attempt_at, created_at
+-- Claim due deliveries, sink by sink: each sink with pending deliveries (found by a skip
+-- scan of deliveries_sink_due_idx, one probe per sink, deleted sinks included) offers its
+-- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
+-- their running claims). The oldest $2 of those offers are claimed. The lease end goes into
+-- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
+-- HTTP is sent.
+WITH RECURSIVE sink AS (
+    (SELECT event_sink_id AS id FROM deliveries WHERE status = 'pending'
+     ORDER BY event_sink_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT event_sink_id FROM deliveries
+            WHERE status = 'pending' AND event_sink_id > sink.id
+            ORDER BY event_sink_id LIMIT 1)
+    FROM sink
+    WHERE sink.id IS NOT NULL
+), room AS (
+    SELECT sink.id, greatest(0, $6 - coalesce(r.running, 0)) AS room
+    FROM sink
+    LEFT JOIN unnest($5::uuid[], $7::int[]) AS r(sink_id, running) ON r.sink_id = sink.id
+    WHERE sink.id IS NOT NULL
+), due AS (
+    SELECT offer.id
+    FROM room
+    CROSS JOIN LATERAL (
+        SELECT d.id, d.next_attempt_at, d.created_at
+        FROM deliveries d
+        WHERE d.event_sink_id = room.id
+          AND d.status = 'pending'
+          AND d.next_attempt_at <= now()
+          AND d.sink_type = ANY ($1::text[])
+        -- created_at breaks ties: a backlog made due at once drains in order of arrival.
+        ORDER BY d.next_attempt_at, d.created_at
+        LIMIT room.room
+        FOR UPDATE SKIP LOCKED
+    ) AS offer
+    ORDER BY offer.next_attempt_at, offer.created_at
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE deliveries d
     SET claims = d.claims + 1,

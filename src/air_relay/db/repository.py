@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -81,15 +81,21 @@ async def claim_deliveries(
     limit: int,
     lease_seconds: float,
     worker: str,
-    skip_sinks: Sequence[uuid.UUID] = (),
+    per_sink: int | None = None,
+    running: Mapping[uuid.UUID, int] | None = None,
 ) -> list[ClaimedDelivery]:
+    """Claim up to ``limit`` due deliveries, oldest first, at most ``per_sink`` (default
+    ``limit``) per sink less what ``running`` says the sink already runs."""
+    running = running or {}
     rows = await pool.fetch(
         QUERIES["claim_deliveries"],
         list(sink_types),
         limit,
         lease_seconds,
         worker,
-        list(skip_sinks),
+        list(running),
+        limit if per_sink is None else per_sink,
+        list(running.values()),
     )
     return [
         ClaimedDelivery(

@@ -141,9 +141,10 @@ class ClaimRunner:
         # Completions of concurrent claims share one statement and one commit.
         self._completions = CompletionBatcher(pool)
         self._paced: dict[type, bool] = {}
-        # Per sink, when this process last woke its backlog and last saw it fail.
+        # Per sink, when this process last woke its backlog, saw it fail, saw it succeed.
         self._woken_at: dict[uuid.UUID, float] = {}
         self._failed_at: dict[uuid.UUID, float] = {}
+        self._ok_at: dict[uuid.UUID, float] = {}
 
     async def run(self, sender: Sender, delivery: ClaimedDelivery) -> None:
         if await self._deferred(sender, delivery):
@@ -198,7 +199,9 @@ class ClaimRunner:
     async def _conclude(self, claim: Claim, result: SendResult) -> None:
         delivery = claim.delivery
         outcome = verdict(result, delivery.claims, self._cfg.retry, datetime.now(UTC))
-        if not result.ok:
+        if result.ok:
+            self._ok_at[delivery.event_sink_id] = time.monotonic()
+        else:
             claim.note_failure(outcome.next_attempt_at)
             self._failed_at[delivery.event_sink_id] = time.monotonic()
         await self._complete(claim, outcome, result)
@@ -225,6 +228,10 @@ class ClaimRunner:
                 next_attempt_at=rfc3339(outcome.next_attempt_at),
                 error=last.error,
             )
+
+    def failing_sinks(self) -> set[uuid.UUID]:
+        """Sinks whose last claim here ended in failure."""
+        return {s for s, at in self._failed_at.items() if at > self._ok_at.get(s, 0.0)}
 
     def _wake_due(self, sink_id: uuid.UUID) -> bool:
         """Whether a success after failures should wake the sink's backlog: once per

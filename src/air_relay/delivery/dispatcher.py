@@ -147,22 +147,31 @@ class Dispatcher:
                     log.warning("lease_lost", delivery_id=str(delivery.id))
 
     async def _claim(self, want: int) -> list[ClaimedDelivery]:
-        """Claim up to ``want`` due deliveries, fairly: sinks holding their share of the
-        workers are passed over first; only if that leaves workers idle do they get more."""
-        full = [sink for sink, n in self._per_sink.items() if n >= self._sink_share]
-        claimed = await self._claim_skipping(want, full)
-        if full and len(claimed) < want:
-            claimed += await self._claim_skipping(want - len(claimed), [])
+        """Claim up to ``want`` due deliveries, fairly: each sink gets at most its share of
+        the workers (less what it runs already), however many of its deliveries are due. Only
+        if that leaves workers idle do sinks get more, and then only sinks that are not
+        failing: more parallel sends to a sink that is down only hold workers longer."""
+        claimed = await self._claim_up_to(want, self._sink_share, self._per_sink)
+        if len(claimed) < want:
+            held = self._per_sink + Counter(d.event_sink_id for d in claimed)
+            if any(n >= self._sink_share for n in held.values()):
+                # Some sink was held to its share and may have more due.
+                rest = want - len(claimed)
+                barred = {sink: rest for sink in self._runner.failing_sinks()}
+                claimed += await self._claim_up_to(rest, rest, barred)
         return claimed
 
-    async def _claim_skipping(self, want: int, skip: list[uuid.UUID]) -> list[ClaimedDelivery]:
+    async def _claim_up_to(
+        self, want: int, per_sink: int, running: Mapping[uuid.UUID, int]
+    ) -> list[ClaimedDelivery]:
         return await repo.claim_deliveries(
             self._pool,
             sink_types=list(self._senders),
             limit=want,
             lease_seconds=self._cfg.lease_seconds,
             worker=self.worker,
-            skip_sinks=skip,
+            per_sink=per_sink,
+            running=running,
         )
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:
