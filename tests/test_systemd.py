@@ -257,6 +257,10 @@ async def test_serve_notifies_ready_pings_watchdog_and_stops_on_sigterm(
     assert '"event": "server_ready"' in log
     assert f'"address": "http://127.0.0.1:{port}"' in log
     assert '"event": "shutdown_complete"' in log
+    # The test's ingest token is short: serve says so (without the token) and serves anyway.
+    assert '"event": "weak_credential"' in log
+    assert "ingest.tokens[0].token is shorter than 32 characters" in log
+    assert INGEST_TOKEN not in log
 
 
 # --- the unit file ---------------------------------------------------------------------------
@@ -280,6 +284,8 @@ def test_unit_is_a_sandboxed_notify_service() -> None:
     assert svc["StateDirectory"] == "air-relay"
     assert svc["ReadWritePaths"] == "/var/lib/air-relay"
     assert svc["Restart"] == "on-failure"
+    # A bad configuration exits 2: restarting it every RestartSec would only loop.
+    assert svc["RestartPreventExitStatus"] == "2"
     assert svc["KillSignal"] == "SIGTERM"
     assert svc["CapabilityBoundingSet"] == ""
     assert svc["ProtectSystem"] == "strict"

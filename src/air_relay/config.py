@@ -379,6 +379,41 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("logging.level", "must be debug, info, warning, error or critical")
 
 
+# The values the documentation hands out for trying air-relay (README.md's Quickstart) and the
+# placeholders of systemd/air-relay.env.example: public, so a relay still using one is open.
+EXAMPLE_CREDENTIALS = frozenset(
+    {
+        "dev-ingest-token",
+        "dev-api-key",
+        "replace-with-a-long-random-ingest-token",
+        "replace-with-a-long-random-api-key",
+    }
+)
+_PLACEHOLDER = re.compile(r"replace[-_ ]?with|change[-_ ]?me|placeholder", re.IGNORECASE)
+# 32 characters of secrets.token_urlsafe are about 190 bits; shorter ones are likely typed by
+# hand.
+MIN_CREDENTIAL_LENGTH = 32
+
+
+def credential_warnings(cfg: Config) -> list[str]:
+    """Why an ingest token or API key looks weak, one message per credential, naming its key.
+
+    A valid configuration, so nothing refuses to start: check-config prints these, serve logs
+    them. The value itself is never part of a message.
+    """
+    found = [(f"ingest.tokens[{i}].token", t.token) for i, t in enumerate(cfg.ingest.tokens)]
+    found += [(f"api.keys[{i}].key", k.key) for i, k in enumerate(cfg.api.keys)]
+    warnings = []
+    for key, value in found:
+        if value in EXAMPLE_CREDENTIALS or _PLACEHOLDER.search(value):
+            warnings.append(f"{key} still holds an example placeholder from the documentation")
+        elif len(value) < MIN_CREDENTIAL_LENGTH:
+            warnings.append(
+                f"{key} is shorter than {MIN_CREDENTIAL_LENGTH} characters ({len(value)})"
+            )
+    return warnings
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
 

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from air_relay import __version__, systemd
-from air_relay.config import Config
+from air_relay.config import Config, credential_warnings
 from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
@@ -129,6 +129,8 @@ async def serve(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    for warning in credential_warnings(cfg):
+        log.warning("weak_credential", warning=warning)
     dsn, embedded = await resolve_dsn(cfg)
     runner = web.AppRunner(build_app(cfg, dsn), access_log=None, shutdown_timeout=5)
     watchdog: asyncio.Task[None] | None = None
