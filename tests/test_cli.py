@@ -100,7 +100,16 @@ def test_check_config_prints_the_effective_config_without_secrets() -> None:
     assert printed["database"]["dsn"] == "postgresql://relay:***@db.internal:5432/air"
     assert printed["state_dir"] == "/srv/ar"
     # Effective config: defaults and example values are all there, fully spelled out.
-    assert printed["server"] == {"host": "127.0.0.1", "port": 8080, "max_body_bytes": 1048576}
+    assert printed["server"] == {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "max_body_bytes": 1048576,
+        "header_timeout_seconds": 10.0,
+        "body_timeout_seconds": 10.0,
+        "body_min_bytes_per_second": 1024,
+        "keepalive_timeout_seconds": 75.0,
+        "max_connections": 2048,
+    }
     assert printed["delivery"]["retry"]["schedule_seconds"][-1] == 43200
 
 

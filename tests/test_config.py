@@ -248,6 +248,11 @@ def test_invalid_yaml() -> None:
         ("server:\n  port: 65536\n", "server.port"),
         ("server:\n  max_body_bytes: 0\n", "server.max_body_bytes"),
         ("server:\n  host: ''\n", "server.host"),
+        ("server:\n  header_timeout_seconds: 0\n", "server.header_timeout_seconds"),
+        ("server:\n  body_timeout_seconds: 0\n", "server.body_timeout_seconds"),
+        ("server:\n  body_min_bytes_per_second: 0\n", "server.body_min_bytes_per_second"),
+        ("server:\n  keepalive_timeout_seconds: -1\n", "server.keepalive_timeout_seconds"),
+        ("server:\n  max_connections: 0\n", "server.max_connections"),
         ("ingest:\n  path: v1/air/events\n", "ingest.path"),
         ("delivery:\n  concurrency: 0\n", "delivery.concurrency"),
         ("delivery:\n  timeout_seconds: -1\n", "delivery.timeout_seconds"),
@@ -321,6 +326,11 @@ def test_empty_file_gives_the_documented_defaults() -> None:
     assert cfg.server.host == "127.0.0.1"
     assert cfg.server.port == 8080
     assert cfg.server.max_body_bytes == 1_048_576
+    assert cfg.server.header_timeout_seconds == 10
+    assert cfg.server.body_timeout_seconds == 10
+    assert cfg.server.body_min_bytes_per_second == 1024
+    assert cfg.server.keepalive_timeout_seconds == 75
+    assert cfg.server.max_connections == 2048
     assert cfg.database.dsn is None
     assert cfg.state_dir == "./var"
     assert cfg.ingest.path == "/v1/air/events"

@@ -39,6 +39,16 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
+    # Slow clients (http/listener.py): the request headers must be complete this long after
+    # the connection opened (or the next request's first byte arrived) ...
+    header_timeout_seconds: float = 10.0
+    # ... and a body may take body_timeout_seconds plus 1 s per body_min_bytes_per_second.
+    body_timeout_seconds: float = 10.0
+    body_min_bytes_per_second: int = 1024
+    # An idle kept-alive connection is closed after this long.
+    keepalive_timeout_seconds: float = 75.0
+    # Connections over this many are closed as soon as they are accepted.
+    max_connections: int = 2048
 
 
 @dataclass(frozen=True)
@@ -347,6 +357,11 @@ def _check_values(cfg: Config) -> None:
     if not cfg.server.host:
         raise ConfigError("server.host", "must not be empty")
     _positive("server.max_body_bytes", cfg.server.max_body_bytes)
+    _positive("server.header_timeout_seconds", cfg.server.header_timeout_seconds)
+    _positive("server.body_timeout_seconds", cfg.server.body_timeout_seconds)
+    _positive("server.body_min_bytes_per_second", cfg.server.body_min_bytes_per_second)
+    _positive("server.keepalive_timeout_seconds", cfg.server.keepalive_timeout_seconds)
+    _positive("server.max_connections", cfg.server.max_connections)
     db = cfg.database
     _not_negative("database.pool_min_size", db.pool_min_size)
     _positive("database.pool_max_size", db.pool_max_size)

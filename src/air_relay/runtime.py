@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,7 @@ from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_da
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.http.app import make_app
+from air_relay.http.listener import GuardedSite, listen_sockets
 from air_relay.http.state import DISPATCHER, INGEST_BATCHER, METRICS, POOL
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver
@@ -104,6 +106,35 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
     return app
 
 
+def ensure_file_limit(cfg: Config) -> None:
+    """Raise the soft limit on open files (up to the hard one) to what ``max_connections``
+    needs besides the pool, the sink connections and the rest; warn if it stays short.
+
+    Many systems start processes with a soft limit of 1024 and a far higher hard limit, which
+    a process may raise itself to; under systemd, LimitNOFILE= sets both.
+    """
+    needed = (
+        cfg.server.max_connections
+        + cfg.database.pool_max_size
+        + 2 * cfg.delivery.concurrency
+        + 100  # log, listening sockets, LISTEN connection, files, margin
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < needed:
+        log.warning(
+            "file_limit_low",
+            open_files_limit=soft,
+            needed=needed,
+            max_connections=cfg.server.max_connections,
+        )
+
+
 async def _wait_event(event: asyncio.Event) -> None:
     await event.wait()
 
@@ -131,8 +162,15 @@ async def serve(cfg: Config) -> int:
 
     for warning in credential_warnings(cfg):
         log.warning("weak_credential", warning=warning)
+    ensure_file_limit(cfg)
     dsn, embedded = await resolve_dsn(cfg)
-    runner = web.AppRunner(build_app(cfg, dsn), access_log=None, shutdown_timeout=5)
+    app = build_app(cfg, dsn)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=cfg.server.keepalive_timeout_seconds,
+    )
     watchdog: asyncio.Task[None] | None = None
     try:
         # Start-up waits for the database (logging while it does) but still obeys SIGTERM.
@@ -142,12 +180,13 @@ async def serve(cfg: Config) -> int:
         except DatabaseRefused as exc:
             log.error("database_refused", error=str(exc))
             return 1
-        site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
         try:
-            await site.start()
+            sockets = listen_sockets(cfg.server.host, cfg.server.port)
         except OSError as exc:
             log.error("listen_failed", host=cfg.server.host, port=cfg.server.port, error=str(exc))
             return 1
+        site = GuardedSite(runner, sockets, cfg.server, metrics=app[METRICS])
+        await site.start()
         log.info(
             "server_ready",
             address=f"http://{cfg.server.host}:{cfg.server.port}",
