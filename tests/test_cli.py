@@ -109,6 +109,7 @@ def test_check_config_prints_the_effective_config_without_secrets() -> None:
         "body_min_bytes_per_second": 1024,
         "keepalive_timeout_seconds": 75.0,
         "max_connections": 2048,
+        "tls": {"cert_file": None, "key_file": None},
     }
     assert printed["delivery"]["retry"]["schedule_seconds"][-1] == 43200
 

@@ -245,6 +245,11 @@ async def test_serve_notifies_ready_pings_watchdog_and_stops_on_sigterm(
         assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz") == 200
         after_ready = await asyncio.to_thread(path_listener.receive_until, "WATCHDOG=1", 5)
         assert after_ready == ["WATCHDOG=1"]
+        # systemctl reload (ExecReload= sends SIGHUP): without server.tls nothing to reload,
+        # and the process serves on.
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz") == 200
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(path_listener.receive_until, "STOPPING=1", 10)
         _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
@@ -257,6 +262,7 @@ async def test_serve_notifies_ready_pings_watchdog_and_stops_on_sigterm(
     assert '"event": "server_ready"' in log
     assert f'"address": "http://127.0.0.1:{port}"' in log
     assert '"event": "shutdown_complete"' in log
+    assert '"event": "reload_skipped"' in log
     # The test's ingest token is short: serve says so (without the token) and serves anyway.
     assert '"event": "weak_credential"' in log
     assert "ingest.tokens[0].token is shorter than 32 characters" in log
@@ -284,6 +290,7 @@ def test_unit_is_a_sandboxed_notify_service() -> None:
     assert svc["StateDirectory"] == "air-relay"
     assert svc["ReadWritePaths"] == "/var/lib/air-relay"
     assert svc["Restart"] == "on-failure"
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
     # A bad configuration exits 2: restarting it every RestartSec would only loop.
     assert svc["RestartPreventExitStatus"] == "2"
     assert svc["KillSignal"] == "SIGTERM"

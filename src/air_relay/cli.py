@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from air_relay.runtime import server_tls
+
+        try:
+            server_tls(cfg)  # the certificate and key must load, as serve will need them
+        except ConfigError as exc:
+            print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         print(yaml.safe_dump(redacted(cfg), sort_keys=False), end="")
         # Valid, so exit 0; on stderr, so stdout stays the YAML of the effective config.
         for warning in credential_warnings(cfg):

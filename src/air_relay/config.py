@@ -35,6 +35,13 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    # PEM files; both null (or empty) = plain HTTP. Re-read on SIGHUP.
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -49,6 +56,7 @@ class ServerConfig:
     keepalive_timeout_seconds: float = 75.0
     # Connections over this many are closed as soon as they are accepted.
     max_connections: int = 2048
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True)
@@ -351,17 +359,25 @@ def _check_delivery(d: DeliveryConfig) -> None:
         raise ConfigError("delivery.retry.jitter", "must be at least 0 and less than 1")
 
 
-def _check_values(cfg: Config) -> None:
-    if not 0 < cfg.server.port < 65536:
+def _check_server(server: ServerConfig) -> None:
+    if not 0 < server.port < 65536:
         raise ConfigError("server.port", "must be between 1 and 65535")
-    if not cfg.server.host:
+    if not server.host:
         raise ConfigError("server.host", "must not be empty")
-    _positive("server.max_body_bytes", cfg.server.max_body_bytes)
-    _positive("server.header_timeout_seconds", cfg.server.header_timeout_seconds)
-    _positive("server.body_timeout_seconds", cfg.server.body_timeout_seconds)
-    _positive("server.body_min_bytes_per_second", cfg.server.body_min_bytes_per_second)
-    _positive("server.keepalive_timeout_seconds", cfg.server.keepalive_timeout_seconds)
-    _positive("server.max_connections", cfg.server.max_connections)
+    _positive("server.max_body_bytes", server.max_body_bytes)
+    _positive("server.header_timeout_seconds", server.header_timeout_seconds)
+    _positive("server.body_timeout_seconds", server.body_timeout_seconds)
+    _positive("server.body_min_bytes_per_second", server.body_min_bytes_per_second)
+    _positive("server.keepalive_timeout_seconds", server.keepalive_timeout_seconds)
+    _positive("server.max_connections", server.max_connections)
+    tls = server.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        missing = "server.tls.key_file" if tls.cert_file else "server.tls.cert_file"
+        raise ConfigError(missing, "must be set with the other (both, or neither for plain HTTP)")
+
+
+def _check_values(cfg: Config) -> None:
+    _check_server(cfg.server)
     db = cfg.database
     _not_negative("database.pool_min_size", db.pool_min_size)
     _positive("database.pool_max_size", db.pool_max_size)

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from air_relay import __version__, systemd
-from air_relay.config import Config, credential_warnings
+from air_relay.config import Config, ConfigError, credential_warnings
 from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
@@ -30,6 +30,7 @@ from air_relay.delivery.retention import RetentionTask
 from air_relay.http.app import make_app
 from air_relay.http.listener import GuardedSite, listen_sockets
 from air_relay.http.state import DISPATCHER, INGEST_BATCHER, METRICS, POOL
+from air_relay.http.tls import ServerTLS
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver
 from air_relay.sinks.registry import Clients, build_senders
@@ -135,6 +136,22 @@ def ensure_file_limit(cfg: Config) -> None:
         )
 
 
+def server_tls(cfg: Config) -> ServerTLS | None:
+    """The server's TLS context when ``server.tls`` is set (ConfigError if its files do not
+    load), else None for plain HTTP."""
+    if not cfg.server.tls.cert_file:
+        return None
+    return ServerTLS(cfg.server.tls)
+
+
+def _reload(tls: ServerTLS | None) -> None:
+    """SIGHUP: load the certificate and key again (the only thing reloaded so far)."""
+    if tls is None:
+        log.info("reload_skipped", reason="no server.tls to reload")
+        return
+    tls.reload()
+
+
 async def _wait_event(event: asyncio.Event) -> None:
     await event.wait()
 
@@ -159,6 +176,13 @@ async def serve(cfg: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        tls = server_tls(cfg)
+    except ConfigError as exc:
+        log.error("invalid_configuration", error=str(exc))
+        return 2
+    # Set before the slow start-up, whose SIGHUP would otherwise end the process.
+    loop.add_signal_handler(signal.SIGHUP, _reload, tls)
 
     for warning in credential_warnings(cfg):
         log.warning("weak_credential", warning=warning)
@@ -185,14 +209,21 @@ async def serve(cfg: Config) -> int:
         except OSError as exc:
             log.error("listen_failed", host=cfg.server.host, port=cfg.server.port, error=str(exc))
             return 1
-        site = GuardedSite(runner, sockets, cfg.server, metrics=app[METRICS])
+        site = GuardedSite(
+            runner,
+            sockets,
+            cfg.server,
+            ssl_context=tls.context if tls else None,
+            metrics=app[METRICS],
+        )
         await site.start()
         log.info(
             "server_ready",
-            address=f"http://{cfg.server.host}:{cfg.server.port}",
+            address=f"{'https' if tls else 'http'}://{cfg.server.host}:{cfg.server.port}",
             ingest_path=cfg.ingest.path,
             version=__version__,
             embedded_database=embedded is not None,
+            **({"tls_fingerprint_sha256": tls.fingerprint} if tls else {}),
         )
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()

@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from air_relay.http.listener import GuardedSite, listen_sockets
-from air_relay.http.state import METRICS
-from air_relay.runtime import build_app, ensure_file_limit
-from tests.support import INGEST_TOKEN, make_config, wait_until
+from air_relay.runtime import ensure_file_limit
+from tests.support import (
+    GuardedRelay,
+    GuardedStarter,
+    make_config,
+    read_response,
+    request_head,
+    wait_until,
+)
 
 # Short clocks, so a test sees a slow client cut; long enough for any honest request here.
 LIMITS = {
@@ -37,61 +40,14 @@ EVENT = json.dumps(
 ).encode()
 
 
-class Relay:
-    def __init__(self, site: GuardedSite, app: web.Application, port: int) -> None:
-        self.site = site
-        self.app = app
-        self.port = port
-
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", self.port)
-
-    def counter(self, name: str, **labels: str) -> float:
-        value = self.app[METRICS].registry.get_sample_value(name, labels or None)
-        return value or 0.0
-
-
-RelayStarter = Callable[..., Awaitable[Relay]]
-
-
 @pytest.fixture
-async def start_relay(db_dsn: str) -> AsyncIterator[RelayStarter]:
-    runners: list[web.AppRunner] = []
+def start_relay(start_guarded: GuardedStarter) -> GuardedStarter:
+    """start_guarded with this module's short clocks unless a test gives its own."""
 
-    async def start(**server: Any) -> Relay:
-        cfg = make_config(server={**LIMITS, **server})
-        app = build_app(cfg, db_dsn, run_dispatcher=False)
-        runner = web.AppRunner(
-            app, access_log=None, keepalive_timeout=cfg.server.keepalive_timeout_seconds
-        )
-        await runner.setup()
-        runners.append(runner)
-        sockets = listen_sockets("127.0.0.1", 0)
-        site = GuardedSite(runner, sockets, cfg.server, metrics=app[METRICS])
-        await site.start()
-        return Relay(site, app, sockets[0].getsockname()[1])
+    async def start(**server: Any) -> GuardedRelay:
+        return await start_guarded(**{**LIMITS, **server})
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-def request_head(length: int, *, path: str = "/v1/air/events") -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {INGEST_TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-    ).encode()
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    body = await asyncio.wait_for(reader.readexactly(length), PATIENCE)
-    return status, body
+    return start
 
 
 async def closed_without_answer(reader: asyncio.StreamReader) -> bool:
@@ -118,7 +74,7 @@ async def trickle(writer: asyncio.StreamWriter, data: bytes, chunk: int, pause: 
 
 
 @pytest.mark.parametrize("style", ["trickled headers", "silent"])
-async def test_a_slowloris_is_disconnected(start_relay: RelayStarter, style: str) -> None:
+async def test_a_slowloris_is_disconnected(start_relay: GuardedStarter, style: str) -> None:
     relay = await start_relay()
     reader, writer = await relay.connect()
     # One byte every 50 ms: the request line and headers take far longer than the clock.
@@ -131,7 +87,7 @@ async def test_a_slowloris_is_disconnected(start_relay: RelayStarter, style: str
     assert relay.counter("air_relay_http_slow_connections_closed_total", phase="headers") == 1
 
 
-async def test_a_slow_body_is_disconnected(start_relay: RelayStarter, db: Any) -> None:
+async def test_a_slow_body_is_disconnected(start_relay: GuardedStarter, db: Any) -> None:
     relay = await start_relay()
     reader, writer = await relay.connect()
     writer.write(request_head(len(EVENT)))
@@ -144,7 +100,7 @@ async def test_a_slow_body_is_disconnected(start_relay: RelayStarter, db: Any) -
     assert await db.fetchval("SELECT count(*) FROM events") == 0
 
 
-async def test_a_body_at_a_steady_rate_is_not_cut(start_relay: RelayStarter, db: Any) -> None:
+async def test_a_body_at_a_steady_rate_is_not_cut(start_relay: GuardedStarter, db: Any) -> None:
     relay = await start_relay()
     reader, writer = await relay.connect()
     # Padding makes the body take about 2 s at 1,000 bytes a second: four times the base
@@ -159,7 +115,9 @@ async def test_a_body_at_a_steady_rate_is_not_cut(start_relay: RelayStarter, db:
     assert relay.counter("air_relay_http_slow_connections_closed_total", phase="body") == 0
 
 
-async def test_an_idle_kept_alive_connection_is_not_a_slowloris(start_relay: RelayStarter) -> None:
+async def test_an_idle_kept_alive_connection_is_not_a_slowloris(
+    start_relay: GuardedStarter,
+) -> None:
     relay = await start_relay()
     reader, writer = await relay.connect()
     for _ in range(2):
@@ -179,7 +137,7 @@ async def test_an_idle_kept_alive_connection_is_not_a_slowloris(start_relay: Rel
 
 
 async def test_connections_over_the_cap_are_refused_and_open_ones_carry_on(
-    start_relay: RelayStarter,
+    start_relay: GuardedStarter,
 ) -> None:
     # A header clock longer than the test, so the idle connections hold their slots.
     relay = await start_relay(max_connections=3, header_timeout_seconds=60)
