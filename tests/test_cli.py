@@ -183,6 +183,25 @@ def test_check_config_is_quiet_with_strong_credentials(tmp_path: Path) -> None:
     assert result.stderr == ""
 
 
+def test_check_config_reads_secrets_from_systemd_credentials(tmp_path: Path) -> None:
+    # The example config, its secrets as LoadCredential= files and not in the environment.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for name, value in SECRETS.items():
+        (credentials / name).write_text(value + "\n")
+    result = run(
+        "check-config",
+        "--config",
+        str(EXAMPLE),
+        env=clean_env(CREDENTIALS_DIRECTORY=str(credentials)),
+    )
+    assert result.returncode == 0, result.stderr
+    for secret in SECRETS.values():
+        assert secret not in result.stdout + result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["ingest"]["tokens"][0]["token"] == "***"
+
+
 def test_config_from_air_relay_config_env(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", {"server": {"port": 9191}})
     result = run("check-config", env=clean_env(AIR_RELAY_CONFIG=str(path)))

@@ -178,15 +178,44 @@ SECRET_KEYS = frozenset({"token", "key", "bot_token"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def credential(name: str, env: typing.Mapping[str, str], key: str) -> str | None:
+    """The systemd credential ``name`` (``$CREDENTIALS_DIRECTORY/name``, from LoadCredential=),
+    without one trailing newline; None when there is no such credential."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name  # name matches _VAR: no "/" or ".." in it
+    try:
+        data = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read the credential {path}: {exc}") from exc
+    return data[:-1] if data.endswith("\n") else data
+
+
 def expand_env(text: str, env: typing.Mapping[str, str], key: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error.
+
+    VAR comes from the environment or, when it is unset or empty there, from the systemd
+    credential of that name (``$CREDENTIALS_DIRECTORY/VAR``): secrets can be given either way.
+    """
 
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = env.get(name)
+        if not value:
+            from_credential = credential(name, env, key)
+            if from_credential is not None:
+                value = from_credential
         if value is None or (value == "" and default is not None):
             if default is None:
-                raise ConfigError(key, f"environment variable {name} is not set")
+                where = (
+                    f" and there is no credential {name} in $CREDENTIALS_DIRECTORY"
+                    if env.get("CREDENTIALS_DIRECTORY")
+                    else ""
+                )
+                raise ConfigError(key, f"environment variable {name} is not set{where}")
             return default
         return value
 

@@ -107,26 +107,33 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
     return app
 
 
+def open_files_needed(cfg: Config) -> int:
+    """Open files ``serve`` may need at once: ``max_connections`` client connections, the pool,
+    two per sink connection (socket and DNS), and a margin for the rest (log, listening
+    sockets, the LISTEN connection, certificate and config files)."""
+    return (
+        cfg.server.max_connections + cfg.database.pool_max_size + 2 * cfg.delivery.concurrency + 100
+    )
+
+
 def ensure_file_limit(cfg: Config) -> None:
-    """Raise the soft limit on open files (up to the hard one) to what ``max_connections``
-    needs besides the pool, the sink connections and the rest; warn if it stays short.
+    """Raise the soft limit on open files (up to the hard one) to what ``open_files_needed``
+    says; warn if it stays short.
 
     Many systems start processes with a soft limit of 1024 and a far higher hard limit, which
     a process may raise itself to; under systemd, LimitNOFILE= sets both.
     """
-    needed = (
-        cfg.server.max_connections
-        + cfg.database.pool_max_size
-        + 2 * cfg.delivery.concurrency
-        + 100  # log, listening sockets, LISTEN connection, files, margin
-    )
+    needed = open_files_needed(cfg)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
     target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
     if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass  # refused (a sandbox may forbid it): the warning below says what to do
     if soft < needed:
         log.warning(
             "file_limit_low",
