@@ -42,9 +42,13 @@ log = structlog.get_logger(__name__)
 # Pending connections the kernel queues while the accept loop catches up; a burst of a thousand
 # connections must not overflow it (an overflow costs a client a SYN retransmit, 1 s or more).
 LISTEN_BACKLOG = 1024
+# Connections taken off the queue per wake-up, at most.
+ACCEPT_BATCH = 128
 # accept() failing for lack of file descriptors or memory: wait a little rather than spin.
 _ACCEPT_PAUSE_SECONDS = 0.5
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# On stop, how long connections accepted just before may take to start their request.
+FIRST_REQUEST_GRACE_SECONDS = 2.0
 # The connection_limit_reached warning is logged at most this often, with a count.
 LIMIT_LOG_INTERVAL_SECONDS = 60.0
 
@@ -127,6 +131,7 @@ class _Guard(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._site.fresh.add(self)
         self._inner.connection_made(transport)
         self._start_headers()
 
@@ -149,6 +154,7 @@ class _Guard(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._site.fresh.discard(self)
         self._cancel_timer()
         self._body = None
         self._transport = None
@@ -158,6 +164,7 @@ class _Guard(asyncio.Protocol):
     # --- the request's life, from guard_middleware -------------------------------------------
 
     def request_started(self, request: web.BaseRequest) -> None:
+        self._site.fresh.discard(self)
         self._cancel_timer()
         self._request_done = False
         body = request.content
@@ -275,8 +282,11 @@ class GuardedSite(web.BaseSite):
         self._limits = limits
         self.metrics = metrics
         self.open_connections = 0
-        self._accepting: list[asyncio.Task[None]] = []
+        self._accepting = False
+        self._resume: asyncio.TimerHandle | None = None  # after an accept() failure
         self._handshakes: set[asyncio.Task[None]] = set()
+        # Connections that have not started a request yet (see stop).
+        self.fresh: set[_Guard] = set()
         self._notice = _LimitNotice()
 
     @property
@@ -288,37 +298,68 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        self._accepting = True
+        self._watch()
+
+    def _watch(self) -> None:
+        # A reader callback, not a task awaiting sock_accept(): stopping it can never drop a
+        # connection already taken off the queue (a cancelled sock_accept() can).
+        self._resume = None
+        loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            self._accepting.append(asyncio.create_task(self._accept_loop(sock)))
+            loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _unwatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            loop.remove_reader(sock.fileno())
 
     async def stop(self) -> None:
         """Stop accepting and close the listening sockets; connections already open are left
-        to the runner's shutdown, which follows."""
-        for task in self._accepting:
-            task.cancel()
-        for task in list(self._handshakes):
-            task.cancel()  # nothing to drain yet: aiohttp has not seen these connections
-        await asyncio.gather(*self._accepting, *self._handshakes, return_exceptions=True)
-        self._accepting.clear()
+        to the runner's shutdown, which follows.
+
+        First, connections accepted just now get a moment to start their request: the client
+        has sent it or is about to, and aiohttp's shutdown closes a connection that has not
+        started one, which that client would see as a failed request. With the socket kept
+        open elsewhere (socket activation), new connections wait for the next process, so a
+        restart fails no request."""
+        if self._accepting:
+            self._accepting = False
+            self._unwatch()
+        if self._resume is not None:
+            self._resume.cancel()
         for sock in self._sockets:
             sock.close()
+        grace = min(FIRST_REQUEST_GRACE_SECONDS, self._limits.header_timeout_seconds)
+        deadline = asyncio.get_running_loop().time() + grace
+        while (self._handshakes or self.fresh) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for task in list(self._handshakes):
+            task.cancel()  # a TLS handshake still going on: aiohttp has not seen it yet
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
         await super().stop()
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _accept(self, listener: socket.socket) -> None:
+        """Take what the queue holds (a bounded batch, so the loop stays responsive)."""
+        for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = await loop.sock_accept(listener)
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    log.error("accept_failed", error=f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(_ACCEPT_PAUSE_SECONDS)
-                continue  # ECONNABORTED and the like: the client gave up, take the next
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    continue  # ECONNABORTED and the like: the client gave up, take the next
+                # Out of file descriptors or memory: the queue keeps the rest for later.
+                log.error("accept_failed", error=f"{type(exc).__name__}: {exc}")
+                self._unwatch()
+                loop = asyncio.get_running_loop()
+                self._resume = loop.call_later(_ACCEPT_PAUSE_SECONDS, self._watch)
+                return
             if self.open_connections >= self._limits.max_connections:
                 self._refuse(conn)
                 continue
-            # Counted now, not when the connection task runs: a burst is accepted without
-            # yielding to the loop, and must not overshoot the cap.
+            # Counted now, not when the connection task runs: a burst is accepted before any
+            # of them runs, and must not overshoot the cap.
             task = asyncio.create_task(self._connect(conn, _Slot(self)))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
