@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -28,10 +29,12 @@ import yaml
 from air_relay import systemd
 from air_relay.config import Config
 from air_relay.runtime import open_files_needed
+from tests.fault.relay import SOCKET_ACTIVATE
 from tests.support import INGEST_TOKEN, TENANT
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "air-relay.service"
+SOCKET_UNIT = ROOT / "systemd" / "air-relay.socket"
 ENV_EXAMPLE = ROOT / "systemd" / "air-relay.env.example"
 AIR_RELAY = Path(sys.executable).parent / "air-relay"
 if not AIR_RELAY.exists():
@@ -333,6 +336,74 @@ async def test_serve_reads_its_secrets_from_credentials(
     assert token not in stderr.decode()
 
 
+# --- socket activation -----------------------------------------------------------------------
+
+PROBE = """
+import json, os
+from air_relay import systemd
+found = systemd.listen_sockets()
+print(json.dumps({
+    "ports": [s.getsockname()[1] for s in found],
+    "fds": [s.fileno() for s in found],
+    "inheritable": [os.get_inheritable(s.fileno()) for s in found],
+    "left": sorted(k for k in os.environ if k.startswith("LISTEN_")),
+}))
+"""
+
+
+def _probe(*prefix: str, env: dict[str, str], passed: tuple[int, ...] = ()) -> dict[str, Any]:
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", PROBE],
+        env={**os.environ, **env},
+        pass_fds=passed,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
+
+
+def test_listen_sockets_takes_fd_3_when_systemd_passed_it_to_this_process() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        fd, port = listener.fileno(), listener.getsockname()[1]
+        found = _probe(sys.executable, "-c", SOCKET_ACTIVATE, str(fd), env={}, passed=(fd,))
+    assert found == {
+        "ports": [port],
+        "fds": [3],
+        "inheritable": [False],  # the embedded PostgreSQL must not inherit it
+        "left": [],  # nor believe it was meant for it
+    }
+
+
+def test_listen_sockets_ignores_variables_meant_for_another_process() -> None:
+    found = _probe(env={"LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "x"})
+    assert found == {"ports": [], "fds": [], "inheritable": [], "left": []}
+
+
+def test_serve_refuses_a_passed_descriptor_that_is_not_a_listening_socket(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"database": {"dsn": "postgresql://u@127.0.0.1:9/db"}}))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        fd = udp.fileno()
+        activate = [sys.executable, "-c", SOCKET_ACTIVATE, str(fd)]
+        result = subprocess.run(
+            [*activate, str(AIR_RELAY), "serve", "--config", str(config)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("AIR_RELAY_")},
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert '"event": "listen_failed"' in result.stderr
+    assert "not a listening TCP socket" in result.stderr
+
+
 # --- the unit file ---------------------------------------------------------------------------
 
 
@@ -392,16 +463,30 @@ def test_env_example_names_every_variable_the_example_config_requires() -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = _analyze_copy(tmp_path)
+    socket_unit = tmp_path / "air-relay.socket"
+    socket_unit.write_text(SOCKET_UNIT.read_text())
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)],
+        ["systemd-analyze", "verify", str(unit), str(socket_unit)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    ours = [line for line in result.stderr.splitlines() if "air-relay.service" in line]
+    ours = [line for line in result.stderr.splitlines() if "air-relay." in line]
     assert result.returncode == 0, result.stderr
     assert ours == []
+
+
+def test_socket_unit_listens_where_serve_would() -> None:
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(SOCKET_UNIT)
+    sock = parser["Socket"]
+    # The service of the same name gets the socket; it listens where the default config would.
+    default = Config().server
+    assert sock["ListenStream"] == f"{default.host}:{default.port}"
+    assert int(sock["Backlog"]) >= 1024  # what waits through a restart
+    assert parser["Install"]["WantedBy"] == "sockets.target"
 
 
 def _values(key: str) -> list[str]:

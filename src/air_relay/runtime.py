@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import resource
 import signal
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -143,6 +144,22 @@ def ensure_file_limit(cfg: Config) -> None:
         )
 
 
+def activated_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (socket activation), ready for GuardedSite; [] when
+    serve binds its own. ValueError for a passed descriptor that is not a listening TCP
+    socket (a mistake in the .socket unit)."""
+    sockets = systemd.listen_sockets()
+    for sock in sockets:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not listening:
+            raise ValueError(
+                f"socket activation passed fd {sock.fileno()}, which is not a listening TCP "
+                "socket (ListenStream= in the .socket unit)"
+            )
+        sock.setblocking(False)
+    return sockets
+
+
 def server_tls(cfg: Config) -> ServerTLS | None:
     """The server's TLS context when ``server.tls`` is set (ConfigError if its files do not
     load), else None for plain HTTP."""
@@ -190,6 +207,11 @@ async def serve(cfg: Config) -> int:
         return 2
     # Set before the slow start-up, whose SIGHUP would otherwise end the process.
     loop.add_signal_handler(signal.SIGHUP, _reload, tls)
+    try:
+        activated = activated_sockets()
+    except ValueError as exc:
+        log.error("listen_failed", error=str(exc))
+        return 1
 
     for warning in credential_warnings(cfg):
         log.warning("weak_credential", warning=warning)
@@ -211,11 +233,16 @@ async def serve(cfg: Config) -> int:
         except DatabaseRefused as exc:
             log.error("database_refused", error=str(exc))
             return 1
-        try:
-            sockets = listen_sockets(cfg.server.host, cfg.server.port)
-        except OSError as exc:
-            log.error("listen_failed", host=cfg.server.host, port=cfg.server.port, error=str(exc))
-            return 1
+        if activated:
+            sockets = activated
+        else:
+            try:
+                sockets = listen_sockets(cfg.server.host, cfg.server.port)
+            except OSError as exc:
+                log.error(
+                    "listen_failed", host=cfg.server.host, port=cfg.server.port, error=str(exc)
+                )
+                return 1
         site = GuardedSite(
             runner,
             sockets,
@@ -226,7 +253,12 @@ async def serve(cfg: Config) -> int:
         await site.start()
         log.info(
             "server_ready",
-            address=f"{'https' if tls else 'http'}://{cfg.server.host}:{cfg.server.port}",
+            address=(
+                site.name
+                if activated
+                else f"{'https' if tls else 'http'}://{cfg.server.host}:{cfg.server.port}"
+            ),
+            socket_activated=bool(activated),
             ingest_path=cfg.ingest.path,
             version=__version__,
             embedded_database=embedded is not None,
