@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,10 +19,15 @@ from aiohttp.test_utils import TestClient
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import connect
+from air_relay.http.listener import GuardedSite, listen_sockets
+from air_relay.http.state import METRICS
+from air_relay.http.tls import ServerTLS
 from air_relay.logs import configure_logging
 from air_relay.runtime import build_app
 from tests.support import (
     TEMPLATE_DB,
+    GuardedRelay,
+    GuardedStarter,
     RelayFactory,
     SinkServer,
     make_config,
@@ -118,6 +124,39 @@ async def make_relay(db_dsn: str, aiohttp_client: Any) -> RelayFactory:
 @pytest.fixture
 async def relay(make_relay: RelayFactory) -> TestClient[web.Request, web.Application]:
     return await make_relay()
+
+
+@pytest.fixture
+async def start_guarded(db_dsn: str) -> AsyncIterator[GuardedStarter]:
+    """Start the relay app (no dispatcher) behind GuardedSite, as serve runs it; keyword
+    arguments are ``server.`` settings, ``tls`` a ServerTLS and ``client_ssl`` the client's
+    context for it."""
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        *, tls: ServerTLS | None = None, client_ssl: ssl.SSLContext | None = None, **server: Any
+    ) -> GuardedRelay:
+        cfg = make_config(server=server)
+        app = build_app(cfg, db_dsn, run_dispatcher=False)
+        runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=cfg.server.keepalive_timeout_seconds
+        )
+        await runner.setup()
+        runners.append(runner)
+        sockets = listen_sockets("127.0.0.1", 0)
+        site = GuardedSite(
+            runner,
+            sockets,
+            cfg.server,
+            ssl_context=tls.context if tls else None,
+            metrics=app[METRICS],
+        )
+        await site.start()
+        return GuardedRelay(site, app, sockets[0].getsockname()[1], client_ssl)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

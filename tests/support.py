@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from air_relay.config import Config, parse_config
+from air_relay.http.listener import GuardedSite
+from air_relay.http.state import METRICS
 
 TENANT = "00000000-0000-0000-0000-000000000000"
 TENANT_B = "11111111-1111-1111-1111-111111111111"
@@ -278,3 +281,44 @@ async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:
     row = await db.fetchrow("SELECT * FROM deliveries")
     assert row is not None
     return row
+
+
+def request_head(length: int, *, path: str = "/v1/air/events") -> bytes:
+    """The head of a raw HTTP/1.1 ingest POST (kept alive) whose body has ``length`` bytes."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {INGEST_TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def read_response(reader: asyncio.StreamReader, timeout: float = 15.0) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response read off a raw connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await asyncio.wait_for(reader.readexactly(length), timeout)
+    return status, body
+
+
+@dataclass
+class GuardedRelay:
+    """The relay app served as ``serve`` serves it (GuardedSite: connection cap, slow-client
+    clocks, TLS when given), on 127.0.0.1 at ``port``."""
+
+    site: GuardedSite
+    app: web.Application
+    port: int
+    ssl_context: ssl.SSLContext | None = None  # a client context trusting the server, for TLS
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port, ssl=self.ssl_context)
+
+    def counter(self, name: str, **labels: str) -> float:
+        value = self.app[METRICS].registry.get_sample_value(name, labels or None)
+        return value or 0.0
+
+
+GuardedStarter = Callable[..., Awaitable[GuardedRelay]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,8 +100,106 @@ def test_check_config_prints_the_effective_config_without_secrets() -> None:
     assert printed["database"]["dsn"] == "postgresql://relay:***@db.internal:5432/air"
     assert printed["state_dir"] == "/srv/ar"
     # Effective config: defaults and example values are all there, fully spelled out.
-    assert printed["server"] == {"host": "127.0.0.1", "port": 8080, "max_body_bytes": 1048576}
+    assert printed["server"] == {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "max_body_bytes": 1048576,
+        "header_timeout_seconds": 10.0,
+        "body_timeout_seconds": 10.0,
+        "body_min_bytes_per_second": 1024,
+        "keepalive_timeout_seconds": 75.0,
+        "max_connections": 2048,
+        "tls": {"cert_file": None, "key_file": None},
+    }
     assert printed["delivery"]["retry"]["schedule_seconds"][-1] == 43200
+
+
+def _documented_placeholders() -> dict[str, str]:
+    """The credentials the docs hand out: the Quickstart's and the env example's."""
+    quickstart = (ROOT / "README.md").read_text()
+    env_example = (ROOT / "systemd" / "air-relay.env.example").read_text()
+    found = {}
+    for name in ("AIR_RELAY_INGEST_TOKEN", "AIR_RELAY_API_KEY"):
+        found[f"quickstart {name}"] = re.findall(rf"\b{name}=(\S+)", quickstart)[0]
+        found[f"env example {name}"] = re.findall(rf"^{name}=(\S+)$", env_example, re.M)[0]
+    return found
+
+
+STRONG = "Vq3hX9d0bK7mR2sT5wY8zA1cE4fG6jL0nP"  # 34 characters
+
+
+@pytest.mark.parametrize(
+    ("origin", "value"), sorted(_documented_placeholders().items()), ids=lambda v: str(v)
+)
+def test_check_config_warns_of_a_documented_placeholder(origin: str, value: str) -> None:
+    variable = origin.split()[-1]
+    strong = {"AIR_RELAY_INGEST_TOKEN": STRONG, "AIR_RELAY_API_KEY": STRONG[::-1]}
+    env = clean_env(**{**SECRETS, **strong, variable: value})
+    result = run("check-config", "--config", str(EXAMPLE), env=env)
+    # A valid configuration: exit 0 and the effective config on stdout, the warning beside it.
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["server"]["port"] == 8080
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    key = "ingest.tokens[0].token" if variable == "AIR_RELAY_INGEST_TOKEN" else "api.keys[0].key"
+    assert len(warnings) == 1, result.stderr
+    assert key in warnings[0]
+    assert "example placeholder" in warnings[0]
+    assert value not in result.stderr and value not in result.stdout
+
+
+@pytest.mark.parametrize("length", [1, 31])
+def test_check_config_warns_of_a_short_token_or_key(length: int, tmp_path: Path) -> None:
+    short = STRONG[:length]
+    path = write_config(
+        tmp_path / "c.yaml",
+        {
+            "ingest": {
+                "tokens": [{"token": STRONG, "tenant_id": "t"}, {"token": short, "tenant_id": "u"}]
+            },
+            "api": {"keys": [{"key": short[::-1]}, {"key": STRONG[::-1]}]},
+        },
+    )
+    result = run("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "ingest.tokens[1].token is shorter than 32 characters" in warnings[0]
+    assert "api.keys[0].key is shorter than 32 characters" in warnings[1]
+    assert "secrets.token_urlsafe" in warnings[0]  # and how to make a good one
+    if length > 1:  # one letter could be anywhere in the message
+        assert short not in result.stderr
+
+
+def test_check_config_is_quiet_with_strong_credentials(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "c.yaml",
+        {
+            "ingest": {"tokens": [{"token": STRONG[:32], "tenant_id": "t"}]},
+            "api": {"keys": [{"key": STRONG[::-1]}]},
+        },
+    )
+    result = run("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_check_config_reads_secrets_from_systemd_credentials(tmp_path: Path) -> None:
+    # The example config, its secrets as LoadCredential= files and not in the environment.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for name, value in SECRETS.items():
+        (credentials / name).write_text(value + "\n")
+    result = run(
+        "check-config",
+        "--config",
+        str(EXAMPLE),
+        env=clean_env(CREDENTIALS_DIRECTORY=str(credentials)),
+    )
+    assert result.returncode == 0, result.stderr
+    for secret in SECRETS.values():
+        assert secret not in result.stdout + result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["ingest"]["tokens"][0]["token"] == "***"
 
 
 def test_config_from_air_relay_config_env(tmp_path: Path) -> None:

@@ -144,6 +144,53 @@ def test_expansion_is_not_recursive() -> None:
     assert expand_env("${A}", {"A": "${B}", "B": "oops"}, "k") == "${B}"
 
 
+# --- systemd credentials ---------------------------------------------------------------------
+
+
+def credentials(tmp_path: Path, **files: str) -> dict[str, str]:
+    """A $CREDENTIALS_DIRECTORY holding ``files`` (as LoadCredential= lays it out)."""
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return {"CREDENTIALS_DIRECTORY": str(directory)}
+
+
+def test_an_unset_variable_is_read_from_the_credential_of_its_name(tmp_path: Path) -> None:
+    env = credentials(tmp_path, AIR_RELAY_INGEST_TOKEN="from-a-credential\n", PORT="9090")
+    text = "ingest:\n  tokens:\n    - {token: '${AIR_RELAY_INGEST_TOKEN}', tenant_id: t}\n"
+    cfg = parse(text + "server:\n  port: ${PORT}\n", **env)
+    # One trailing newline (as `echo` leaves it) is not part of the secret.
+    assert cfg.ingest.tokens[0].token == "from-a-credential"
+    assert cfg.server.port == 9090
+
+
+def test_the_environment_wins_over_a_credential(tmp_path: Path) -> None:
+    env = credentials(tmp_path, TOKEN="from-a-credential")
+    assert expand_env("${TOKEN}", {**env, "TOKEN": "from-the-env"}, "k") == "from-the-env"
+    # Set but empty counts as unset, as for ${VAR:-default}.
+    assert expand_env("${TOKEN}", {**env, "TOKEN": ""}, "k") == "from-a-credential"
+    assert expand_env("${OTHER:-fallback}", env, "k") == "fallback"
+
+
+def test_no_credential_either_names_the_variable_and_the_directory(tmp_path: Path) -> None:
+    env = credentials(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        expand_env("${AIR_RELAY_API_KEY}", env, "api.keys[0].key")
+    assert err.value.key == "api.keys[0].key"
+    assert "AIR_RELAY_API_KEY" in str(err.value)
+    assert "CREDENTIALS_DIRECTORY" in str(err.value)
+
+
+def test_an_unreadable_credential_names_the_key(tmp_path: Path) -> None:
+    env = credentials(tmp_path)
+    (Path(env["CREDENTIALS_DIRECTORY"]) / "TOKEN").mkdir()  # a directory: not readable text
+    with pytest.raises(ConfigError) as err:
+        expand_env("${TOKEN}", env, "ingest.tokens[0].token")
+    assert err.value.key == "ingest.tokens[0].token"
+    assert "credential" in str(err.value)
+
+
 @given(
     value=st.text(
         alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
@@ -248,6 +295,11 @@ def test_invalid_yaml() -> None:
         ("server:\n  port: 65536\n", "server.port"),
         ("server:\n  max_body_bytes: 0\n", "server.max_body_bytes"),
         ("server:\n  host: ''\n", "server.host"),
+        ("server:\n  header_timeout_seconds: 0\n", "server.header_timeout_seconds"),
+        ("server:\n  body_timeout_seconds: 0\n", "server.body_timeout_seconds"),
+        ("server:\n  body_min_bytes_per_second: 0\n", "server.body_min_bytes_per_second"),
+        ("server:\n  keepalive_timeout_seconds: -1\n", "server.keepalive_timeout_seconds"),
+        ("server:\n  max_connections: 0\n", "server.max_connections"),
         ("ingest:\n  path: v1/air/events\n", "ingest.path"),
         ("delivery:\n  concurrency: 0\n", "delivery.concurrency"),
         ("delivery:\n  timeout_seconds: -1\n", "delivery.timeout_seconds"),
@@ -328,6 +380,11 @@ def test_empty_file_gives_the_documented_defaults() -> None:
     assert cfg.server.host == "127.0.0.1"
     assert cfg.server.port == 8080
     assert cfg.server.max_body_bytes == 1_048_576
+    assert cfg.server.header_timeout_seconds == 10
+    assert cfg.server.body_timeout_seconds == 10
+    assert cfg.server.body_min_bytes_per_second == 1024
+    assert cfg.server.keepalive_timeout_seconds == 75
+    assert cfg.server.max_connections == 2048
     assert cfg.database.dsn is None
     assert cfg.state_dir == "./var"
     assert cfg.ingest.path == "/v1/air/events"

@@ -13,12 +13,16 @@ import structlog
 import yaml
 
 from air_relay import __version__
-from air_relay.config import Config, ConfigError, load_config, redacted
+from air_relay.config import Config, ConfigError, credential_warnings, load_config, redacted
 from air_relay.logs import configure_logging
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 DEFAULT_MIGRATE_WAIT_SECONDS = 60.0
+NEW_CREDENTIAL_HINT = (
+    "replace it with a random value of at least 32 characters, e.g. "
+    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("serve", "run the HTTP server and delivery workers"),
         ("migrate", "apply pending database migrations and exit"),
-        ("check-config", "validate the config and print it with secrets redacted"),
+        (
+            "check-config",
+            "validate the config, print it with secrets redacted, warn of weak credentials",
+        ),
     ):
         cmd = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
         _config_argument(cmd)
@@ -184,7 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        from air_relay.runtime import server_tls
+
+        try:
+            server_tls(cfg)  # the certificate and key must load, as serve will need them
+        except ConfigError as exc:
+            print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         print(yaml.safe_dump(redacted(cfg), sort_keys=False), end="")
+        # Valid, so exit 0; on stderr, so stdout stays the YAML of the effective config.
+        for warning in credential_warnings(cfg):
+            print(f"air-relay: warning: {warning}: {NEW_CREDENTIAL_HINT}", file=sys.stderr)
         return 0
     configure_logging(cfg.logging.format, cfg.logging.level)
     if args.command == "migrate":

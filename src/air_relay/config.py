@@ -35,10 +35,28 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    # PEM files; both null (or empty) = plain HTTP. Re-read on SIGHUP.
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 1_048_576
+    # Slow clients (http/listener.py): the request headers must be complete this long after
+    # the connection opened (or the next request's first byte arrived) ...
+    header_timeout_seconds: float = 10.0
+    # ... and a body may take body_timeout_seconds plus 1 s per body_min_bytes_per_second.
+    body_timeout_seconds: float = 10.0
+    body_min_bytes_per_second: int = 1024
+    # An idle kept-alive connection is closed after this long.
+    keepalive_timeout_seconds: float = 75.0
+    # Connections over this many are closed as soon as they are accepted.
+    max_connections: int = 2048
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass(frozen=True)
@@ -178,15 +196,44 @@ SECRET_KEYS = frozenset({"token", "key", "bot_token"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def credential(name: str, env: typing.Mapping[str, str], key: str) -> str | None:
+    """The systemd credential ``name`` (``$CREDENTIALS_DIRECTORY/name``, from LoadCredential=),
+    without one trailing newline; None when there is no such credential."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name  # name matches _VAR: no "/" or ".." in it
+    try:
+        data = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read the credential {path}: {exc}") from exc
+    return data[:-1] if data.endswith("\n") else data
+
+
 def expand_env(text: str, env: typing.Mapping[str, str], key: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error.
+
+    VAR comes from the environment or, when it is unset or empty there, from the systemd
+    credential of that name (``$CREDENTIALS_DIRECTORY/VAR``): secrets can be given either way.
+    """
 
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = env.get(name)
+        if not value:
+            from_credential = credential(name, env, key)
+            if from_credential is not None:
+                value = from_credential
         if value is None or (value == "" and default is not None):
             if default is None:
-                raise ConfigError(key, f"environment variable {name} is not set")
+                where = (
+                    f" and there is no credential {name} in $CREDENTIALS_DIRECTORY"
+                    if env.get("CREDENTIALS_DIRECTORY")
+                    else ""
+                )
+                raise ConfigError(key, f"environment variable {name} is not set{where}")
             return default
         return value
 
@@ -372,12 +419,25 @@ def _check_delivery(d: DeliveryConfig) -> None:
         raise ConfigError("delivery.retry.jitter", "must be at least 0 and less than 1")
 
 
-def _check_values(cfg: Config) -> None:
-    if not 0 < cfg.server.port < 65536:
+def _check_server(server: ServerConfig) -> None:
+    if not 0 < server.port < 65536:
         raise ConfigError("server.port", "must be between 1 and 65535")
-    if not cfg.server.host:
+    if not server.host:
         raise ConfigError("server.host", "must not be empty")
-    _positive("server.max_body_bytes", cfg.server.max_body_bytes)
+    _positive("server.max_body_bytes", server.max_body_bytes)
+    _positive("server.header_timeout_seconds", server.header_timeout_seconds)
+    _positive("server.body_timeout_seconds", server.body_timeout_seconds)
+    _positive("server.body_min_bytes_per_second", server.body_min_bytes_per_second)
+    _positive("server.keepalive_timeout_seconds", server.keepalive_timeout_seconds)
+    _positive("server.max_connections", server.max_connections)
+    tls = server.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        missing = "server.tls.key_file" if tls.cert_file else "server.tls.cert_file"
+        raise ConfigError(missing, "must be set with the other (both, or neither for plain HTTP)")
+
+
+def _check_values(cfg: Config) -> None:
+    _check_server(cfg.server)
     _positive("api.max_sinks_per_tenant", cfg.api.max_sinks_per_tenant)
     _not_negative("api.max_headers_per_sink", cfg.api.max_headers_per_sink)
     _not_negative("api.max_header_bytes", cfg.api.max_header_bytes)
@@ -414,6 +474,41 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("logging.format", "must be json or console")
     if cfg.logging.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError("logging.level", "must be debug, info, warning, error or critical")
+
+
+# The values the documentation hands out for trying air-relay (README.md's Quickstart) and the
+# placeholders of systemd/air-relay.env.example: public, so a relay still using one is open.
+EXAMPLE_CREDENTIALS = frozenset(
+    {
+        "dev-ingest-token",
+        "dev-api-key",
+        "replace-with-a-long-random-ingest-token",
+        "replace-with-a-long-random-api-key",
+    }
+)
+_PLACEHOLDER = re.compile(r"replace[-_ ]?with|change[-_ ]?me|placeholder", re.IGNORECASE)
+# 32 characters of secrets.token_urlsafe are about 190 bits; shorter ones are likely typed by
+# hand.
+MIN_CREDENTIAL_LENGTH = 32
+
+
+def credential_warnings(cfg: Config) -> list[str]:
+    """Why an ingest token or API key looks weak, one message per credential, naming its key.
+
+    A valid configuration, so nothing refuses to start: check-config prints these, serve logs
+    them. The value itself is never part of a message.
+    """
+    found = [(f"ingest.tokens[{i}].token", t.token) for i, t in enumerate(cfg.ingest.tokens)]
+    found += [(f"api.keys[{i}].key", k.key) for i, k in enumerate(cfg.api.keys)]
+    warnings = []
+    for key, value in found:
+        if value in EXAMPLE_CREDENTIALS or _PLACEHOLDER.search(value):
+            warnings.append(f"{key} still holds an example placeholder from the documentation")
+        elif len(value) < MIN_CREDENTIAL_LENGTH:
+            warnings.append(
+                f"{key} is shorter than {MIN_CREDENTIAL_LENGTH} characters ({len(value)})"
+            )
+    return warnings
 
 
 class _StrictLoader(yaml.SafeLoader):

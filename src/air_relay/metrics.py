@@ -67,6 +67,23 @@ class Metrics:
             registry=r,
         )
 
+        self.http_connections = Gauge(
+            "air_relay_http_connections",
+            "Open client connections to the HTTP server (at most server.max_connections).",
+            registry=r,
+        )
+        self.http_connections_refused = Counter(
+            "air_relay_http_connections_refused",
+            "Client connections closed at once because server.max_connections were open.",
+            registry=r,
+        )
+        self.slow_connections_closed = Counter(
+            "air_relay_http_slow_connections_closed",
+            "Client connections closed for sending their headers or body too slowly.",
+            ["phase"],
+            registry=r,
+        )
+
     def event_label(self, event_name: str) -> str:
         # Bounded label set: event names come from outside.
         return event_name if event_name in catalog() else "other"

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -19,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from air_relay import __version__, systemd
-from air_relay.config import Config
+from air_relay.config import Config, ConfigError, credential_warnings
 from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
@@ -28,7 +30,9 @@ from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.delivery.sealing import SealerTask
 from air_relay.http.app import make_app
+from air_relay.http.listener import GuardedSite, listen_sockets
 from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL
+from air_relay.http.tls import ServerTLS
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver, Lookups, guarded_socket
 from air_relay.sinks.registry import Clients, build_senders
@@ -132,6 +136,74 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
     return app
 
 
+def open_files_needed(cfg: Config) -> int:
+    """Open files ``serve`` may need at once: ``max_connections`` client connections, the pool,
+    two per sink connection (socket and DNS), and a margin for the rest (log, listening
+    sockets, the LISTEN connection, certificate and config files)."""
+    return (
+        cfg.server.max_connections + cfg.database.pool_max_size + 2 * cfg.delivery.concurrency + 100
+    )
+
+
+def ensure_file_limit(cfg: Config) -> None:
+    """Raise the soft limit on open files (up to the hard one) to what ``open_files_needed``
+    says; warn if it stays short.
+
+    Many systems start processes with a soft limit of 1024 and a far higher hard limit, which
+    a process may raise itself to; under systemd, LimitNOFILE= sets both.
+    """
+    needed = open_files_needed(cfg)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass  # refused (a sandbox may forbid it): the warning below says what to do
+    if soft < needed:
+        log.warning(
+            "file_limit_low",
+            open_files_limit=soft,
+            needed=needed,
+            max_connections=cfg.server.max_connections,
+        )
+
+
+def activated_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (socket activation), ready for GuardedSite; [] when
+    serve binds its own. ValueError for a passed descriptor that is not a listening TCP
+    socket (a mistake in the .socket unit)."""
+    sockets = systemd.listen_sockets()
+    for sock in sockets:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or not listening:
+            raise ValueError(
+                f"socket activation passed fd {sock.fileno()}, which is not a listening TCP "
+                "socket (ListenStream= in the .socket unit)"
+            )
+        sock.setblocking(False)
+    return sockets
+
+
+def server_tls(cfg: Config) -> ServerTLS | None:
+    """The server's TLS context when ``server.tls`` is set (ConfigError if its files do not
+    load), else None for plain HTTP."""
+    if not cfg.server.tls.cert_file:
+        return None
+    return ServerTLS(cfg.server.tls)
+
+
+def _reload(tls: ServerTLS | None) -> None:
+    """SIGHUP: load the certificate and key again (the only thing reloaded so far)."""
+    if tls is None:
+        log.info("reload_skipped", reason="no server.tls to reload")
+        return
+    tls.reload()
+
+
 async def _wait_event(event: asyncio.Event) -> None:
     await event.wait()
 
@@ -156,9 +228,30 @@ async def serve(cfg: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        tls = server_tls(cfg)
+    except ConfigError as exc:
+        log.error("invalid_configuration", error=str(exc))
+        return 2
+    # Set before the slow start-up, whose SIGHUP would otherwise end the process.
+    loop.add_signal_handler(signal.SIGHUP, _reload, tls)
+    try:
+        activated = activated_sockets()
+    except ValueError as exc:
+        log.error("listen_failed", error=str(exc))
+        return 1
 
+    for warning in credential_warnings(cfg):
+        log.warning("weak_credential", warning=warning)
+    ensure_file_limit(cfg)
     dsn, embedded = await resolve_dsn(cfg)
-    runner = web.AppRunner(build_app(cfg, dsn), access_log=None, shutdown_timeout=5)
+    app = build_app(cfg, dsn)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=cfg.server.keepalive_timeout_seconds,
+    )
     watchdog: asyncio.Task[None] | None = None
     try:
         # Start-up waits for the database (logging while it does) but still obeys SIGTERM.
@@ -168,18 +261,36 @@ async def serve(cfg: Config) -> int:
         except DatabaseRefused as exc:
             log.error("database_refused", error=str(exc))
             return 1
-        site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            log.error("listen_failed", host=cfg.server.host, port=cfg.server.port, error=str(exc))
-            return 1
+        if activated:
+            sockets = activated
+        else:
+            try:
+                sockets = listen_sockets(cfg.server.host, cfg.server.port)
+            except OSError as exc:
+                log.error(
+                    "listen_failed", host=cfg.server.host, port=cfg.server.port, error=str(exc)
+                )
+                return 1
+        site = GuardedSite(
+            runner,
+            sockets,
+            cfg.server,
+            ssl_context=tls.context if tls else None,
+            metrics=app[METRICS],
+        )
+        await site.start()
         log.info(
             "server_ready",
-            address=f"http://{cfg.server.host}:{cfg.server.port}",
+            address=(
+                site.name
+                if activated
+                else f"{'https' if tls else 'http'}://{cfg.server.host}:{cfg.server.port}"
+            ),
+            socket_activated=bool(activated),
             ingest_path=cfg.ingest.path,
             version=__version__,
             embedded_database=embedded is not None,
+            **({"tls_fingerprint_sha256": tls.fingerprint} if tls else {}),
         )
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()

@@ -1,6 +1,7 @@
-"""The sd_notify protocol (READY=1, STOPPING=1, WATCHDOG=1): a datagram to $NOTIFY_SOCKET.
+"""The sd_notify protocol (READY=1, STOPPING=1, WATCHDOG=1): a datagram to $NOTIFY_SOCKET;
+and socket activation (sd_listen_fds): the listening sockets systemd passes from fd 3 on.
 
-Twenty lines do not justify a dependency; outside systemd every call is a no-op.
+Forty lines do not justify a dependency; outside systemd every call is a no-op.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ import asyncio
 import contextlib
 import os
 import socket
+
+# The first file descriptor of socket activation (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
+_LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 # systemd reads its notification socket promptly; if it ever does not, a full socket buffer
 # must not stall the event loop for long (a lost WATCHDOG=1 is retried half a period later).
@@ -55,3 +60,23 @@ async def watchdog_loop(interval: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+def listen_sockets() -> list[socket.socket]:
+    """The sockets passed by socket activation (``LISTEN_FDS`` of them from fd 3, when
+    ``LISTEN_PID`` is this process), or [] when there are none for this process.
+
+    Like sd_listen_fds(unset_environment=1): the variables are removed, so a child process (the
+    embedded PostgreSQL) does not take the sockets for its own, and the descriptors are made
+    close-on-exec.
+    """
+    pid, count = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")
+    for name in _LISTEN_VARIABLES:
+        os.environ.pop(name, None)
+    if pid != str(os.getpid()) or not count or not count.isdigit():
+        return []
+    sockets = []
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets

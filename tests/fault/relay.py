@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,19 @@ INGEST_TOKEN = "fault-ingest-token"
 
 
 API_KEY = "fault-api-key"
+
+
+# What systemd does between fork and exec for a socket-activated service: the listening socket
+# becomes fd 3, LISTEN_FDS=1 and LISTEN_PID=<the pid that execs>. argv: FD COMMAND...
+SOCKET_ACTIVATE = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="air-relay")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def relay_command() -> list[str]:
@@ -85,21 +99,29 @@ class Relay:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> None:
+    def start(self, listen_socket: socket.socket | None = None) -> None:
+        """Start serve; with ``listen_socket``, socket-activated on it (as fd 3, LISTEN_FDS=1
+        and LISTEN_PID) instead of binding its configured port."""
         assert not self.alive, f"{self.name} is already running"
         log = self.root / f"{self.name}.{len(self.logs) + 1}.log"
         self.logs.append(log)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIR_RELAY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIR_RELAY_", "LISTEN_"))}
+        command = [*relay_command(), "serve", "--config", str(self.config_path)]
+        passed: tuple[int, ...] = ()
+        if listen_socket is not None:
+            passed = (listen_socket.fileno(),)
+            command = [sys.executable, "-c", SOCKET_ACTIVATE, str(passed[0]), *command]
         with log.open("wb") as out:
             # Own process group: kill -9 of the group leaves nothing behind.
             self.proc = subprocess.Popen(
-                [*relay_command(), "serve", "--config", str(self.config_path)],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 env=env,
                 start_new_session=True,
+                pass_fds=passed,
             )
 
     @property

@@ -6,6 +6,7 @@ pytest (short sizes, long ones with --run-slow); bench/faults.py runs them by na
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -535,6 +536,132 @@ async def slow_send_keeps_its_lease(lab: FaultLab, *, lease: float = 2.0) -> Fig
     )
 
 
+class Poster:
+    """Clients posting numbered events one after another, a new connection for each (a kept
+    connection would die with the process), until stopped; ``pause`` waits until none is in
+    flight."""
+
+    def __init__(self, base: str, run: str, clients: int) -> None:
+        self.base = base
+        self.run = run
+        self.clients = clients
+        self.load = LoadResult()
+        self.in_flight = 0
+        self._next = 0
+        self._open = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._open.set()
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(self.clients)]
+
+    async def pause(self) -> None:
+        self._open.clear()
+        await eventually(lambda: self.in_flight == 0, 60, "requests still in flight")
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def stop(self) -> LoadResult:
+        self._stopping = True
+        await asyncio.gather(*self._tasks)
+        return self.load
+
+    async def _client(self) -> None:
+        while not self._stopping:
+            await self._open.wait()
+            seq, self._next = self._next, self._next + 1
+            self.in_flight += 1
+            try:
+                # Its own session: a new connection, and long enough to wait out a restart.
+                sent = await send_events([self.base], [seq], self.run, concurrency=1, timeout=60)
+            finally:
+                self.in_flight -= 1
+            self.load.answers.update(sent.answers)
+
+
+async def restart_on_a_passed_socket(
+    lab: FaultLab,
+    *,
+    restarts: int = 1,
+    graceful: bool = False,
+    gap: float = 1.0,
+    clients: int = 8,
+    between: float = 1.5,
+) -> Figures:
+    """Socket activation: the test holds the listening socket, as systemd's air-relay.socket
+    does, and passes it to serve as fd 3 (LISTEN_FDS=1, LISTEN_PID). Clients post events
+    continuously, a new connection each; serve is stopped, and ``gap`` seconds later a new
+    serve started on the same socket, ``restarts`` times. Connections made while no process
+    serves wait in the socket's queue: every POST gets a 202, none is refused, and every event
+    is delivered.
+
+    ``graceful``: stopped with SIGTERM (systemctl restart) while the clients keep posting; the
+    old process finishes what it has accepted. Otherwise kill -9, between two requests: a
+    request the killed process had already accepted dies with it, whatever holds the socket.
+    """
+    t0 = time.monotonic()
+    pg = await lab.postgres()
+    sink = await lab.sink()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    waited: list[int] = []
+    try:
+        # The configured port is the socket's: had serve bound it, it would fail (in use).
+        relay = lab.relay("serve", pg.dsn, server={"port": listener.getsockname()[1]})
+        relay.start(listen_socket=listener)
+        await relay.wait_ready()
+        await create_webhook_sink(relay, sink.url)
+        poster = Poster(relay.base_url, lab.run, clients)
+        poster.start()
+        for _ in range(restarts):
+            await asyncio.sleep(between)
+            if graceful:
+                relay.sigterm()
+                assert await relay.wait_exit(30) == 0, relay.tail()
+            else:
+                await poster.pause()
+                relay.kill9()
+                poster.resume()
+            await asyncio.sleep(gap)  # no process serves: connections queue on the socket
+            waited.append(poster.in_flight)
+            relay.start(listen_socket=listener)
+            await relay.wait_ready()
+        await asyncio.sleep(between)
+        load = await poster.stop()
+    finally:
+        listener.close()
+    assert all(waited), f"no POST waited through a restart: {waited}"
+    assert not load.errors, f"{len(load.errors)} POSTs refused or cut: {load.errors[:10]}"
+    assert load.accepted == sorted(load.answers), "every POST is answered 202"
+    await assert_accepted_are_stored(load, pg.dsn)
+    await sink.wait_delivered(load.accepted, timeout=60)
+    await all_delivered(pg.dsn)
+    for start in range(1, restarts + 2):
+        (ready,) = relay.events("server_ready", start)
+        assert ready["socket_activated"] is True, ready
+    assert not relay.events("listen_failed")
+    assert_no_error_logs(relay)
+    how = "SIGTERM" if graceful else "kill -9"
+    return Figures.of(
+        f"{how} and restart on a passed socket (x{restarts})",
+        load,
+        sink,
+        started=t0,
+        notes=(
+            f"{gap:g} s without a process each time; POSTs waiting in the socket's queue "
+            f"then: {', '.join(map(str, waited))}; refused: {len(load.errors)}"
+        ),
+    )
+
+
+SOCKET_SIZES: Sizes = {"short": {}, "long": {"restarts": 3, "gap": 3.0, "clients": 32}}
+GRACEFUL_SOCKET_SIZES: Sizes = {
+    "short": {"graceful": True, "clients": 16},
+    "long": {"graceful": True, "restarts": 5, "clients": 32},
+}
+
+
 # bench/faults.py runs these by name, at any of their sizes (or with its own arguments).
 SCENARIOS: dict[str, tuple[Callable[..., Awaitable[Figures]], Sizes]] = {
     "kill9": (kill9_under_load, KILL9_SIZES),
@@ -545,4 +672,6 @@ SCENARIOS: dict[str, tuple[Callable[..., Awaitable[Figures]], Sizes]] = {
     "sigterm": (sigterm_in_flight, {"short": {}}),
     "lease-takeover": (lease_takeover, {"short": {}}),
     "lease-renewal": (slow_send_keeps_its_lease, {"short": {}}),
+    "socket-restart": (restart_on_a_passed_socket, SOCKET_SIZES),
+    "socket-restart-sigterm": (restart_on_a_passed_socket, GRACEFUL_SOCKET_SIZES),
 }

@@ -16,14 +16,17 @@ from tests.fault.lab import FaultLab, fault_lab
 from tests.fault.scenarios import (
     DB_CRASH_SIZES,
     DB_DOWN_SIZES,
+    GRACEFUL_SOCKET_SIZES,
     INSTANCES_SIZES,
     KILL9_SIZES,
     SINK_OUTAGE_SIZES,
+    SOCKET_SIZES,
     Sizes,
     database_crash_under_load,
     database_down_at_startup,
     kill9_under_load,
     lease_takeover,
+    restart_on_a_passed_socket,
     several_instances,
     sigterm_in_flight,
     sink_outage,
@@ -62,6 +65,20 @@ async def test_kill9_under_load_loses_no_accepted_event(
     lab: FaultLab, size: dict[str, Any]
 ) -> None:
     await run(lab, kill9_under_load(lab, **size))
+
+
+@sized(SOCKET_SIZES)
+async def test_restart_on_a_passed_socket_refuses_nothing(
+    lab: FaultLab, size: dict[str, Any]
+) -> None:
+    await run(lab, restart_on_a_passed_socket(lab, **size))
+
+
+@sized(GRACEFUL_SOCKET_SIZES)
+async def test_sigterm_restart_on_a_passed_socket_refuses_nothing(
+    lab: FaultLab, size: dict[str, Any]
+) -> None:
+    await run(lab, restart_on_a_passed_socket(lab, **size))
 
 
 @sized(DB_CRASH_SIZES)

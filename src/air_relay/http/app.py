@@ -12,12 +12,14 @@ from air_relay.config import Config
 from air_relay.http import audit_api, delivery_api, ops, sinks_api
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
+from air_relay.http.listener import guard_middleware
 from air_relay.http.state import CONFIG
 
 
 def make_app(cfg: Config) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        # The guard's inside the error middleware: it sees a handler's exceptions first.
+        middlewares=[error_middleware, guard_middleware],
         # A little headroom so an oversized body is answered by our own 413 check.
         client_max_size=cfg.server.max_body_bytes + 1,
     )
