@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from air_relay.db import repository as repo
+from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.model import Completion, NewEvent
 
 T = TypeVar("T")
@@ -63,20 +64,37 @@ class GroupCommit(Generic[T, R]):
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
             try:
-                results = await self._write([w.item for w in batch])
+                await self._write_batch(batch)
             except asyncio.CancelledError:
                 for waiting in (*batch, *self._queue):
                     waiting.future.cancel()
                 raise
-            except Exception as exc:
-                # Nothing of the batch committed (one transaction): every caller hears it.
-                for waiting in batch:
-                    if not waiting.future.done():
-                        waiting.future.set_exception(exc)
-                continue
-            for waiting, result in zip(batch, results, strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result(result)
+
+    async def _write_batch(self, batch: list[_Waiting[T, R]]) -> None:
+        try:
+            results = await self._write([w.item for w in batch])
+        except DB_UNAVAILABLE as exc:
+            # Nothing of the batch committed (one statement): every caller hears it.
+            self._fail(batch, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            # Not an outage: maybe one item the database refuses. Each on its own, so that
+            # one bad item fails only its own caller.
+            for waiting in batch:
+                await self._write_batch([waiting])
+            return
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[_Waiting[T, R]], exc: BaseException) -> None:
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_exception(exc)
 
 
 class IngestBatcher(GroupCommit[NewEvent, int]):

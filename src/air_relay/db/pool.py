@@ -18,9 +18,10 @@ log = structlog.get_logger(__name__)
 # By SQLSTATE class: 08 connection, 53 insufficient resources (disk full, out of memory, too
 # many connections), 57 operator intervention (shutdown, starting up, statement timeout),
 # 58 system (I/O) error, 55 object not in prerequisite state ("database is not currently
-# accepting connections", lock timeouts), and 25006, a read-only standby after failover. Any other
-# PostgresError is a bug or a misconfiguration: a 500 with an error-level log line, not a
-# "retry later" that would hide it for ever.
+# accepting connections", lock timeouts), 40 (a deadlock or serialization failure: the
+# transaction was rolled back and a retry succeeds), and 25006, a read-only standby after
+# failover. Any other PostgresError is a bug or a misconfiguration: a 500 with an error-level
+# log line, not a "retry later" that would hide it for ever.
 DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InsufficientResourcesError,
@@ -28,6 +29,7 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresSystemError,
     asyncpg.ReadOnlySQLTransactionError,
     asyncpg.ObjectNotInPrerequisiteStateError,
+    asyncpg.TransactionRollbackError,
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,

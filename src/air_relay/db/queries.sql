@@ -112,6 +112,13 @@ WITH claim AS (
          WITH ORDINALITY
          AS c(id, claim_token, status, next_attempt_at, last_error, attempts, tenant_id,
               event_id, event_name, organization_id, event_sink_id, sink_type, claim_no)
+), locked AS (
+    -- In id order, as renew_leases locks them (different orders can deadlock).
+    SELECT d.id, c.claim_token
+    FROM deliveries d
+    JOIN claim c ON d.id = c.id AND d.claim_token = c.claim_token
+    ORDER BY d.id
+    FOR UPDATE OF d
 ), updated AS (
     UPDATE deliveries d
     SET status = c.status,
@@ -121,8 +128,9 @@ WITH claim AS (
         claim_token = NULL,
         claimed_by = NULL,
         updated_at = now()
-    FROM claim c
-    WHERE d.id = c.id AND d.claim_token = c.claim_token
+    FROM locked l
+    JOIN claim c ON c.id = l.id AND c.claim_token = l.claim_token
+    WHERE d.id = l.id
     RETURNING c.id, c.claim_token
 ), recorded AS (
     INSERT INTO delivery_attempts (
@@ -144,11 +152,21 @@ SELECT id, claim_token FROM updated;
 
 -- name: renew_leases
 -- Extend running claims ($1 ids, $2 their claim tokens) by $3 seconds; returns the ids of
--- those still ours.
+-- those still ours. Rows are locked in id order, as complete_deliveries locks them: two
+-- statements that lock many rows in different orders can deadlock.
+WITH mine AS (
+    SELECT d.id
+    FROM deliveries d
+    JOIN unnest($1::uuid[], $2::uuid[]) AS c(id, claim_token)
+      ON d.id = c.id AND d.claim_token = c.claim_token
+    WHERE d.status = 'pending'
+    ORDER BY d.id
+    FOR UPDATE OF d
+)
 UPDATE deliveries d
 SET next_attempt_at = now() + make_interval(secs => $3)
-FROM unnest($1::uuid[], $2::uuid[]) AS c(id, claim_token)
-WHERE d.id = c.id AND d.claim_token = c.claim_token AND d.status = 'pending'
+FROM mine
+WHERE d.id = mine.id
 RETURNING d.id;
 
 -- name: wake_sink_backlog

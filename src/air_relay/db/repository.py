@@ -117,6 +117,15 @@ async def claim_deliveries(
     ]
 
 
+def _storable(text: str | None) -> str | None:
+    """Text from a sink (a response body, an error it named) as PostgreSQL text takes it: no
+    NUL, no unpaired surrogate. One such character must not fail a whole batch of
+    completions."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 async def complete_deliveries(
     pool: asyncpg.Pool, completions: Sequence[Completion]
 ) -> set[tuple[uuid.UUID, uuid.UUID]]:
@@ -142,7 +151,7 @@ async def write_completions(
         [c.delivery.claim_token for c in completions],
         [c.status for c in completions],
         [c.next_attempt_at for c in completions],
-        [c.last_error for c in completions],
+        [_storable(c.last_error) for c in completions],
         [len(c.attempts) for c in completions],
         [c.delivery.tenant_id for c in completions],
         [c.delivery.event_id for c in completions],
@@ -154,8 +163,8 @@ async def write_completions(
         [a.attempt for _, a in attempts],
         [a.outcome for _, a in attempts],
         [a.status_code for _, a in attempts],
-        [a.error for _, a in attempts],
-        [a.response_body for _, a in attempts],
+        [_storable(a.error) for _, a in attempts],
+        [_storable(a.response_body) for _, a in attempts],
         [a.duration_ms for _, a in attempts],
         [a.next_attempt_at for _, a in attempts],
         [a.created_at for _, a in attempts],
