@@ -85,14 +85,15 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
 
     async def client_sessions(app: web.Application) -> AsyncIterator[None]:
         limit = cfg.delivery.concurrency
-        lookups = Lookups()
+        # API checks and sends resolve on separate threads: neither can starve the other.
+        lookups, send_lookups = Lookups(), Lookups()
         app[LOOKUPS] = lookups
         guarded = not cfg.delivery.allow_private_destinations
         # Checked at connect time, for the address actually connected to.
         webhook_connector = aiohttp.TCPConnector(
             limit=limit,
             ttl_dns_cache=60,
-            resolver=GuardedResolver(lookups) if guarded else None,
+            resolver=GuardedResolver(send_lookups) if guarded else None,
             socket_factory=guarded_socket if guarded else None,
         )
         try:
@@ -106,6 +107,7 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
                 yield
         finally:
             lookups.close()
+            send_lookups.close()
 
     async def dispatcher(app: web.Application) -> AsyncIterator[None]:
         senders = build_senders(cfg, app[CLIENTS])

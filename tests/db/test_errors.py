@@ -71,3 +71,13 @@ def test_the_embedded_server_inherits_no_secret(
         assert os.environ["AIR_RELAY_INGEST_TOKEN"] == secret  # the daemon's is put back
     finally:
         server.stop()
+
+
+def test_a_rolled_back_conflict_is_worth_a_retry() -> None:
+    from air_relay.db.pool import DB_UNAVAILABLE
+
+    # Deadlocks and serialization failures roll the statement back: retrying succeeds.
+    for exc in (asyncpg.DeadlockDetectedError(), asyncpg.SerializationError()):
+        assert isinstance(exc, DB_UNAVAILABLE)
+    for exc in (asyncpg.UndefinedTableError(), asyncpg.UniqueViolationError()):
+        assert not isinstance(exc, DB_UNAVAILABLE)

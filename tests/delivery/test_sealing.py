@@ -386,3 +386,40 @@ def test_seal_builder_covers_gaps_in_ids() -> None:
     assert (seal.id, seal.first_id, seal.last_id, seal.row_count) == (2, 5, 9, 1)
     assert seal.prev_hash == "a" * 64
     assert build_seal(previous, T0 + timedelta(microseconds=1), [row]).hash != seal.hash
+
+
+async def test_the_audit_write_lock_is_taken_before_any_id_is_drawn(
+    pool: asyncpg.Pool, db: asyncpg.Connection, db_dsn: str
+) -> None:
+    # The horizon is sound only if a completion holds the lock before its attempt ids are
+    # drawn: while the sealer holds it, a completion must not have advanced the sequence.
+    claimed = model.ClaimedDelivery(
+        uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), TENANT, "Webhook", 0, 1, uuid.uuid4(),
+        "CaseCreatedEvent", 1, b"{}", {"url": "http://127.0.0.1:9/"}, T0,
+    )  # fmt: skip
+    record = model.AttemptRecord(1, "success", 200, None, "ok", 5, None, T0)
+    holder = await connect(db_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", repo.AUDIT_WRITE_LOCK_KEY)
+        sequence = "SELECT last_value, is_called FROM delivery_attempts_id_seq"
+        before = tuple(await db.fetchrow(sequence))
+        writing = asyncio.create_task(
+            repo.complete_deliveries(
+                pool, [model.Completion(claimed, "delivered", None, None, [record])]
+            )
+        )
+
+        async def waits_for_the_lock() -> bool:
+            n = await db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            return bool(n)
+
+        await wait_until(waits_for_the_lock)
+        assert tuple(await db.fetchrow(sequence)) == before
+        assert not writing.done()
+        await holder.execute("SELECT pg_advisory_unlock($1)", repo.AUDIT_WRITE_LOCK_KEY)
+        await writing
+        assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 1
+    finally:
+        await holder.close()

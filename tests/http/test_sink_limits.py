@@ -101,3 +101,16 @@ async def test_bad_list_parameters_are_400(relay: Any) -> None:
         status, answer = await api_get(relay, "/v1/event_sink", **params)
         assert status == 400, params
         assert answer["error"]["code"] == "invalid_argument"
+
+
+async def test_a_tenant_allowed_more_than_a_page_still_gets_its_whole_list_first(
+    make_relay: Any,
+) -> None:
+    # Scanner clients read one page: with a cap above the default page size, the default
+    # page grows with the cap.
+    relay = await make_relay(api={"max_sinks_per_tenant": 150})
+    for i in range(120):
+        await create_sink(relay, WEBHOOK, name=f"s{i}")
+    status, first = await api_get(relay, "/v1/event_sink")
+    assert status == 200
+    assert (len(first["data"]["event_sinks"]), first["pagination"]) == (120, None)

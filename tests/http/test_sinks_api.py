@@ -457,12 +457,15 @@ async def test_put_merges_webhook_args(relay: Any, db: asyncpg.Connection) -> No
         )
         return value
 
-    # Only a new url: secret, bearer token and headers stay.
-    new_url = {"Webhook": {"url": "https://hooks.example/y"}}
-    status, body, _ = await call(relay, "PUT", path, {"event_sink_args": new_url})
+    # Only a new name: secret, bearer token and headers stay.
+    status, body, _ = await call(relay, "PUT", path, {"name": "renamed"})
     assert status == 200, body
     assert_masked(body["event_sink"]["configuration"])
-    assert await stored() == {**webhook_full("https://hooks.example/y")["Webhook"]}
+    assert await stored() == {**webhook_full()["Webhook"]}
+    # A new url needs the credentials again (test_credentials.py has the cases).
+    new_url = {"Webhook": {"url": "https://hooks.example/y"}}
+    status, body, _ = await call(relay, "PUT", path, {"event_sink_args": new_url})
+    assert status == 400, body
 
     # A client that round-trips what GET showed keeps the stored secrets.
     _, got, _ = await call(relay, "GET", path)
@@ -491,8 +494,8 @@ async def test_put_merges_webhook_args(relay: Any, db: asyncpg.Connection) -> No
     removal = {"Webhook": {"secret": None, "bearer_token": None, "headers": None}}
     status, body, _ = await call(relay, "PUT", path, {"event_sink_args": removal})
     assert status == 200, body
-    assert body["event_sink"]["configuration"] == {"Webhook": {"url": "https://hooks.example/y"}}
-    assert await stored() == {"url": "https://hooks.example/y"}
+    assert body["event_sink"]["configuration"] == {"Webhook": {"url": "https://hooks.example/x"}}
+    assert await stored() == {"url": "https://hooks.example/x"}
 
     # The url is required and cannot be removed.
     status, body, _ = await call(
@@ -502,14 +505,15 @@ async def test_put_merges_webhook_args(relay: Any, db: asyncpg.Connection) -> No
 
 
 async def test_merged_secret_signs_the_next_delivery(relay: Any, sink_server: SinkServer) -> None:
-    """After a PUT that only changes the url's path, deliveries still carry the stored signing
-    key and bearer token, and the extra headers."""
-    sink = await create_sink(relay, webhook_full(sink_server.url("/old")))
+    """After a PUT that round-trips the args a GET showed, with one more header, deliveries
+    still carry the stored signing key and bearer token, and the extra headers."""
+    sink = await create_sink(relay, webhook_full(sink_server.url("/signed")))
+    shown = sink["configuration"]["Webhook"]
     status, body, _ = await call(
         relay,
         "PUT",
         f"/v1/event_sink/{sink['id']}",
-        {"event_sink_args": {"Webhook": {"url": sink_server.url("/signed")}}},
+        {"event_sink_args": {"Webhook": {**shown, "headers": {**shown["headers"], "X-B": "1"}}}},
     )
     assert status == 200, body
     resp = await post_event(relay, EXAMPLE)

@@ -69,11 +69,13 @@ def test_write_only_secrets_are_masked_and_a_masked_value_sent_back_keeps_them()
     shown = shown_args(sink_type, args)
     assert shown["secret"] == "whsec_…LaSw"
     assert shown["bearer_token"] == "…7890"
-    # A client that round-trips a GET with a new path on the same host keeps both secrets.
-    _, merged = parse_sink_args(
-        {"Webhook": {**shown, "url": "https://h/v2"}}, CFG, stored(sink_type, args)
-    )
-    assert merged == {"url": "https://h/v2", "secret": SECRET, "bearer_token": TOKEN}
+    # A client that round-trips a GET keeps both secrets.
+    _, merged = parse_sink_args({"Webhook": shown}, CFG, stored(sink_type, args))
+    assert merged == {"url": "https://h/", "secret": SECRET, "bearer_token": TOKEN}
+    # With any other URL, even a new path on the same host, they must be given again.
+    with pytest.raises(InvalidArgument) as info:
+        parse_sink_args({"Webhook": {**shown, "url": "https://h/v2"}}, CFG, stored(sink_type, args))
+    assert info.value.field == "event_sink_args.Webhook.secret"
 
 
 def test_an_update_merges_and_null_removes_an_optional_argument() -> None:

@@ -99,7 +99,7 @@ async def test_the_api_masks_every_credential(relay: Any) -> None:
         },
     )
     shown = sink["configuration"]["Webhook"]
-    assert shown["url"] == "https://relay:***@127.0.0.1:9/x"
+    assert shown["url"] == "https://***:***@127.0.0.1:9/x"
     assert shown["headers"] == {"X-Api-Key": "\u20261234", "Cookie": "\u2026", "X-Env": "prod"}
     pd = await create_sink(relay, {"PagerDuty": {"integration_key": "e93facc04764012d7bfb0025"}})
     assert pd["configuration"]["PagerDuty"]["integration_key"] == "\u20260025"
@@ -133,6 +133,8 @@ MOVES = [
     ("https://other.example:9/x", "bearer_token"),  # another host
     ("http://127.0.0.1:9/x", "bearer_token"),  # another scheme
     ("https://127.0.0.1:10/x", "bearer_token"),  # another port
+    ("https://127.0.0.1:9/attacker", "bearer_token"),  # another path of a shared host
+    ("https://127.0.0.1:9/x?to=me", "bearer_token"),  # another query
 ]
 
 
@@ -247,3 +249,88 @@ async def test_a_request_the_client_cannot_build_is_dead_at_once(
         1,
         "internal_error:ValueError",
     )
+
+
+async def test_a_user_name_alone_is_a_credential(
+    relay: Any, db: asyncpg.Connection, aiohttp_server: Any
+) -> None:
+    # aiohttp sends "Basic base64(user:)" for a URL with a user and no password: some
+    # services put their token there.
+    server = await echo_server(aiohttp_server)
+    token = "sk_live_SECRETTOKEN123"
+    sink = await create_sink(
+        relay, {"Webhook": {"url": f"http://{token}@127.0.0.1:{server.port}/h"}}
+    )
+    assert sink["configuration"]["Webhook"]["url"] == f"http://***@127.0.0.1:{server.port}/h"
+    assert (await post_event(relay, EVENT)).status == 202
+    await wait_final(db)
+    text = json.dumps(await audit_rows(relay))
+    assert leaked(text, token) == [] and leaked(text, f"{token}:") == []
+
+
+async def test_secret_looking_query_values_are_masked_and_redacted(
+    relay: Any, db: asyncpg.Connection, aiohttp_server: Any
+) -> None:
+    # Google Chat's incoming webhooks carry ?key=...&token=... in the URL.
+    server = await echo_server(aiohttp_server)
+    key, token = "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI", "Bw3pA2bs-Rp6JA0y0aoC7Zh4b2Q"
+    url = f"http://127.0.0.1:{server.port}/v1/spaces/A/messages?key={key}&token={token}&x=1"
+    sink = await create_sink(relay, {"Webhook": {"url": url}})
+    shown = sink["configuration"]["Webhook"]["url"]
+    assert shown.endswith("/v1/spaces/A/messages?key=***&token=***&x=1"), shown
+    await post_event(relay, EVENT)
+    await wait_final(db)
+    text = json.dumps(await audit_rows(relay))
+    assert leaked(text, key) == [] and leaked(text, token) == []
+    # The masked URL sent back unchanged keeps the real one.
+    resp = await relay.put(
+        f"/v1/event_sink/{sink['id']}",
+        json={"event_sink_args": {"Webhook": {"url": shown}}},
+        headers=auth(ADMIN_KEY),
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await db.fetchval("SELECT args FROM event_sinks"))["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ({"Webhook": {"url": "https://u:***@127.0.0.1/x"}}, "event_sink_args.Webhook.url"),
+        ({"Webhook": {"url": "https://***@127.0.0.1/x"}}, "event_sink_args.Webhook.url"),
+        (
+            {"PagerDuty": {"integration_key": "\u2026d1a6"}},
+            "event_sink_args.PagerDuty.integration_key",
+        ),
+    ],
+)
+async def test_a_masked_value_is_never_stored_as_the_real_one(
+    relay: Any, args: dict[str, Any], field: str
+) -> None:
+    body = {"tenant_id": "00000000-0000-0000-0000-000000000000", "name": "n",
+            "description": "d", "event_sink_args": args}  # fmt: skip
+    resp = await relay.post("/v1/event_sink", json=body, headers=auth(ADMIN_KEY))
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["message"].startswith(field + " ")
+
+
+async def test_a_nul_in_a_reply_fails_nothing(
+    relay: Any, db: asyncpg.Connection, aiohttp_server: Any, sink_server: Any
+) -> None:
+    # PostgreSQL text takes no NUL: one such reply used to fail the whole batch of
+    # completions it was written with, other sinks' included, and nothing was recorded.
+    async def nul(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=b"nul\x00here")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", nul)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    await create_sink(relay, {"Webhook": {"url": f"http://127.0.0.1:{server.port}/h"}})
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    for _ in range(3):
+        assert (await post_event(relay, EVENT)).status == 202
+    await wait_final(db, 6)
+    statuses = await db.fetch("SELECT status, attempts FROM deliveries")
+    assert [tuple(r) for r in statuses] == [("delivered", 1)] * 6
+    bodies = await db.fetch("SELECT response_body FROM delivery_attempts")
+    assert len(bodies) == 6
+    assert "nul\ufffdhere" in {r["response_body"] for r in bodies}

@@ -324,3 +324,25 @@ async def test_lookups_run_on_their_own_bounded_executor_with_a_timeout() -> Non
         release.set()
     finally:
         lookups.close()
+
+
+async def test_lookups_of_one_name_share_one_thread() -> None:
+    # A name whose DNS hangs holds one thread, not one per send that asks for it.
+    lookups = Lookups(threads=1, timeout=0.2)
+    try:
+        release = threading.Event()
+        lookups._executor.submit(release.wait, 5)
+        answers = await asyncio.gather(
+            *(lookups("localhost", 80) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(a, socket.gaierror) for a in answers)
+        assert lookups._executor._work_queue.qsize() == 1  # one queued lookup, not five
+        release.set()
+
+        async def answered() -> bool:
+            return not lookups._running
+
+        await wait_until(answered)
+        assert await lookups("localhost", 80)
+    finally:
+        lookups.close()

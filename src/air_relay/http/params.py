@@ -88,8 +88,8 @@ def optional(query: Mapping[str, str], name: str, parse: Callable[[str, str], T]
     return parse(name, value) if value else None
 
 
-def page_limit(query: Mapping[str, str]) -> int:
-    return optional(query, "limit", lambda n, v: int_param(n, v, 1, MAX_LIMIT)) or DEFAULT_LIMIT
+def page_limit(query: Mapping[str, str], default: int = DEFAULT_LIMIT) -> int:
+    return optional(query, "limit", lambda n, v: int_param(n, v, 1, MAX_LIMIT)) or default
 
 
 def encode_cursor(text: str) -> str:

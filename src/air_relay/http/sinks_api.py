@@ -23,6 +23,8 @@ from air_relay.http.auth import api_key, query_tenant, require_tenant
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.params import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     decode_time_id_cursor,
     keyset_page,
     optional,
@@ -153,7 +155,9 @@ async def create_sink(request: web.Request) -> web.Response:
 
 async def list_sinks(request: web.Request) -> web.Response:
     tenant_id = query_tenant(request, api_key(request))
-    limit = page_limit(request.query)
+    # Scanner clients read one page: by default it holds every sink a tenant may have.
+    cap = request.app[CONFIG].api.max_sinks_per_tenant
+    limit = page_limit(request.query, default=min(MAX_LIMIT, max(DEFAULT_LIMIT, cap)))
     after = optional(request.query, "cursor", decode_time_id_cursor)
     # The cursor is only a position: the query is filtered by the tenant checked above.
     rows = await repo.list_sinks(request.app[POOL], tenant_id, limit + 1, after)

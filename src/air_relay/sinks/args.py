@@ -22,7 +22,7 @@ from aiohttp.helpers import is_ip_address
 from yarl import URL
 
 from air_relay.config import Config
-from air_relay.redaction import REDACTED, mask
+from air_relay.redaction import ELLIPSIS, REDACTED, basic_credentials, mask
 from air_relay.sinks.signing import SIGNING_PREFIX, decode_secret
 from air_relay.sinks.templates import parse_template
 from air_relay.validation import (
@@ -110,11 +110,31 @@ def masked_text(prefix: str = "") -> WriteOnly:
 
 
 def _shown_url(url: Any) -> Any:
-    """A URL with its password (if any) replaced by ``***``."""
+    """A URL with its user info and the values of secret-looking query parameters (Google
+    Chat's ``key`` and ``token``, say) replaced by ``***``."""
     if not isinstance(url, str):
         return url
     parsed = URL(url)
-    return str(parsed.with_password(REDACTED)) if parsed.password else url
+    if parsed.raw_user is not None:
+        parsed = parsed.with_user(REDACTED)
+        if parsed.password is not None:
+            parsed = parsed.with_password(REDACTED)
+    if any(secret_header(name) for name in parsed.query):
+        parsed = parsed.with_query(
+            [(k, REDACTED if secret_header(k) else v) for k, v in parsed.query.items()]
+        )
+    return str(parsed)
+
+
+def url_credentials(url: str) -> list[str]:
+    """What of a URL is a credential: its user info, and secret-looking query values."""
+    parsed = URL(url)
+    found = [v for k, v in parsed.query.items() if secret_header(k) and v]
+    if parsed.raw_user is not None:
+        user, password = parsed.user or "", parsed.password or ""
+        found += [s for s in (user, password) if s]
+        found += basic_credentials(user, password)
+    return found
 
 
 def _shown_headers(headers: Any) -> Any:
@@ -141,12 +161,6 @@ URL_PASSWORD = WriteOnly(_shown_url)
 HEADER_SECRETS = _HeaderSecrets(_shown_headers)
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Scheme, host and port as the client connects to them."""
-    parsed = URL(url)
-    return parsed.scheme, parsed.raw_host or "", parsed.port
-
-
 @dataclass(frozen=True)
 class ArgRules:
     """How one sink type's arguments are checked, merged and shown."""
@@ -164,8 +178,9 @@ class ArgRules:
         removes an optional argument, and a masked secret sent back unchanged (as a client
         that round-trips a GET would) keeps the stored one.
 
-        An update that moves the URL to another scheme, host or port must state every
-        stored credential again: kept credentials would otherwise go to the new host."""
+        An update that changes the URL (other than sending back the masked form it was
+        shown) must state every stored credential again: kept credentials would otherwise go
+        wherever the new URL points, another path of a shared host included."""
         if self.egress_url and self._moves(old, new, prefix):
             self._require_credentials(old, new, prefix)
         merged = dict(old)
@@ -183,10 +198,10 @@ class ArgRules:
         if url is None or not isinstance(stored, str) or url == _shown_url(stored):
             return False
         # A bad URL is reported as such, before any talk of credentials.
-        return origin(_url(url, f"{prefix}.{self.egress_url}")) != origin(stored)
+        return _url(url, f"{prefix}.{self.egress_url}") != stored
 
     def _require_credentials(self, old: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
-        why = "must be given again (or null) when the URL's scheme, host or port changes"
+        why = "must be given again (or null) when the URL changes"
         for key, rule in self.secrets.items():
             if key == self.egress_url or key not in old:
                 continue
@@ -229,6 +244,12 @@ def _url(value: Any, field: str) -> str:
         raise InvalidArgument(field, "must be an http or https URL")
     if not host:
         raise InvalidArgument(field, "must name a host")
+    if REDACTED in (parsed.raw_user, parsed.raw_password) or REDACTED.replace("*", "%2A") in (
+        parsed.raw_user,
+        parsed.raw_password,
+    ):
+        # The masked form a GET shows, sent back with other changes: not a credential.
+        raise InvalidArgument(field, "must not carry the masked credentials (***) shown by a GET")
     written = urlsplit(url).netloc.rpartition("@")[2]
     if not written.isascii() and is_ip_address(host):
         # Unicode digits that the client reads as an IP address: no honest URL needs them.
@@ -332,8 +353,12 @@ def _slack(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
 
 def _pagerduty(args: dict[str, Any], prefix: str, _cfg: Config) -> dict[str, Any]:
     reject_unknown(args, ("integration_key",), prefix, noun="argument")
-    key = required(args, "integration_key", prefix)
-    return {"integration_key": text_field(key, f"{prefix}.integration_key", limit=128)}
+    field = f"{prefix}.integration_key"
+    key = text_field(required(args, "integration_key", prefix), field, limit=128)
+    if ELLIPSIS in key:
+        # The masked form a GET shows, with another tail: not a key.
+        raise InvalidArgument(field, "must be the key itself, not its masked form")
+    return {"integration_key": key}
 
 
 WEBHOOK = ArgRules(

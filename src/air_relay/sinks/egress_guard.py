@@ -32,9 +32,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # IPv6 prefix that carries an IPv4 address in its last 32 bits (RFC 6052 NAT64).
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 RESOLVE_TIMEOUT_SECONDS = 3.0
-# Threads for name lookups of sink hosts: a few hanging names use these up, not the event
-# loop's default executor that everything else shares.
-LOOKUP_THREADS = 4
+# Threads for name lookups of sink hosts, not the event loop's default executor that
+# everything else shares. One name never holds more than one of them (see Lookups).
+LOOKUP_THREADS = 16
 
 AddrInfo = tuple[Any, ...]
 # (host, port) -> the getaddrinfo() results for it
@@ -108,30 +108,42 @@ def check_literal(url: str) -> None:
 
 
 class Lookups:
-    """getaddrinfo on a bounded executor of its own, each lookup with a timeout."""
+    """getaddrinfo on a bounded executor of its own, each wait with a timeout.
+
+    A lookup that times out keeps its thread until the system resolver gives up, so lookups
+    of one name share one thread: while a lookup of a name runs, every other caller asking
+    for it waits for that one. Names whose DNS hangs hold one thread each, not one per send.
+    """
 
     def __init__(
         self, threads: int = LOOKUP_THREADS, timeout: float = RESOLVE_TIMEOUT_SECONDS
     ) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="air-relay-dns")
         self._timeout = timeout
+        self._running: dict[tuple[str, int, int], asyncio.Future[list[AddrInfo]]] = {}
 
     async def __call__(
         self, host: str, port: int, family: int = socket.AF_UNSPEC
     ) -> list[AddrInfo]:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor,
-            socket.getaddrinfo,
-            host,
-            port,
-            family,
-            socket.SOCK_STREAM,
-        )
+        key = (host, port, family)
+        future = self._running.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, socket.getaddrinfo, host, port, family, socket.SOCK_STREAM
+            )
+            self._running[key] = future
+            future.add_done_callback(lambda done: self._finished(key, done))
         try:
-            return await asyncio.wait_for(future, self._timeout)
+            # shield: one caller's timeout must not cancel the lookup others wait for.
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
             raise socket.gaierror(socket.EAI_AGAIN, f"lookup of {host} timed out") from None
+
+    def _finished(self, key: tuple[str, int, int], done: asyncio.Future[list[AddrInfo]]) -> None:
+        if self._running.get(key) is done:
+            del self._running[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have timed out already
 
     def close(self) -> None:
         # A lookup that hangs keeps its thread; do not wait for it.

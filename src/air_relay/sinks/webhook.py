@@ -8,12 +8,10 @@ import time
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from air_relay import __version__
 from air_relay.model import ClaimedDelivery
-from air_relay.redaction import basic_credentials
-from air_relay.sinks.args import secret_header
+from air_relay.sinks.args import secret_header, url_credentials
 from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, audit_text, post
 from air_relay.sinks.egress_guard import DestinationRefused, check_literal
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
@@ -29,9 +27,7 @@ def credentials(args: dict[str, Any]) -> list[str]:
         found += [secret, secret.removeprefix(SIGNING_PREFIX)]
     if token := args.get("bearer_token"):
         found.append(token)
-    url = URL(args["url"])
-    if url.password:
-        found += [url.password, *basic_credentials(url.user or "", url.password)]
+    found += url_credentials(args["url"])
     headers: dict[str, str] = args.get("headers") or {}
     found += [value for name, value in headers.items() if secret_header(name) and value]
     return found
