@@ -13,7 +13,7 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import asyncpg
 import structlog
@@ -52,7 +52,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], ClaimedDelivery] = {}
-        self._per_sink: Counter[uuid.UUID] = Counter()
+        self._per_sink: Counter[uuid.UUID] = Counter()  # sends running, per sink
+        self._sending = 0
         self._sink_share = cfg.sink_concurrency or max(1, cfg.concurrency // 4)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -96,7 +97,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         backoff = 0.5
         while not self._stopping:
-            free = self._cfg.concurrency - len(self._inflight)
+            free = self._cfg.concurrency - self._sending
             want = min(free, self._cfg.batch_size)
             claimed: list[ClaimedDelivery] = []
             if want > 0:
@@ -183,17 +184,31 @@ class Dispatcher:
             claim=delivery.claims,
         )
         sender = self._senders[delivery.sink_type]
-        task = asyncio.create_task(self._runner.run(sender, delivery))
-        self._inflight[task] = delivery
-        self._per_sink[delivery.event_sink_id] += 1
-        task.add_done_callback(self._finished)
+        # A worker is a send: it is free again once the claim's sends are over, while the
+        # verdict is still being written (in a batch with others). The task stays in
+        # _inflight until then, for its lease and for shutdown.
+        sink = delivery.event_sink_id
+        self._sending += 1
+        self._per_sink[sink] += 1
+        done = False
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        delivery = self._inflight.pop(task, None)
-        if delivery is not None:
-            self._per_sink[delivery.event_sink_id] -= 1
-            if self._per_sink[delivery.event_sink_id] <= 0:
-                del self._per_sink[delivery.event_sink_id]
+        def sent() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self._sending -= 1
+            self._per_sink[sink] -= 1
+            if self._per_sink[sink] <= 0:
+                del self._per_sink[sink]
+            self._wake.set()  # a worker is free
+
+        task = asyncio.create_task(self._runner.run(sender, delivery, sent))
+        self._inflight[task] = delivery
+        task.add_done_callback(lambda finished: self._finished(finished, sent))
+
+    def _finished(self, task: asyncio.Task[None], sent: Callable[[], None]) -> None:
+        self._inflight.pop(task, None)
+        sent()  # if the claim ended before its sends did (deferred, cancelled, crashed)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery_task_crashed", error=repr(task.exception()))
-        self._wake.set()  # a slot is free
