@@ -31,11 +31,12 @@ from air_relay.delivery.retention import RetentionTask
 from air_relay.delivery.sealing import SealerTask
 from air_relay.http.app import make_app
 from air_relay.http.listener import GuardedSite, listen_sockets
-from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL
+from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL, TEMPLATES
 from air_relay.http.tls import ServerTLS
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver, Lookups, guarded_socket
 from air_relay.sinks.registry import Clients, build_senders
+from air_relay.sinks.template_workers import TemplateWorkers
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,9 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         # API checks and sends resolve on separate threads: neither can starve the other.
         lookups, send_lookups = Lookups(), Lookups()
         app[LOOKUPS] = lookups
+        # Processes for custom templates, started on first use (none without templates).
+        templates = TemplateWorkers()
+        app[TEMPLATES] = templates
         guarded = not cfg.delivery.allow_private_destinations
         # Checked at connect time, for the address actually connected to.
         webhook_connector = aiohttp.TCPConnector(
@@ -103,11 +107,12 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
                 ) as operator,
                 aiohttp.ClientSession(connector=webhook_connector) as webhook,
             ):
-                app[CLIENTS] = Clients(operator=operator, webhook=webhook)
+                app[CLIENTS] = Clients(operator=operator, webhook=webhook, templates=templates)
                 yield
         finally:
             lookups.close()
             send_lookups.close()
+            await templates.close()
 
     async def dispatcher(app: web.Application) -> AsyncIterator[None]:
         senders = build_senders(cfg, app[CLIENTS])

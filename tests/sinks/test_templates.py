@@ -2,11 +2,13 @@
 documented shape of its chat tool's incoming webhook; custom templates are checked at create
 and update (400 naming the field and the first failing event), run in a sandbox, and a render
 that fails at send is one permanent attempt with its detail in the audit row. Signatures cover
-the bytes actually sent."""
+the bytes actually sent. (The template workers' limits: test_template_workers.py.)"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -14,6 +16,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from air_relay.sinks import templates
+from air_relay.sinks.registry import check_template
+from air_relay.sinks.template_workers import TemplateWorkers
 from air_relay.sinks.templates import (
     PRESETS_NAMES,
     RenderFailed,
@@ -31,6 +35,7 @@ from tests.support import (
     auth,
     create_sink,
     delivery_state,
+    make_config,
     post_event,
     wait_final,
 )
@@ -220,13 +225,23 @@ def test_custom_template_gets_the_context() -> None:
         ' | tojson }}, "d": {{ data.get("taskId") | tojson }}, "id": {{ event_id | tojson }},'
         ' "at": {{ received_at | tojson }}}'
     )
-    spec = parse_template({"body": body}, FIELD, CONSOLE)
+    spec = parse_template({"body": body}, FIELD)
     example = CATALOG[3]["example"]  # TaskProcessingFailedEvent
-    out = json.loads(render(spec, example_context(example, CONSOLE)))
+    at = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)
+    out = json.loads(render(spec, example_context(example, CONSOLE, received_at=at)))
     assert out["t"] == "Task processing failed" and out["s"] == "error"
     assert out["e"] == "TaskProcessingFailedEvent" and out["o"] == 1
     assert out["l"] == ["https://air.example.com/url"] and out["d"] == "taskId"
     assert out["at"] == "2025-01-28T12:00:00Z"
+
+
+def test_example_contexts_are_new_events() -> None:
+    """Catalog examples are checked as if they had just arrived: no constant id or time a
+    template could tell them from real events by."""
+    first, second = (example_context({"eventName": "E"}, None) for _ in range(2))
+    assert first.event_id != second.event_id
+    assert first.event_id != "00000000-0000-4000-8000-000000000000"
+    assert (first.received_at or "") >= datetime.now(UTC).strftime("%Y-%m-%dT%H:%M")
 
 
 @pytest.mark.parametrize(
@@ -237,32 +252,62 @@ def test_custom_template_gets_the_context() -> None:
         ({"body": 5}, f"{FIELD}.body", "non-empty string"),
         ({"body": "x" * 20000}, f"{FIELD}.body", "at most 16384"),
         ({"body": "{{ title "}, FIELD, "does not compile"),
-        ({"body": "{{ title }}"}, FIELD, "fails for the catalog's DeploymentTokenRegeneratedEvent"),
-        (
-            {"body": '{"id": {{ data.taskId | tojson }}}'},
-            FIELD,
-            "DeploymentTokenRegeneratedEvent: TypeError: Object of type StrictUndefined",
-        ),
-        ({"body": "{{ ''.__class__ }}"}, FIELD, "SecurityError"),
-        ({"body": "{{ 'x' * 1000000 }}"}, FIELD, "repetition"),
-        ({"body": "{{ '%s' % title }}"}, FIELD, "% formatting"),
-        ({"body": "{{ 'a'.ljust(99999999) }}"}, FIELD, "SecurityError"),
-        ({"body": "{{ '{:>99999999}'.format(1) }}"}, FIELD, "SecurityError"),
-        (
-            {
-                "body": "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}"
-                "{% endfor %}"
-            },
-            FIELD,
-            "range() beyond",
-        ),
-        ({"body": '"{{ "x" * 99999 }}{{ "x" * 99999 }}" ' * 9}, FIELD, "exceeds 1048576 bytes"),
+        ({"body": "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"}, FIELD, "nested too deeply"),
+        ({"body": "{{" * 8000}, FIELD, "does not compile"),
+        ({"body": "{% macro f() %}{% endmacro %}{}"}, FIELD, "uses {% macro %}"),
+        ({"body": "{% call range(1) %}{% endcall %}{}"}, FIELD, "uses {% call %}"),
+        ({"body": "{% block a %}{% endblock %}{}"}, FIELD, "uses {% block %}"),
+        ({"body": '{% extends "x" %}'}, FIELD, "uses {% extends %}"),
+        ({"body": '{% include "x" %}{}'}, FIELD, "uses {% include %}"),
+        ({"body": '{% import "x" as y %}{}'}, FIELD, "uses {% import %}"),
+        ({"body": '{% from "x" import y %}{}'}, FIELD, "uses {% from ... import %}"),
+        ({"body": "{% for x in [1] recursive %}{% endfor %}{}"}, FIELD, "recursive for loop"),
     ],
 )
-def test_bad_templates_are_refused_naming_the_field(value: Any, field: str, words: str) -> None:
+def test_bad_sources_are_refused_naming_the_field(value: Any, field: str, words: str) -> None:
+    """Refused in the relay's process, before any render: parsing is linear in the source."""
     with pytest.raises(InvalidArgument) as info:
-        parse_template(value, FIELD, None)
+        parse_template(value, FIELD)
     assert info.value.field == field
+    assert words in str(info.value), str(info.value)
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[TemplateWorkers]:
+    pool = TemplateWorkers()
+    yield pool
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("{{ title }}", "fails for the catalog's DeploymentTokenRegeneratedEvent"),
+        (
+            '{"id": {{ data.taskId | tojson }}}',
+            "DeploymentTokenRegeneratedEvent: TypeError: Object of type StrictUndefined",
+        ),
+        ("{{ ''.__class__ }}", "SecurityError"),
+        ("{{ 'x' * 1000000 }}", "repetition"),
+        ("{{ '%s' % title }}", "% formatting"),
+        ("{{ 'a'.ljust(99999999) }}", "SecurityError"),
+        ("{{ '{:>99999999}'.format(1) }}", "SecurityError"),
+        ("{{ lipsum(3) }}", "'lipsum' is undefined"),
+        (
+            "{% for i in range(5000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}",
+            "range() beyond",
+        ),
+        ('"{{ "x" * 99999 }}{{ "x" * 99999 }}" ' * 9, "exceeds 1048576 bytes"),
+    ],
+)
+async def test_bad_renders_are_refused_naming_the_field(
+    body: str, words: str, workers: TemplateWorkers
+) -> None:
+    """Rendered for the catalog's examples in the template workers (as at create)."""
+    args = {"url": "http://127.0.0.1:9/", "template": {"body": body}}
+    with pytest.raises(InvalidArgument) as info:
+        await check_template("Webhook", args, make_config(), workers)
+    assert info.value.field == FIELD
     assert words in str(info.value), str(info.value)
 
 

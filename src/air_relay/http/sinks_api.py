@@ -20,7 +20,7 @@ from aiohttp import web
 from air_relay.config import ApiKey, Config
 from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant, require_tenant
-from air_relay.http.errors import ApiError
+from air_relay.http.errors import RETRY_AFTER_SECONDS, ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.params import (
     DEFAULT_LIMIT,
@@ -33,10 +33,16 @@ from air_relay.http.params import (
     path_uuid,
     time_id_cursor,
 )
-from air_relay.http.state import CONFIG, LOOKUPS, POOL
+from air_relay.http.state import CONFIG, LOOKUPS, POOL, TEMPLATES
 from air_relay.model import Sink, SinkFields
 from air_relay.sinks.args import parse_active, parse_events, parse_organization_ids
-from air_relay.sinks.registry import check_destination, parse_sink_args, shown_args
+from air_relay.sinks.registry import (
+    check_destination,
+    check_template,
+    parse_sink_args,
+    shown_args,
+)
+from air_relay.sinks.template_workers import WorkersUnavailable
 from air_relay.timestamps import rfc3339_seconds
 from air_relay.validation import InvalidArgument, reject_unknown, required, text_field
 
@@ -84,6 +90,22 @@ async def visible_sink(request: web.Request, key: ApiKey) -> Sink:
     return sink
 
 
+async def _check_args(request: web.Request, sink_type: str, args: dict[str, Any]) -> None:
+    """The checks of new sink arguments that wait on something: the egress guard's name
+    lookups, then a custom template's renders in the template workers."""
+    cfg = request.app[CONFIG]
+    await check_destination(sink_type, args, cfg, request.app[LOOKUPS])
+    try:
+        await check_template(sink_type, args, cfg, request.app[TEMPLATES])
+    except WorkersUnavailable as exc:
+        raise ApiError(
+            503,
+            "unavailable",
+            f"The template cannot be checked right now ({exc}); retry shortly.",
+            {"Retry-After": RETRY_AFTER_SECONDS},
+        ) from exc
+
+
 async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -> SinkFields:
     cfg = request.app[CONFIG]
     reject_unknown(body, _CREATE_FIELDS)
@@ -92,7 +114,7 @@ async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -
     if "event_sink_args" not in body:
         raise InvalidArgument("event_sink_args", "is required")
     sink_type, args = parse_sink_args(body["event_sink_args"], cfg)
-    await check_destination(sink_type, args, cfg, request.app[LOOKUPS])
+    await _check_args(request, sink_type, args)
     return SinkFields(
         tenant_id=tenant_id,
         name=_require_string(body, "name"),
@@ -178,7 +200,7 @@ async def update_sink(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     fields = _updated_fields(body, sink, cfg)
     if "event_sink_args" in body:
-        await check_destination(fields.sink_type, fields.args, cfg, request.app[LOOKUPS])
+        await _check_args(request, fields.sink_type, fields.args)
     updated = await repo.update_sink(request.app[POOL], sink.id, fields)
     if updated is None:
         raise ApiError(404, "not_found", NO_SINK)

@@ -14,6 +14,7 @@ from air_relay.db.batcher import IngestBatcher
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import Lookups
+from air_relay.sinks.template_workers import TemplateWorkers
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -21,5 +22,7 @@ INGEST_BATCHER = web.AppKey("ingest_batcher", IngestBatcher)
 METRICS = web.AppKey("metrics", Metrics)
 # Name lookups for the egress guard at sink create/update (bounded, with a timeout).
 LOOKUPS = web.AppKey("lookups", Lookups)
+# Where custom Webhook templates are checked at sink create/update (and render at send).
+TEMPLATES = web.AppKey("templates", TemplateWorkers)
 # Present only when this process runs a dispatcher: ingest wakes it directly.
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

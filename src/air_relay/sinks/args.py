@@ -329,9 +329,8 @@ def _webhook(args: dict[str, Any], prefix: str, cfg: Config) -> dict[str, Any]:
     if args.get("headers") is not None:
         out["headers"] = _headers(args["headers"], f"{prefix}.headers", cfg)
     if args.get("template") is not None:
-        out["template"] = parse_template(
-            args["template"], f"{prefix}.template", cfg.air.console_url or None
-        )
+        # Rendered for the catalog by the template workers: registry.check_template.
+        out["template"] = parse_template(args["template"], f"{prefix}.template")
     return out
 
 

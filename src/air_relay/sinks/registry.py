@@ -18,18 +18,22 @@ from air_relay.sinks.base import Sender
 from air_relay.sinks.egress_guard import DestinationRefused, Lookup, check_url
 from air_relay.sinks.pagerduty import PagerDutySender
 from air_relay.sinks.slack import SlackSender
+from air_relay.sinks.template_workers import TemplateWorkers
+from air_relay.sinks.templates import RenderFailed
 from air_relay.sinks.webhook import WebhookSender
 from air_relay.validation import InvalidArgument
 
 
 @dataclass(frozen=True)
 class Clients:
-    """The HTTP client sessions senders post with."""
+    """What senders send with: the HTTP client sessions, and the template workers."""
 
     # Slack and PagerDuty: API URLs from the operator's own configuration.
     operator: aiohttp.ClientSession
     # Webhook URLs: sink input, so this session resolves names through the egress guard.
     webhook: aiohttp.ClientSession
+    # Where Webhook sinks' custom templates render.
+    templates: TemplateWorkers
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ SINK_TYPES: dict[str, SinkType] = {
         lambda cfg, clients: WebhookSender(
             clients.webhook,
             cfg.delivery.timeout_seconds,
+            templates=clients.templates,
             allow_private_destinations=cfg.delivery.allow_private_destinations,
             console_url=cfg.air.console_url or None,
         ),
@@ -114,3 +119,18 @@ async def check_destination(
             f"points to a {exc.reason} address, which is not allowed "
             "(delivery.allow_private_destinations is false)",
         ) from exc
+
+
+async def check_template(
+    sink_type: str, sink_args: dict[str, Any], cfg: Config, templates: TemplateWorkers
+) -> None:
+    """A custom Webhook template rendered for every catalog example by the template workers,
+    at create and update (``parse_sink_args`` checked its source). ``WorkersUnavailable``
+    when none can render."""
+    template = sink_args.get("template")
+    if sink_type != "Webhook" or not isinstance(template, dict):
+        return
+    try:
+        await templates.check(template["body"], cfg.air.console_url or None)
+    except RenderFailed as exc:
+        raise InvalidArgument(f"event_sink_args.{sink_type}.template", str(exc)) from exc

@@ -7,10 +7,16 @@ A template is a preset name (``teams``, ``discord``, ``google_chat``, ``mattermo
 ``RENDERED_BODY_LIMIT`` for every example of the AIR event catalog; at send, a render that
 fails is a permanent failure whose detail goes to the audit row.
 
+The presets are fixed and cut every value they show, so they render here, in the relay's
+process. A custom template is only parsed here (``check_source``: syntax, and none of the
+constructs that make recursion or exponential work easy); it renders in a template worker
+process under hard limits (``template_worker``, ``template_workers``), never on the event loop.
+
 The sandbox keeps a template from reaching Python internals; on top of it, a render is kept
 small: no string or list repetition beyond ``REPEAT_LIMIT``, no ``%`` formatting or padding
 methods, ``range`` draws from a budget of ``RANGE_BUDGET`` items per render, and the output
-stops at ``RENDERED_BODY_LIMIT``.
+stops at ``RENDERED_BODY_LIMIT``. Those are cheap early refusals, not a bound: the worker's
+memory, CPU and wall-clock limits are.
 """
 
 from __future__ import annotations
@@ -18,19 +24,19 @@ from __future__ import annotations
 import contextvars
 import json
 import operator
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from air_relay.events import (
     absolute_link,
-    catalog,
     event_subject,
     event_title,
     humanize,
@@ -53,10 +59,26 @@ FIELD_VALUE_LIMIT = 1000  # UTF-16 units of one field's shown value
 # String methods that pad or format to a width a template could make huge.
 _UNSAFE_METHODS = frozenset({"format", "format_map", "center", "ljust", "rjust", "zfill"})
 _UNSAFE_FILTERS = ("center", "format", "indent", "wordwrap", "batch", "slice", "filesizeformat")
+# Statements a template may not use: macros, call blocks and blocks (``self.name()``) are the
+# ways to recursion and to work that doubles per line of source; extends, include and import
+# have no templates to load. Also refused: ``for ... recursive``.
+_REFUSED_STATEMENTS: dict[type[nodes.Node], str] = {
+    nodes.Macro: "macro",
+    nodes.CallBlock: "call",
+    nodes.Block: "block",
+    nodes.Extends: "extends",
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+}
 
 
 class RenderFailed(Exception):
-    """A template that did not produce JSON within the limit; the message says why."""
+    """A template that did not produce JSON within the limits; the message says why."""
+
+
+class TemplateRefused(Exception):
+    """A template's source refused before any render (syntax, a refused statement)."""
 
 
 _range_left: contextvars.ContextVar[int] = contextvars.ContextVar("range_left", default=0)
@@ -98,6 +120,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         super().__init__(undefined=StrictUndefined, autoescape=False)
         self.binop_table.update({"*": _repeat, "**": _power, "%": _modulo})
         self.globals["range"] = _budget_range
+        # lipsum(n) writes n paragraphs: of no use in a message, and a way to a huge string.
+        self.globals.pop("lipsum", None)
         for name in _UNSAFE_FILTERS:
             self.filters.pop(name, None)
         self.filters.update(text=_text, clip=_clip, md=_markdown, chat=_google_chat)
@@ -224,10 +248,38 @@ def _fields(data: Mapping[str, Any], skip: set[str]) -> Iterator[dict[str, str]]
 _ENV = _Sandbox()
 
 
-@lru_cache(maxsize=256)
+def check_source(source: str) -> nodes.Template:
+    """The parsed template, or ``TemplateRefused`` saying why not: a syntax error, nesting too
+    deep to parse, or a refused statement. Parsing is linear in the source (capped at
+    ``TEMPLATE_SOURCE_LIMIT``), so the relay's process does it at create and update."""
+    try:
+        tree = _ENV.parse(source)
+    except TemplateError as exc:
+        raise TemplateRefused(f"does not compile: {str(exc)[:300]}") from exc
+    except RecursionError as exc:
+        raise TemplateRefused("does not compile: it is nested too deeply") from exc
+    # Iteratively: a tree that just parsed can be as deep as the recursion limit allows.
+    todo: list[nodes.Node] = [tree]
+    while todo:
+        node = todo.pop()
+        refused = _REFUSED_STATEMENTS.get(type(node))
+        if refused is not None:
+            raise TemplateRefused(f"uses {{% {refused} %}}, which templates may not use")
+        if isinstance(node, nodes.For) and node.recursive:
+            raise TemplateRefused("uses a recursive for loop, which templates may not use")
+        todo.extend(node.iter_child_nodes())
+    return tree
+
+
+@lru_cache(maxsize=64)
 def compile_template(source: str) -> Template:
-    """The compiled template (cached: a sink's template is compiled once, not per send)."""
-    return _ENV.from_string(source)
+    """The compiled template, checked by ``check_source`` (cached by source: a template is
+    compiled once per process, not per send)."""
+    try:
+        tree = check_source(source)
+    except TemplateRefused as exc:
+        raise RenderFailed(f"the template {exc}") from exc
+    return _ENV.from_string(tree)
 
 
 def template_source(spec: Any) -> str:
@@ -249,12 +301,14 @@ def render(spec: Any, context: TemplateContext) -> bytes:
             if size > RENDERED_BODY_LIMIT:
                 raise RenderFailed(f"the body exceeds {RENDERED_BODY_LIMIT} bytes")
             chunks.append(chunk)
-    except RenderFailed:
+    except (RenderFailed, MemoryError):
+        # Out of memory is for the caller to handle: a template worker retires on it.
         raise
-    except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
-        raise RenderFailed(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     except RecursionError as exc:
         raise RenderFailed("RecursionError: nested too deep") from exc
+    except Exception as exc:
+        # Whatever else a template's filters, methods or data raise, it fails the render.
+        raise RenderFailed(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     finally:
         _range_left.reset(token)
     body = "".join(chunks).encode("utf-8", "replace")
@@ -272,30 +326,53 @@ def _finite_or_text(text: str) -> float | str:
     return value if value not in (float("inf"), float("-inf")) else text
 
 
+def parse_envelope(body: bytes) -> Any:
+    """The envelope of a delivery parsed from the bytes AIR sent (None if they are not JSON)."""
+    try:
+        return json.loads(body.decode("utf-8", "replace"), parse_float=_finite_or_text)
+    except (ValueError, RecursionError):
+        return None
+
+
 def delivery_context(
     body: bytes, event_id: str, received_at: datetime | None, console_url: str | None
 ) -> TemplateContext:
     """The context of a delivery: its envelope parsed from the bytes AIR sent."""
+    return TemplateContext(parse_envelope(body), event_id, rfc3339(received_at), console_url)
+
+
+def render_preset(name: str, context: TemplateContext) -> bytes:
+    """A preset rendered in this process; any failure, out of memory included, is a
+    ``RenderFailed``."""
     try:
-        envelope = json.loads(body.decode("utf-8", "replace"), parse_float=_finite_or_text)
-    except (ValueError, RecursionError):
-        envelope = None
-    return TemplateContext(envelope, event_id, rfc3339(received_at), console_url)
+        return render(name, context)
+    except MemoryError as exc:
+        raise RenderFailed("MemoryError: out of memory") from exc
 
 
-def example_context(envelope: dict[str, Any], console_url: str | None) -> TemplateContext:
-    """The context of a catalog example, as if it had just arrived."""
+def example_context(
+    envelope: dict[str, Any],
+    console_url: str | None,
+    *,
+    event_id: str | None = None,
+    received_at: datetime | None = None,
+) -> TemplateContext:
+    """The context of a catalog example, as if it had just arrived: a fresh random event id
+    and the current time unless given (never a constant a template could tell apart from a
+    real event by)."""
     return TemplateContext(
         envelope=envelope,
-        event_id="00000000-0000-4000-8000-000000000000",
-        received_at=rfc3339(datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)),
+        event_id=event_id or str(uuid.uuid4()),
+        received_at=rfc3339(received_at or datetime.now(UTC)),
         console_url=console_url,
     )
 
 
-def parse_template(value: Any, field: str, console_url: str | None) -> Any:
-    """A ``template`` argument checked: a preset name, or ``{"body": ...}`` that compiles and
-    renders valid JSON within the limit for every catalog example."""
+def parse_template(value: Any, field: str) -> Any:
+    """A ``template`` argument checked in this process: a preset name, or ``{"body": ...}``
+    within the size limit that passes ``check_source``. Rendering it for every catalog
+    example is the template workers' part (``TemplateWorkers.check``), at create and update.
+    """
     if isinstance(value, str):
         if value not in PRESETS:
             raise InvalidArgument(field, f"must be one of {', '.join(PRESETS_NAMES)}, or an object")
@@ -310,14 +387,9 @@ def parse_template(value: Any, field: str, console_url: str | None) -> Any:
             f"{field}.body", f"must be at most {TEMPLATE_SOURCE_LIMIT} characters"
         )
     try:
-        compile_template(body)
-    except TemplateError as exc:
-        raise InvalidArgument(field, f"does not compile: {str(exc)[:300]}") from exc
-    for name, event in catalog().items():
-        try:
-            render(value, example_context(event.example, console_url))
-        except RenderFailed as exc:
-            raise InvalidArgument(field, f"fails for the catalog's {name}: {exc}") from exc
+        check_source(body)
+    except TemplateRefused as exc:
+        raise InvalidArgument(field, str(exc)) from exc
     return {"body": body}
 
 

@@ -1,6 +1,9 @@
 """The Webhook sender: POST the AIR envelope unchanged (or, with a ``template``, the JSON it
 renders), with Standard Webhooks headers signing the bytes sent, an optional bearer token and
-the sink's extra headers, through the egress-guarded session."""
+the sink's extra headers, through the egress-guarded session.
+
+A preset renders in this process (fixed source, every value cut: a fraction of a
+millisecond); a custom template in a template worker, awaited, so the event loop goes on."""
 
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ from air_relay.sinks.args import secret_header, url_credentials
 from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, audit_text, post
 from air_relay.sinks.egress_guard import DestinationRefused, check_literal
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
-from air_relay.sinks.templates import RenderFailed, delivery_context, render
+from air_relay.sinks.template_worker import RenderRequest
+from air_relay.sinks.template_workers import TemplateWorkers, WorkersUnavailable
+from air_relay.sinks.templates import RenderFailed, delivery_context, render_preset
+from air_relay.timestamps import rfc3339
 
 
 def credentials(args: dict[str, Any]) -> list[str]:
@@ -39,6 +45,7 @@ class WebhookSender:
         session: aiohttp.ClientSession,
         timeout_seconds: float,
         *,
+        templates: TemplateWorkers,
         allow_private_destinations: bool = False,
         console_url: str | None = None,
     ) -> None:
@@ -48,6 +55,7 @@ class WebhookSender:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._allow_private = allow_private_destinations
         self._console_url = console_url
+        self._templates = templates
 
     def build_headers(
         self, delivery: ClaimedDelivery, now: int | None = None, body: bytes | None = None
@@ -83,11 +91,8 @@ class WebhookSender:
         secrets = credentials(args)
         body = delivery.body
         if args.get("template") is not None:
-            context = delivery_context(
-                delivery.body, str(delivery.event_id), delivery.received_at, self._console_url
-            )
             try:
-                body = render(args["template"], context)
+                body = await self._render(args["template"], delivery)
             except RenderFailed as exc:
                 # The same event renders the same way next time: permanent, said in the row.
                 return SendResult(
@@ -97,6 +102,15 @@ class WebhookSender:
                     transient=False,
                     response_body=audit_text(str(exc), secrets),
                 )
+            except WorkersUnavailable as exc:
+                # No worker to render with (shutting down): not the template's fault.
+                return SendResult(
+                    ok=False,
+                    error="template_unavailable",
+                    reason="other",
+                    transient=True,
+                    response_body=str(exc),
+                )
         return await post(
             self._session,
             args["url"],
@@ -105,3 +119,19 @@ class WebhookSender:
             timeout=self._timeout,
             secrets=secrets,
         )
+
+    async def _render(self, template: Any, delivery: ClaimedDelivery) -> bytes:
+        event_id = str(delivery.event_id)
+        if isinstance(template, str):
+            context = delivery_context(
+                delivery.body, event_id, delivery.received_at, self._console_url
+            )
+            return render_preset(template, context)
+        request = RenderRequest(
+            source=template["body"],
+            envelope=delivery.body,
+            event_id=event_id,
+            received_at=rfc3339(delivery.received_at),
+            console_url=self._console_url,
+        )
+        return await self._templates.render(request)
