@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -26,12 +27,13 @@ from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_database
+from air_relay.db.spool import Spool, SpoolDrainer
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.delivery.sealing import SealerTask
 from air_relay.http.app import make_app
 from air_relay.http.listener import GuardedSite, listen_sockets
-from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL
+from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL, SPOOL
 from air_relay.http.tls import ServerTLS
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver, Lookups, guarded_socket
@@ -83,6 +85,22 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         yield
         await pool.close()
 
+    async def spool(app: web.Application) -> AsyncIterator[None]:
+        # A spool left by a previous run is found here and drained from the start.
+        the_spool = Spool(Path(cfg.state_dir).expanduser() / "spool", max_bytes=cfg.spool.max_bytes)
+        await asyncio.to_thread(the_spool.open)
+        metrics = app[METRICS]
+        metrics.spool_events.set_function(lambda: the_spool.events)
+        metrics.spool_bytes.set_function(lambda: the_spool.size)
+        app[SPOOL] = the_spool
+        drainer = SpoolDrainer(
+            the_spool, app[POOL], acquire_timeout=cfg.database.acquire_timeout_seconds
+        )
+        drainer.start()
+        yield
+        await drainer.stop()
+        the_spool.close()
+
     async def client_sessions(app: web.Application) -> AsyncIterator[None]:
         limit = cfg.delivery.concurrency
         # API checks and sends resolve on separate threads: neither can starve the other.
@@ -130,6 +148,8 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         await task.stop()
 
     app.cleanup_ctx.append(database)
+    if cfg.spool.enabled and cfg.state_dir:
+        app.cleanup_ctx.append(spool)
     app.cleanup_ctx.append(client_sessions)
     if run_dispatcher:
         app.cleanup_ctx.append(dispatcher)
