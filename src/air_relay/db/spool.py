@@ -186,6 +186,7 @@ class Spool:
         self._idle.set()
         self._commit: GroupCommit[bytes, None] = GroupCommit(self._write_batch, max_flushes=1)
         self.spooled_total = 0
+        self.fsyncs = 0  # write batches made durable (appends share them)
         # True from the first append until the drainer hands ingest back to the database.
         self.spooling = False
         self.drain_wanted = asyncio.Event()
@@ -275,6 +276,7 @@ class Spool:
                 elif segment not in self.segments and segment.path.exists():
                     self.segments.append(segment)  # empty, or torn: the drainer removes it
                 raise
+            self.fsyncs += 1
             if self._active is None:
                 self._active = segment
                 self.segments.append(segment)
