@@ -226,6 +226,29 @@ def _reload(tls: ServerTLS | None) -> None:
     tls.reload()
 
 
+async def supervise_embedded(
+    embedded: EmbeddedPostgres | None, *, interval: float = 1.0, max_delay: float = 30.0
+) -> None:
+    """Restart the embedded PostgreSQL when its process dies (with backoff while it does not
+    come back); meanwhile ingest spools and the workers back off as in any outage. Nothing
+    to do with an external database."""
+    if embedded is None:
+        return
+    delay = interval
+    while True:
+        await asyncio.sleep(delay)
+        if await asyncio.to_thread(embedded.running):
+            delay = interval
+            continue
+        log.warning("embedded_database_died", pgdata=str(embedded.pgdata))
+        try:
+            await asyncio.to_thread(embedded.restart)
+            delay = interval
+        except Exception as exc:
+            delay = min(max(delay, interval) * 2, max_delay)
+            log.warning("embedded_database_restart_failed", error=str(exc)[:300], retry_in=delay)
+
+
 async def _wait_event(event: asyncio.Event) -> None:
     await event.wait()
 
@@ -275,6 +298,7 @@ async def serve(cfg: Config) -> int:
         keepalive_timeout=cfg.server.keepalive_timeout_seconds,
     )
     watchdog: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
     try:
         # Start-up waits for the database (logging while it does) but still obeys SIGTERM.
         try:
@@ -315,6 +339,7 @@ async def serve(cfg: Config) -> int:
             **({"tls_fingerprint_sha256": tls.fingerprint} if tls else {}),
         )
         systemd.notify("READY=1")
+        supervisor = asyncio.create_task(supervise_embedded(embedded))
         interval = systemd.watchdog_interval()
         if interval:
             watchdog = asyncio.create_task(systemd.watchdog_loop(interval))
@@ -325,6 +350,8 @@ async def serve(cfg: Config) -> int:
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        if supervisor is not None:
+            supervisor.cancel()
         # Stops listening first, then the dispatcher drains, then the pool closes.
         await runner.cleanup()
         if embedded is not None:

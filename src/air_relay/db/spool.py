@@ -50,6 +50,8 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024
 SUFFIX = ".seg"
 # A segment is closed (and becomes drainable on its own) at this size.
 SEGMENT_BYTES = 8 * 1024 * 1024
+# Longest an append waits for the drainer's hand-off to the database.
+HOLD_SECONDS = 5.0
 
 
 class SpoolFull(Exception):
@@ -232,13 +234,22 @@ class Spool:
     async def accepts(self) -> bool:
         """Whether ingest must spool (the spool holds events), once a hand-off to the
         database in progress is over. Ingest calls it only after seeing ``spooling``."""
-        await self._open_gate.wait()
+        await self._through_gate()
         return self.spooling
+
+    async def _through_gate(self) -> None:
+        """Wait while a hand-off holds appends, but not for ever: a drain stuck on a
+        database that hangs must not leave AIR without an answer. An append let through
+        late is still durable and drained next; only its order may suffer."""
+        if self._open_gate.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._open_gate.wait(), HOLD_SECONDS)
 
     async def append(self, spooled: SpooledEvent) -> None:
         """Put the event on disk (fsync'd, shared with concurrent appends). SpoolFull when it
         does not fit in ``max_bytes``; OSError when the disk refuses it."""
-        await self._open_gate.wait()
+        await self._through_gate()
         record = encode(spooled)
         if self.size + self._queued_bytes + len(record) > self.max_bytes:
             raise SpoolFull(f"the spool holds {self.size} bytes of at most {self.max_bytes}")
@@ -342,6 +353,14 @@ class Spool:
         finally:
             self._open_gate.set()
 
+    def end_spooling(self) -> bool:
+        """Hand ingest back to the database if nothing is left or on its way in."""
+        if self.segments or self._pending:
+            return False
+        self.spooling = False
+        self.drain_wanted.clear()
+        return True
+
     def close(self) -> None:
         if self._active is not None:
             self._close(self._active)
@@ -417,8 +436,8 @@ class SpoolDrainer:
         async with spool.handoff():
             for segment in await spool.seal():
                 drained += await self._drain_segment(segment)
-            spool.spooling = False
-            spool.drain_wanted.clear()
+            if not spool.end_spooling():
+                return  # an append let through late (see _through_gate): drained next
         log.info("spool_drained", events=drained, seconds=round(time.monotonic() - started, 3))
 
     async def _drain_segment(self, segment: Segment) -> int:
