@@ -275,7 +275,8 @@ async def database_outage_spooled(
     load.check()
     assert ready == 200, "/readyz must stay 200 while spooling"
     assert len(load.accepted) == events, (
-        f"{len(load.rejected)} answered 503, {len(load.errors)} not answered, of {events}"
+        f"{len(load.rejected)} answered 503, {len(load.errors)} not answered, of {events}: "
+        f"{[load.answers[s] for s in load.errors[:3]]}"
     )
     spooled_during = [s for s in load.accepted if stopped <= load.answers[s].at <= restarted]
     await rig.sink.wait_delivered(load.accepted, timeout=60 + events / 100)
