@@ -9,6 +9,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -107,13 +108,15 @@ async def db(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def make_relay(db_dsn: str, aiohttp_client: Any) -> RelayFactory:
+async def make_relay(db_dsn: str, aiohttp_client: Any, tmp_path: Path) -> RelayFactory:
     # db_dsn first: fixtures tear down in reverse, so the app stops before its database goes.
-    """Start the relay app (HTTP + dispatcher) on the test database; kwargs override config."""
+    """Start the relay app (HTTP + dispatcher) on the test database; kwargs override config
+    (state_dir, where the spool lives, defaults to the test's own directory)."""
 
     async def start(
         *, run_dispatcher: bool = True, **overrides: Any
     ) -> TestClient[web.Request, web.Application]:
+        overrides.setdefault("state_dir", str(tmp_path / "state"))
         app = build_app(make_config(**overrides), db_dsn, run_dispatcher=run_dispatcher)
         client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
         return client
@@ -127,7 +130,7 @@ async def relay(make_relay: RelayFactory) -> TestClient[web.Request, web.Applica
 
 
 @pytest.fixture
-async def start_guarded(db_dsn: str) -> AsyncIterator[GuardedStarter]:
+async def start_guarded(db_dsn: str, tmp_path: Path) -> AsyncIterator[GuardedStarter]:
     """Start the relay app (no dispatcher) behind GuardedSite, as serve runs it; keyword
     arguments are ``server.`` settings, ``tls`` a ServerTLS and ``client_ssl`` the client's
     context for it."""
@@ -136,7 +139,7 @@ async def start_guarded(db_dsn: str) -> AsyncIterator[GuardedStarter]:
     async def start(
         *, tls: ServerTLS | None = None, client_ssl: ssl.SSLContext | None = None, **server: Any
     ) -> GuardedRelay:
-        cfg = make_config(server=server)
+        cfg = make_config(server=server, state_dir=str(tmp_path / "state"))
         app = build_app(cfg, db_dsn, run_dispatcher=False)
         runner = web.AppRunner(
             app, access_log=None, keepalive_timeout=cfg.server.keepalive_timeout_seconds

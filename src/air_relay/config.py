@@ -162,6 +162,13 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    # While the database cannot take events, ingest keeps them under state_dir/spool/.
+    enabled: bool = True
+    max_bytes: int = 1_073_741_824
+
+
+@dataclass(frozen=True)
 class AirConfig:
     # AIR's console address: its console-relative links (``/#/...``) are made absolute with it.
     console_url: str | None = None
@@ -185,6 +192,7 @@ class Config:
     pagerduty: PagerDutyConfig = field(default_factory=PagerDutyConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     air: AirConfig = field(default_factory=AirConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -468,6 +476,7 @@ def _check_values(cfg: Config) -> None:
     _positive("retention.interval_seconds", cfg.retention.interval_seconds)
     _positive("retention.batch_size", cfg.retention.batch_size)
     _positive("audit.seal_interval_seconds", cfg.audit.seal_interval_seconds)
+    _positive("spool.max_bytes", cfg.spool.max_bytes)
     if cfg.air.console_url:
         _console_url("air.console_url", cfg.air.console_url)
     if cfg.logging.format not in ("json", "console"):

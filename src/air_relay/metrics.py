@@ -66,6 +66,19 @@ class Metrics:
             "Age of the oldest pending delivery.",
             registry=r,
         )
+        self.spool_events = Gauge(
+            "air_relay_spool_events",
+            "Events in the local spool, waiting for the database.",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "air_relay_spool_bytes", "Bytes of the local spool's segment files.", registry=r
+        )
+        self.events_spooled = Counter(
+            "air_relay_events_spooled",
+            "Events accepted into the local spool (202 spooled) while the database was away.",
+            registry=r,
+        )
 
         self.http_connections = Gauge(
             "air_relay_http_connections",

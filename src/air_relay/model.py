@@ -60,6 +60,15 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
+class SpooledEvent:
+    """An accepted event kept in the local spool while the database could not take it, with
+    the time it arrived (its ``received_at`` once drained into the outbox)."""
+
+    event: NewEvent
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class ClaimedDelivery:
     """One delivery claimed by a dispatcher, with everything its sender needs."""
 

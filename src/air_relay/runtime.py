@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -26,12 +27,21 @@ from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
 from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_database
+from air_relay.db.spool import Spool, SpoolDrainer
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
 from air_relay.delivery.sealing import SealerTask
 from air_relay.http.app import make_app
 from air_relay.http.listener import GuardedSite, listen_sockets
-from air_relay.http.state import DISPATCHER, INGEST_BATCHER, LOOKUPS, METRICS, POOL, TEMPLATES
+from air_relay.http.state import (
+    DISPATCHER,
+    INGEST_BATCHER,
+    LOOKUPS,
+    METRICS,
+    POOL,
+    SPOOL,
+    TEMPLATES,
+)
 from air_relay.http.tls import ServerTLS
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver, Lookups, guarded_socket
@@ -84,6 +94,22 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         yield
         await pool.close()
 
+    async def spool(app: web.Application) -> AsyncIterator[None]:
+        # A spool left by a previous run is found here and drained from the start.
+        the_spool = Spool(Path(cfg.state_dir).expanduser() / "spool", max_bytes=cfg.spool.max_bytes)
+        await asyncio.to_thread(the_spool.open)
+        metrics = app[METRICS]
+        metrics.spool_events.set_function(lambda: the_spool.events)
+        metrics.spool_bytes.set_function(lambda: the_spool.size)
+        app[SPOOL] = the_spool
+        drainer = SpoolDrainer(
+            the_spool, app[POOL], acquire_timeout=cfg.database.acquire_timeout_seconds
+        )
+        drainer.start()
+        yield
+        await drainer.stop()
+        the_spool.close()
+
     async def client_sessions(app: web.Application) -> AsyncIterator[None]:
         limit = cfg.delivery.concurrency
         # API checks and sends resolve on separate threads: neither can starve the other.
@@ -135,6 +161,8 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
         await task.stop()
 
     app.cleanup_ctx.append(database)
+    if cfg.spool.enabled and cfg.state_dir:
+        app.cleanup_ctx.append(spool)
     app.cleanup_ctx.append(client_sessions)
     if run_dispatcher:
         app.cleanup_ctx.append(dispatcher)
@@ -211,6 +239,29 @@ def _reload(tls: ServerTLS | None) -> None:
     tls.reload()
 
 
+async def supervise_embedded(
+    embedded: EmbeddedPostgres | None, *, interval: float = 1.0, max_delay: float = 30.0
+) -> None:
+    """Restart the embedded PostgreSQL when its process dies (with backoff while it does not
+    come back); meanwhile ingest spools and the workers back off as in any outage. Nothing
+    to do with an external database."""
+    if embedded is None:
+        return
+    delay = interval
+    while True:
+        await asyncio.sleep(delay)
+        if await asyncio.to_thread(embedded.running):
+            delay = interval
+            continue
+        log.warning("embedded_database_died", pgdata=str(embedded.pgdata))
+        try:
+            await asyncio.to_thread(embedded.restart)
+            delay = interval
+        except Exception as exc:
+            delay = min(max(delay, interval) * 2, max_delay)
+            log.warning("embedded_database_restart_failed", error=str(exc)[:300], retry_in=delay)
+
+
 async def _wait_event(event: asyncio.Event) -> None:
     await event.wait()
 
@@ -260,6 +311,7 @@ async def serve(cfg: Config) -> int:
         keepalive_timeout=cfg.server.keepalive_timeout_seconds,
     )
     watchdog: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
     try:
         # Start-up waits for the database (logging while it does) but still obeys SIGTERM.
         try:
@@ -300,6 +352,7 @@ async def serve(cfg: Config) -> int:
             **({"tls_fingerprint_sha256": tls.fingerprint} if tls else {}),
         )
         systemd.notify("READY=1")
+        supervisor = asyncio.create_task(supervise_embedded(embedded))
         interval = systemd.watchdog_interval()
         if interval:
             watchdog = asyncio.create_task(systemd.watchdog_loop(interval))
@@ -310,6 +363,8 @@ async def serve(cfg: Config) -> int:
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        if supervisor is not None:
+            supervisor.cancel()
         # Stops listening first, then the dispatcher drains, then the pool closes.
         await runner.cleanup()
         if embedded is not None:

@@ -61,13 +61,18 @@ class FaultLab:
         return pg
 
     def relay(self, name: str, dsn: str, **overrides: Any) -> Relay:
+        # Each relay its own state_dir (its spool), as the docs require.
+        overrides = deep_merge({"state_dir": str(self.root / f"{name}.state")}, overrides)
         relay = Relay(self.root, name, relay_config(dsn, free_port(), **overrides))
         self.relays.append(relay)
         return relay
 
     def twin(self, relay: Relay, name: str) -> Relay:
         """Another relay with ``relay``'s config on its own port (same database)."""
-        config = deep_merge(relay.config, {"server": {"port": free_port()}})
+        config = deep_merge(
+            relay.config,
+            {"server": {"port": free_port()}, "state_dir": str(self.root / f"{name}.state")},
+        )
         twin = Relay(self.root, name, config)
         self.relays.append(twin)
         return twin

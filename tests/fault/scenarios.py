@@ -139,14 +139,16 @@ async def database_crash_under_load(
     outage: float = 2.0,
     crashes: int = 2,
     modes: tuple[str, ...] = ("immediate", "fast"),
+    spool: bool = True,
 ) -> Figures:
     """Stop PostgreSQL while events pour in, ``outage`` seconds down, start it again, ``crashes``
     times, the stop modes taken in turn from ``modes`` (``immediate``: a crash, every backend
     killed; ``fast``: a restart, sessions terminated with an admin-shutdown error): ingest
-    answers 503 + Retry-After (never 500), /readyz 503, the process stays up, the workers
-    back off, and every 202'd event is delivered once the database is back."""
+    spools and answers 202 (with ``spool`` false: 503 + Retry-After, /readyz 503), never a
+    500; the process stays up, the workers back off, and every 202'd event is delivered once
+    the database is back."""
     t0 = time.monotonic()
-    rig = await setup(lab)
+    rig = await setup(lab, spool={"enabled": spool})
     relay, load = rig.relay, LoadResult()
     sending = asyncio.create_task(
         send_events([relay.base_url], range(events), lab.run, into=load, rate=rate)
@@ -167,17 +169,24 @@ async def database_crash_under_load(
     await sending
     load.check()
     assert relay.alive and len(relay.logs) == 1, "serve must ride the outage out, not restart"
-    assert ready_while_down == [503] * crashes
-    assert load.rejected, "no request met the outage"
+    if spool:
+        assert ready_while_down == [200] * crashes
+        assert not load.rejected, f"{len(load.rejected)} events refused though spooled"
+        assert relay.events("spool_started"), "no request met the outage"
+    else:
+        assert ready_while_down == [503] * crashes
+        assert load.rejected, "no request met the outage"
     # The workers back off while the database is away (no tight loop of failing claims).
     failed_claims = relay.events("claim_failed")
     assert failed_claims, "the dispatcher never noticed the outage"
     assert len(failed_claims) <= crashes * (2 + outage / 0.5), len(failed_claims)
     assert max(f["retry_in"] for f in failed_claims) <= 10
-    await assert_accepted_are_stored(load, rig.pg.dsn)
     await rig.sink.wait_delivered(load.accepted, timeout=60 + events / 100)
+    await assert_accepted_are_stored(load, rig.pg.dsn)
     await all_delivered(rig.pg.dsn)
     assert_no_error_logs(relay)
+    spooled = sum(e["events"] for e in relay.events("spool_drained"))
+    assert not load.errors, [load.answers[s] for s in load.errors[:3]]
     # How soon ingest took events again once the database was back.
     back = [
         min((a.at for a in load.answers.values() if a.status == 202 and a.at > t), default=t) - t
@@ -185,13 +194,14 @@ async def database_crash_under_load(
     ]
     return Figures.of(
         f"database {'+'.join(modes[i % len(modes)] for i in range(crashes))} stop under load "
-        f"({outage:g} s down each)",
+        f"({outage:g} s down each{'' if spool else ', spool off'})",
         load,
         rig.sink,
         started=t0,
         rss=rig.rss,
         notes=(
-            f"/readyz 503 while down; first 202 {max(back):.2f} s after pg start; "
+            f"/readyz {ready_while_down[0]} while down; {spooled} events spooled; "
+            f"first 202 {max(back):.2f} s after pg start; "
             f"{len(failed_claims)} failed claims (backing off)"
         ),
     )
@@ -201,6 +211,214 @@ DB_CRASH_SIZES: Sizes = {
     "short": {"events": 1000, "rate": 200, "outage": 1.5},
     "long": {"events": 12000, "rate": 200, "outage": 10.0, "crashes": 4},
 }
+DB_CRASH_NO_SPOOL_SIZES: Sizes = {
+    "short": {"events": 1000, "rate": 200, "outage": 1.5, "spool": False},
+    "long": {"events": 12000, "rate": 200, "outage": 10.0, "crashes": 4, "spool": False},
+}
+
+
+async def assert_outbox_once(load: LoadResult, dsn: str) -> None:
+    """Every 202'd event is in the outbox once, under the id its 202 named, with one delivery
+    (one sink): a drain repeated after a crash duplicated nothing."""
+    ids = [load.answers[s].event_id for s in load.accepted]
+    rows = await query(
+        dsn,
+        "SELECT e.id::text AS id, count(d.id) AS n FROM events e"
+        " LEFT JOIN deliveries d ON d.event_id = e.id GROUP BY e.id",
+    )
+    stored = {r["id"]: r["n"] for r in rows}
+    missing = [i for i in ids if i not in stored]
+    assert not missing, f"{len(missing)} events answered 202 are not in the outbox"
+    assert len(stored) == len(ids), f"{len(stored)} events stored for {len(ids)} accepted"
+    twice = [i for i, n in stored.items() if n != 1]
+    assert not twice, f"{len(twice)} events with other than one delivery: {twice[:5]}"
+
+
+def arrival_order(load: LoadResult, sink: CountingSink, window: int) -> tuple[int, float]:
+    """Events delivered out of arrival order (beyond swaps among ``window`` parallel sends),
+    and the share of pairs swapped."""
+    order = first_delivery_order(sink)
+    reference = load.accept_order()
+    total = len(reference)
+    displaced = total - longest_in_order(order, reference, window=window)
+    return displaced, fraction(inversions(order, reference), total * (total - 1) // 2)
+
+
+async def database_outage_spooled(
+    lab: FaultLab,
+    *,
+    rate: float = 200,
+    before: float = 2.0,
+    outage: float = 3.0,
+    after: float = 2.0,
+) -> Figures:
+    """PostgreSQL stopped for ``outage`` seconds under a steady ingest of ``rate`` events/s:
+    every request is answered 202 (spooled while the database is away), every event is
+    delivered once the database is back, once, and in arrival order (up to the swaps among
+    parallel sends)."""
+    t0 = time.monotonic()
+    rig = await setup(lab)
+    relay, load = rig.relay, LoadResult()
+    events = round(rate * (before + outage + after))
+    sending = asyncio.create_task(
+        send_events([relay.base_url], range(events), lab.run, into=load, rate=rate)
+    )
+    await asyncio.sleep(before)
+    await asyncio.to_thread(rig.pg.crash, "fast")
+    stopped = time.monotonic()
+    await asyncio.sleep(outage / 2)
+    ready = await relay.readyz()
+    await asyncio.sleep(outage / 2)
+    await asyncio.to_thread(rig.pg.start)
+    restarted = time.monotonic()
+    await sending
+    load.check()
+    assert ready == 200, "/readyz must stay 200 while spooling"
+    assert len(load.accepted) == events, (
+        f"{len(load.rejected)} answered 503, {len(load.errors)} not answered, of {events}: "
+        f"{[load.answers[s] for s in load.errors[:3]]}"
+    )
+    spooled_during = [s for s in load.accepted if stopped <= load.answers[s].at <= restarted]
+    await rig.sink.wait_delivered(load.accepted, timeout=60 + events / 100)
+    drained = relay.events("spool_drained")
+    assert drained, "the spool was never drained"
+    await all_delivered(rig.pg.dsn)
+    await assert_outbox_once(load, rig.pg.dsn)
+    assert rig.sink.duplicates() == 0
+    concurrency = relay.config["delivery"]["concurrency"]
+    displaced, swapped = arrival_order(load, rig.sink, 4 * concurrency)
+    assert displaced <= 4 * concurrency + events // 50, f"{displaced} out of arrival order"
+    assert_no_error_logs(relay)
+    spooled = sum(e["events"] for e in drained)
+    return Figures.of(
+        f"database stopped {outage:g} s under {rate:g} events/s (spool)",
+        load,
+        rig.sink,
+        started=t0,
+        rss=rig.rss,
+        notes=(
+            f"{spooled} events spooled and drained ({len(spooled_during)} answered while down); "
+            f"drained in {max(e['seconds'] for e in drained):.2f} s; out of arrival order: "
+            f"{displaced} events, {swapped:.1%} of pairs; /readyz 200 while down"
+        ),
+    )
+
+
+SPOOL_OUTAGE_SIZES: Sizes = {
+    "short": {},
+    "long": {"rate": 200, "before": 10.0, "outage": 30.0, "after": 10.0},
+}
+
+
+async def kill9_while_spooling(
+    lab: FaultLab, *, events: int = 600, rate: float = 200, drain_kill: bool = True
+) -> Figures:
+    """The database is stopped, events are spooled, serve is killed (kill -9) in the middle of
+    them; the database comes back and serve starts again: it drains the spool its predecessor
+    left (with ``drain_kill``, it is killed once more as soon as it is ready, in the drain,
+    and started again). Every event that got a 202 is delivered, none is twice in the
+    outbox."""
+    t0 = time.monotonic()
+    rig = await setup(lab)
+    relay, load = rig.relay, LoadResult()
+    await asyncio.to_thread(rig.pg.crash, "fast")
+    sending = asyncio.create_task(
+        send_events([relay.base_url], range(events), lab.run, into=load, rate=rate)
+    )
+    await eventually(lambda: len(load.answers) >= events / 2, 120)
+    relay.kill9()
+    await sending
+    load.check()
+    assert load.accepted, "nothing was spooled before the kill"
+    assert not load.rejected
+    await asyncio.to_thread(rig.pg.start)
+    relay.start()
+    await relay.wait_ready()
+    found = relay.events("spool_found", 2)
+    assert found and found[0]["events"] >= len(load.accepted), found
+    if drain_kill:
+        relay.kill9()
+        relay.start()
+        await relay.wait_ready()
+    await rig.sink.wait_delivered(load.accepted, timeout=60 + events / 100)
+    await all_delivered(rig.pg.dsn)
+    await assert_outbox_once(load, rig.pg.dsn)
+    assert_no_error_logs(relay)
+    return Figures.of(
+        f"kill -9 while spooling{' and in the drain' if drain_kill else ''}",
+        load,
+        rig.sink,
+        started=t0,
+        notes=(
+            f"{len(load.accepted)} spooled before the kill, {len(load.errors)} cut by it; "
+            f"spool found at restart: {found[0]['events']} events"
+        ),
+    )
+
+
+KILL9_SPOOL_SIZES: Sizes = {"short": {}, "long": {"events": 6000, "rate": 400}}
+
+
+async def torn_spool_record(lab: FaultLab, *, events: int = 50) -> Figures:
+    """A spool whose last record is torn (the segment cut mid-record, as a crash during the
+    write leaves it): the intact records are drained and delivered, the torn one is reported
+    at error level and never replayed."""
+    t0 = time.monotonic()
+    rig = await setup(lab)
+    relay = rig.relay
+    await asyncio.to_thread(rig.pg.crash, "fast")
+    load = await send_events([relay.base_url], range(events), lab.run, concurrency=1)
+    assert len(load.accepted) == events
+    relay.kill9()
+    segments = sorted((lab.root / f"{relay.name}.state" / "spool").glob("*.seg"))
+    assert segments, "nothing was spooled"
+    last = segments[-1]
+    last.write_bytes(last.read_bytes()[:-7])  # cut inside the last record
+    await asyncio.to_thread(rig.pg.start)
+    relay.start()
+    await relay.wait_ready()
+    intact = [s for s in load.accept_order()][:-1]  # one at a time: the last one is torn
+    await rig.sink.wait_delivered(intact, timeout=30)
+    await all_delivered(rig.pg.dsn)
+    (corrupt,) = relay.events("spool_record_corrupt")
+    assert corrupt["level"] == "error", corrupt
+    assert await count(rig.pg.dsn, "SELECT count(*) FROM events") == events - 1
+    assert load.accept_order()[-1] not in rig.sink.delivered()
+    assert rig.sink.duplicates() == 0
+    return Figures.of(
+        "torn last spool record",
+        load,
+        rig.sink,
+        started=t0,
+        notes=f"{len(intact)} intact records drained; the torn one reported ({corrupt['problem']})",
+    )
+
+
+async def spool_full(lab: FaultLab, *, events: int = 100, max_bytes: int = 20_000) -> Figures:
+    """The database is away and the spool fills up: ingest answers 202 while the events fit,
+    then 503 + Retry-After, never a 202 it could not make durable; the spooled ones are
+    delivered once the database is back."""
+    t0 = time.monotonic()
+    rig = await setup(lab, spool={"max_bytes": max_bytes})
+    relay = rig.relay
+    await asyncio.to_thread(rig.pg.crash, "fast")
+    load = await send_events([relay.base_url], range(events), lab.run, concurrency=1)
+    load.check()
+    assert load.accepted and load.rejected, (len(load.accepted), len(load.rejected))
+    assert max(load.accepted) < min(load.rejected), "a 202 after the spool was full"
+    assert len(relay.events("event_not_spooled")) == len(load.rejected)
+    await asyncio.to_thread(rig.pg.start)
+    await rig.sink.wait_delivered(load.accepted, timeout=30)
+    await all_delivered(rig.pg.dsn)
+    await assert_outbox_once(load, rig.pg.dsn)
+    assert_no_error_logs(relay)
+    return Figures.of(
+        f"spool full ({max_bytes} bytes) while the database is away",
+        load,
+        rig.sink,
+        started=t0,
+        notes=f"{len(load.accepted)} spooled, then 503",
+    )
 
 
 async def database_down_at_startup(
@@ -666,6 +884,11 @@ GRACEFUL_SOCKET_SIZES: Sizes = {
 SCENARIOS: dict[str, tuple[Callable[..., Awaitable[Figures]], Sizes]] = {
     "kill9": (kill9_under_load, KILL9_SIZES),
     "db-crash": (database_crash_under_load, DB_CRASH_SIZES),
+    "db-crash-no-spool": (database_crash_under_load, DB_CRASH_NO_SPOOL_SIZES),
+    "db-outage-spool": (database_outage_spooled, SPOOL_OUTAGE_SIZES),
+    "kill9-spooling": (kill9_while_spooling, KILL9_SPOOL_SIZES),
+    "torn-spool-record": (torn_spool_record, {"short": {}}),
+    "spool-full": (spool_full, {"short": {}}),
     "db-down-at-start": (database_down_at_startup, DB_DOWN_SIZES),
     "sink-outage": (sink_outage, SINK_OUTAGE_SIZES),
     "instances": (several_instances, INSTANCES_SIZES),

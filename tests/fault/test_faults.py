@@ -14,23 +14,30 @@ import pytest
 from tests.fault.figures import Figures, report
 from tests.fault.lab import FaultLab, fault_lab
 from tests.fault.scenarios import (
+    DB_CRASH_NO_SPOOL_SIZES,
     DB_CRASH_SIZES,
     DB_DOWN_SIZES,
     GRACEFUL_SOCKET_SIZES,
     INSTANCES_SIZES,
     KILL9_SIZES,
+    KILL9_SPOOL_SIZES,
     SINK_OUTAGE_SIZES,
     SOCKET_SIZES,
+    SPOOL_OUTAGE_SIZES,
     Sizes,
     database_crash_under_load,
     database_down_at_startup,
+    database_outage_spooled,
     kill9_under_load,
+    kill9_while_spooling,
     lease_takeover,
     restart_on_a_passed_socket,
     several_instances,
     sigterm_in_flight,
     sink_outage,
     slow_send_keeps_its_lease,
+    spool_full,
+    torn_spool_record,
 )
 
 
@@ -84,6 +91,31 @@ async def test_sigterm_restart_on_a_passed_socket_refuses_nothing(
 @sized(DB_CRASH_SIZES)
 async def test_database_crash_under_load(lab: FaultLab, size: dict[str, Any]) -> None:
     await run(lab, database_crash_under_load(lab, **size))
+
+
+@sized(DB_CRASH_NO_SPOOL_SIZES)
+async def test_database_crash_under_load_without_spool(lab: FaultLab, size: dict[str, Any]) -> None:
+    await run(lab, database_crash_under_load(lab, **size))
+
+
+@sized(SPOOL_OUTAGE_SIZES)
+async def test_database_outage_is_spooled_not_refused(lab: FaultLab, size: dict[str, Any]) -> None:
+    await run(lab, database_outage_spooled(lab, **size))
+
+
+@sized(KILL9_SPOOL_SIZES)
+async def test_kill9_while_spooling_loses_and_duplicates_nothing(
+    lab: FaultLab, size: dict[str, Any]
+) -> None:
+    await run(lab, kill9_while_spooling(lab, **size))
+
+
+async def test_torn_spool_record_is_reported_not_replayed(lab: FaultLab) -> None:
+    await run(lab, torn_spool_record(lab))
+
+
+async def test_full_spool_answers_503(lab: FaultLab) -> None:
+    await run(lab, spool_full(lab))
 
 
 @sized(DB_DOWN_SIZES)

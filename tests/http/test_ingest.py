@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,9 +21,11 @@ from tests.support import (
     INGEST_TOKEN_B,
     TENANT,
     TENANT_B,
+    SinkServer,
     auth,
     create_sink,
     post_event,
+    wait_until,
 )
 
 EVENT = {
@@ -43,7 +49,7 @@ async def test_accepts_and_commits_before_answering(relay: Any, db: asyncpg.Conn
     resp = await post_event(relay, raw)
     assert resp.status == 202
     body = await resp.json()
-    assert set(body) == {"event_id", "deliveries"}
+    assert set(body) == {"event_id", "deliveries"}  # committed, not spooled
     assert body["deliveries"] == 0
     row = await db.fetchrow("SELECT * FROM events WHERE id = $1", uuid.UUID(body["event_id"]))
     assert row is not None
@@ -225,10 +231,9 @@ async def test_tenant_comes_from_the_token(relay: Any, db: asyncpg.Connection) -
     assert all(r["tenant_id"] == r["sink_tenant"] for r in rows)
 
 
-async def test_database_unreachable_is_503_then_recovers(
-    make_relay: Any, server_dsn: str, db_dsn: str
-) -> None:
-    relay = await make_relay(run_dispatcher=False, database={"acquire_timeout_seconds": 1})
+@contextlib.asynccontextmanager
+async def database_refusing(server_dsn: str, db_dsn: str) -> AsyncIterator[None]:
+    """The test database refuses connections (and its sessions are ended) inside the block."""
     name = urlsplit(db_dsn).path.lstrip("/")
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
@@ -238,6 +243,19 @@ async def test_database_unreachable_is_503_then_recovers(
         name,
     )
     try:
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+async def test_database_unreachable_without_spool_is_503_then_recovers(
+    make_relay: Any, server_dsn: str, db_dsn: str
+) -> None:
+    relay = await make_relay(
+        run_dispatcher=False, database={"acquire_timeout_seconds": 1}, spool={"enabled": False}
+    )
+    async with database_refusing(server_dsn, db_dsn):
         for _ in range(3):
             resp = await post_event(relay, EVENT)
             assert resp.status == 503
@@ -245,9 +263,6 @@ async def test_database_unreachable_is_503_then_recovers(
             assert (await error_of(resp))["code"] == "unavailable"
         ready = await relay.get("/readyz")
         assert ready.status == 503
-    finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.close()
     resp = await post_event(relay, EVENT)
     assert resp.status == 202
     # Only the accepted event is in the outbox: no 202 was given for the others.
@@ -256,6 +271,79 @@ async def test_database_unreachable_is_503_then_recovers(
         assert await check.fetchval("SELECT count(*) FROM events") == 1
     finally:
         await check.close()
+
+
+async def test_database_unreachable_spools_then_drains_in_order_once(
+    make_relay: Any, server_dsn: str, db_dsn: str, sink_server: SinkServer, tmp_path: Path
+) -> None:
+    relay = await make_relay(database={"acquire_timeout_seconds": 1})
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    first = await post_event(relay, {**EVENT, "data": {"seq": -1}})
+    assert (await first.json())["deliveries"] == 1
+    await sink_server.wait_for(1)
+    ids = []
+    with capture_logs() as logs:
+        async with database_refusing(server_dsn, db_dsn):
+            for seq in range(20):
+                resp = await post_event(relay, {**EVENT, "data": {"seq": seq}})
+                assert resp.status == 202
+                body = await resp.json()
+                assert body["deliveries"] is None and body["spooled"] is True
+                ids.append(uuid.UUID(body["event_id"]))
+            ready = await relay.get("/readyz")
+            assert ready.status == 200
+            assert (await ready.json())["spooling"] is True
+            assert (await ready.json())["spooled"] == 20
+            metrics = await (await relay.get("/metrics")).text()
+            assert "air_relay_spool_events 20.0" in metrics
+            assert "air_relay_events_spooled_total 20.0" in metrics
+            assert list((tmp_path / "state" / "spool").glob("*.seg"))
+        received = await sink_server.wait_for(21, timeout=30)
+    assert next(e["event"] for e in logs if e["event"].startswith("spool_")) == "spool_started"
+    (drained,) = [e for e in logs if e["event"] == "spool_drained"]
+    assert drained["events"] == 20
+    await asyncio.sleep(0.3)  # a second send, if any, would come now
+    assert len(sink_server.received) == 21
+    assert sorted(json.loads(r.body)["data"]["seq"] for r in received[1:]) == list(range(20))
+    ready = await (await relay.get("/readyz")).json()
+    assert ready["spooling"] is False and ready["spooled"] == 0
+    check = await asyncpg.connect(db_dsn)
+    try:
+        rows = await check.fetch(
+            "SELECT e.id FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE e.id = ANY($1::uuid[]) ORDER BY d.created_at",
+            ids,
+        )
+        assert [r["id"] for r in rows] == ids  # one delivery each, in arrival order
+    finally:
+        await check.close()
+    assert not list((tmp_path / "state" / "spool").glob("*.seg"))
+    # Back to the database: a new event is committed directly.
+    resp = await post_event(relay, EVENT)
+    assert (await resp.json())["deliveries"] == 1
+
+
+async def test_full_spool_is_503(make_relay: Any, server_dsn: str, db_dsn: str) -> None:
+    relay = await make_relay(
+        run_dispatcher=False, database={"acquire_timeout_seconds": 1}, spool={"max_bytes": 600}
+    )
+    async with database_refusing(server_dsn, db_dsn):
+        answers = [(await post_event(relay, EVENT)).status for _ in range(6)]
+        assert 202 in answers and 503 in answers
+        assert answers == sorted(answers)  # 202s until it is full, then only 503s
+        resp = await post_event(relay, EVENT)
+        assert resp.status == 503 and resp.headers["Retry-After"].isdigit()
+        assert (await error_of(resp))["code"] == "unavailable"
+    spooled = answers.count(202)
+    await wait_until(lambda: count_events(db_dsn, spooled), timeout=30)
+
+
+async def count_events(dsn: str, expected: int) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) FROM events") == expected)
+    finally:
+        await conn.close()
 
 
 async def test_unknown_path_and_method_use_the_error_shape(relay: Any) -> None:

@@ -91,6 +91,17 @@ class EmbeddedPostgres:
         log.info("embedded_database_started", pgdata=str(self.pgdata), socket_dir=socket_dir)
         return dsn
 
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._server is not None and bool(self._server.get_postmaster_info().is_running())
+
+    def restart(self) -> None:
+        """Start the server again after it died, on the same data and socket (same DSN)."""
+        with warnings.catch_warnings(), _scrubbed_environment():
+            warnings.simplefilter("ignore")
+            self._server.ensure_postgres_running()
+        log.info("embedded_database_restarted", pgdata=str(self.pgdata))
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()

@@ -36,6 +36,42 @@ SELECT c.id, c.n,
             THEN pg_notify($7, '')::text END AS notified
 FROM counted c;
 
+-- name: ingest_spooled_events
+-- The spool's drain: like ingest_events, with each event's arrival time ($7), and idempotent
+-- by event id. An event already in the outbox (an earlier drain of the same segment committed
+-- it before a crash, or the commit that failed for ingest had in fact gone through) is
+-- skipped with its deliveries: only events inserted here are routed, so a drain repeated any
+-- number of times makes each delivery once. Deliveries are due from, and ordered by, the
+-- event's arrival, so the backlog is claimed in arrival order.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[],
+                $7::timestamptz[])
+         AS i(id, tenant_id, event_name, organization_id, org_text, body, received_at)
+), event AS (
+    INSERT INTO events (id, tenant_id, event_name, organization_id, body, received_at)
+    SELECT id, tenant_id, event_name, organization_id, body, received_at FROM input
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), routed AS (
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
+                            next_attempt_at, created_at)
+    SELECT gen_random_uuid(), i.id, s.id, s.tenant_id, s.sink_type, i.received_at,
+           i.received_at
+    FROM input i
+    JOIN event e ON e.id = i.id
+    JOIN event_sinks s
+      ON s.tenant_id = i.tenant_id
+     AND s.active
+     AND (s.events IS NULL OR i.event_name = ANY (s.events))
+     AND (s.organization_ids IS NULL OR i.org_text = ANY (s.organization_ids))
+    RETURNING event_id
+)
+SELECT (SELECT count(*) FROM event) AS inserted,
+       (SELECT count(*) FROM routed) AS routed,
+       CASE WHEN (SELECT count(*) FROM routed) > 0
+            THEN pg_notify($8, '')::text END AS notified;
+
 -- name: claim_deliveries
 -- Claim due deliveries, sink by sink: each sink with pending deliveries (found by a skip
 -- scan of deliveries_sink_due_idx, one probe per sink, deleted sinks included) offers its

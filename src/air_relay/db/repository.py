@@ -30,6 +30,7 @@ from air_relay.model import (
     RetryResult,
     Sink,
     SinkFields,
+    SpooledEvent,
     StoredAttempt,
 )
 
@@ -72,6 +73,28 @@ async def ingest_events(
             NOTIFY_CHANNEL,
         )
     return {r["id"]: r["n"] for r in rows}
+
+
+async def ingest_spooled_events(
+    pool: asyncpg.Pool, spooled: Sequence[SpooledEvent], *, timeout: float
+) -> tuple[int, int]:
+    """Commit spooled events (idempotent by event id) with their arrival times, routing only
+    those not already stored; returns (events inserted, deliveries made)."""
+    events = [s.event for s in spooled]
+    async with pool.acquire(timeout=timeout) as conn:
+        row = await conn.fetchrow(
+            QUERIES["ingest_spooled_events"],
+            [e.event_id for e in events],
+            [e.tenant_id for e in events],
+            [e.event_name for e in events],
+            [e.organization_id for e in events],
+            [str(e.organization_id) for e in events],
+            [e.body for e in events],
+            [s.received_at for s in spooled],
+            NOTIFY_CHANNEL,
+        )
+    assert row is not None
+    return row["inserted"], row["routed"]
 
 
 async def claim_deliveries(

@@ -1,24 +1,30 @@
 """``POST /v1/air/events`` (the path is ``ingest.path``): what AIR calls.
 
-The event and one delivery per routed sink commit in one statement before the 202; if the
-database cannot take the write the answer is 503 with Retry-After, never a 202.
+The event and one delivery per routed sink commit in one statement before the 202. If the
+database cannot take the write, the event goes to the local spool (``db/spool.py``) and the
+202 says ``"spooled": true`` once it is on disk; while the spool holds events, new ones go
+there too, so that they reach the database in arrival order. Without a spool, or when it is
+full or the disk refuses the write, the answer is 503 with Retry-After, never a 202.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.spool import SpoolFull
 from air_relay.events import parameter_mismatches
 from air_relay.http.auth import ingest_tenant
 from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import is_json_content_type, read_json
-from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS
-from air_relay.model import NewEvent
+from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS, SPOOL
+from air_relay.model import NewEvent, SpooledEvent
 from air_relay.validation import storable
 
 log = structlog.get_logger(__name__)
@@ -73,21 +79,26 @@ async def handle_ingest(request: web.Request) -> web.Response:
         metrics.event_schema_mismatches.labels(metrics.event_label(event_name)).inc()
         log.warning("event_schema_mismatch", event_name=event_name, problems=mismatches)
 
-    event_id = uuid.uuid4()
+    event = NewEvent(uuid.uuid4(), tenant_id, event_name, org, raw)
+    arrived = time.time()
+    spool = app.get(SPOOL)
+    if spool is not None and spool.spooling and await spool.accepts():
+        return await _spool(request, event, arrived)
     try:
-        deliveries = await app[INGEST_BATCHER].submit(
-            NewEvent(event_id, tenant_id, event_name, org, raw)
-        )
+        deliveries = await app[INGEST_BATCHER].submit(event)
     except DB_UNAVAILABLE as exc:
         # Whatever stopped the commit (server gone, read-only after failover, disk full),
-        # AIR must hear "not accepted, retry" rather than a 500 or a 202.
-        metrics.ingest_rejected.labels("unavailable").inc()
+        # AIR must hear "not accepted, retry" rather than a 500 or a 202: unless the spool
+        # keeps the event.
         log.warning("event_not_committed", event_name=event_name, error=type(exc).__name__)
+        if spool is not None:
+            return await _spool(request, event, arrived)
+        metrics.ingest_rejected.labels("unavailable").inc()
         raise unavailable() from exc
     metrics.events_received.labels(metrics.event_label(event_name)).inc()
     log.info(
         "event_received",
-        event_id=str(event_id),
+        event_id=str(event.event_id),
         event_name=event_name,
         organization_id=org,
         tenant_id=tenant_id,
@@ -95,4 +106,37 @@ async def handle_ingest(request: web.Request) -> web.Response:
     )
     if deliveries and DISPATCHER in app:
         app[DISPATCHER].wake()  # same process: no need to wait for the NOTIFY round trip
-    return web.json_response({"event_id": str(event_id), "deliveries": deliveries}, status=202)
+    return web.json_response(
+        {"event_id": str(event.event_id), "deliveries": deliveries}, status=202
+    )
+
+
+async def _spool(request: web.Request, event: NewEvent, arrived: float) -> web.Response:
+    """Append the event to the spool: 202 spooled once it is on disk, else 503."""
+    app = request.app
+    metrics = app[METRICS]
+    try:
+        await app[SPOOL].append(SpooledEvent(event, datetime.fromtimestamp(arrived, UTC)))
+    except (SpoolFull, OSError) as exc:
+        metrics.ingest_rejected.labels("unavailable").inc()
+        log.warning(
+            "event_not_spooled",
+            event_name=event.event_name,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+        )
+        raise unavailable() from exc
+    metrics.events_received.labels(metrics.event_label(event.event_name)).inc()
+    metrics.events_spooled.inc()
+    log.info(
+        "event_received",
+        event_id=str(event.event_id),
+        event_name=event.event_name,
+        organization_id=event.organization_id,
+        tenant_id=event.tenant_id,
+        deliveries=None,
+        spooled=True,
+    )
+    return web.json_response(
+        {"event_id": str(event.event_id), "deliveries": None, "spooled": True}, status=202
+    )

@@ -1,4 +1,5 @@
-"""Operations endpoints: ``/healthz`` (alive), ``/readyz`` (database migrated), ``/metrics``."""
+"""Operations endpoints: ``/healthz`` (alive), ``/readyz`` (database migrated, or the spool
+taking events while it is not), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import current_version, latest_version
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.http.errors import RETRY_AFTER_SECONDS, error_response
-from air_relay.http.state import METRICS, POOL
+from air_relay.http.state import METRICS, POOL, SPOOL
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -23,14 +24,19 @@ def _not_ready(message: str) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    spool = request.app.get(SPOOL)
+    # While events are spooled the relay still accepts them: ready, and saying so.
+    spooling = {} if spool is None else {"spooling": spool.spooling, "spooled": spool.events}
     try:
         async with request.app[POOL].acquire(timeout=2) as conn:
             version = await asyncio.wait_for(current_version(conn), timeout=2)
     except DB_UNAVAILABLE:
+        if spool is not None and spool.size < spool.max_bytes:
+            return web.json_response({"status": "ready", "database": "unavailable", **spooling})
         return _not_ready("The database is not reachable.")
     if version < latest_version():
         return _not_ready("The database schema is not migrated yet.")
-    return web.json_response({"status": "ready", "schema_version": version})
+    return web.json_response({"status": "ready", "schema_version": version, **spooling})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from air_relay.config import Config
 from air_relay.db.batcher import IngestBatcher
+from air_relay.db.spool import Spool
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import Lookups
@@ -26,3 +27,5 @@ LOOKUPS = web.AppKey("lookups", Lookups)
 TEMPLATES = web.AppKey("templates", TemplateWorkers)
 # Present only when this process runs a dispatcher: ingest wakes it directly.
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+# Present only when the spool is enabled: where ingest puts events the database cannot take.
+SPOOL = web.AppKey("spool", Spool)
