@@ -206,25 +206,19 @@ WHERE d.id = mine.id
 RETURNING d.id;
 
 -- name: wake_sink_backlog
--- $1 a sink, $2 a delivery of it that has just succeeded after failing. The sink's pending
--- deliveries whose last claim ended no later than that delivery's last failure failed while
--- the sink was down: they become due at their own arrival time, so the backlog drains in
--- order of arrival (overdue ones too). Ones that failed since failed against a sink that
--- answers, and keep their backoff. The new time depends on the row only, so concurrent wakes
--- agree, and a woken row (next_attempt_at = created_at) is not touched again.
-WITH outage AS (
-    SELECT max(created_at + make_interval(secs => duration_ms / 1000.0)) AS ended
-    FROM delivery_attempts
-    WHERE delivery_id = $2 AND outcome = 'failure'
-)
+-- $1 a sink that has just answered again, $2 when the attempt that succeeded began. The sink's
+-- pending deliveries whose last claim ended before then failed while the sink was down: they
+-- become due at their own arrival time, so the backlog drains in order of arrival (overdue
+-- ones too). Ones that failed since failed against a sink that answers, and keep their
+-- backoff. The new time depends on the row only, so concurrent wakes agree, and a woken row
+-- (next_attempt_at = created_at) is not touched again.
 UPDATE deliveries d
 SET next_attempt_at = d.created_at
-FROM outage
 WHERE d.event_sink_id = $1
   AND d.status = 'pending'
   AND d.claim_token IS NULL
   AND d.next_attempt_at > d.created_at
-  AND d.updated_at <= outage.ended;
+  AND d.updated_at <= $2;
 
 -- name: defer_delivery
 -- The sender says this delivery's turn is later (Slack pacing): back to the queue, due then.

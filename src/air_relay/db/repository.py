@@ -209,15 +209,13 @@ async def renew_leases(
     return {r["id"] for r in rows}
 
 
-async def wake_sink_backlog(
-    pool: asyncpg.Pool, sink_id: uuid.UUID, recovered_delivery_id: uuid.UUID
-) -> int:
+async def wake_sink_backlog(pool: asyncpg.Pool, sink_id: uuid.UUID, recovered_at: datetime) -> int:
     """Make a recovered sink's backlog due now, in order of arrival; returns how many.
 
-    ``recovered_delivery_id`` has just succeeded after failing: rows that failed no later
-    than its last failure are woken; rows that failed since keep their backoff.
+    ``recovered_at``: when the attempt that succeeded after failures began. Rows whose last
+    claim ended before then are woken; rows that failed since keep their backoff.
     """
-    return _count(await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_delivery_id))
+    return _count(await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_at))
 
 
 async def defer_delivery(pool: asyncpg.Pool, delivery: ClaimedDelivery, seconds: float) -> bool:

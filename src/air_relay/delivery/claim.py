@@ -214,7 +214,7 @@ class ClaimRunner:
         last = claim.records[-1]
         if outcome.status == DELIVERED:
             if last.attempt > 1 and self._wake_due(delivery.event_sink_id):
-                await self._wake_backlog(delivery)
+                await self._wake_backlog(delivery, last.created_at)
             self._metrics.deliveries.labels(delivery.sink_type, DELIVERED).inc()
             log.info(
                 "delivery_succeeded",
@@ -255,10 +255,14 @@ class ClaimRunner:
         self._woken_at[sink_id] = now
         return True
 
-    async def _wake_backlog(self, delivery: ClaimedDelivery) -> None:
-        """The sink recovered: its other backed-off deliveries need not wait out their delays."""
+    async def _wake_backlog(self, delivery: ClaimedDelivery, recovered_at: datetime) -> None:
+        """The sink recovered: its other backed-off deliveries need not wait out their delays.
+
+        Everything that failed before the successful attempt began is woken, not only what
+        failed before this delivery's own last failure: with one wake per recovery (see
+        _wake_due), rows that failed later in the outage must not keep their backoff."""
         try:
-            woken = await repo.wake_sink_backlog(self._pool, delivery.event_sink_id, delivery.id)
+            woken = await repo.wake_sink_backlog(self._pool, delivery.event_sink_id, recovered_at)
         except DB_UNAVAILABLE as exc:
             # Only a speed-up: without it the backlog still drains along its schedule.
             log.warning("backlog_wake_failed", error=type(exc).__name__)
