@@ -59,10 +59,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="air-relay-claim"),
-            asyncio.create_task(self._renew_loop(), name="air-relay-leases"),
-        ]
+        self._tasks = []
         if self._listen_dsn:
             log.info(
                 "dispatcher_wakeup", mode="listen", poll_seconds=self._cfg.poll_interval_seconds
@@ -77,6 +74,10 @@ class Dispatcher:
                 poll_seconds=self._cfg.poll_interval_seconds,
                 reason="database.prepared_statements is false and database.listen_dsn is not set",
             )
+        self._tasks += [
+            asyncio.create_task(self._claim_loop(), name="air-relay-claim"),
+            asyncio.create_task(self._renew_loop(), name="air-relay-leases"),
+        ]
 
     def wake(self) -> None:
         self._wake.set()
