@@ -1,6 +1,7 @@
 """Shared fixtures: a real PostgreSQL (embedded, or $AIR_RELAY_TEST_DSN), a migrated template
-database cloned per test, the relay app under aiohttp's test client, and a recording sink
-server on 127.0.0.1. The helpers behind them are in tests/support.py."""
+database cloned per test, a real PgBouncer in front of it, the relay app under aiohttp's test
+client, and a recording sink server on 127.0.0.1. The helpers behind them are in
+tests/support.py (tests/pgbouncer.py for PgBouncer)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from air_relay.http.state import METRICS
 from air_relay.http.tls import ServerTLS
 from air_relay.logs import configure_logging
 from air_relay.runtime import build_app
+from tests.pgbouncer import PgBouncer, pgbouncer_binary, running_pgbouncer
 from tests.support import (
     TEMPLATE_DB,
     GuardedRelay,
@@ -70,6 +72,16 @@ def server_dsn() -> Iterator[str]:
             yield dsn
         finally:
             embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(server_dsn: str) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the test server (every database)."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        pytest.skip("pgbouncer is not installed (apt-get install -y pgbouncer; .ci/run does)")
+    with running_pgbouncer(binary, server_dsn, pool_mode="transaction") as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(scope="session")

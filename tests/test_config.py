@@ -326,6 +326,11 @@ def test_invalid_yaml() -> None:
         ("state_dir: ''\n", "state_dir"),
         ("database:\n  dsn: host=db dbname=air\n", "database.dsn"),
         ("database:\n  dsn: mysql://db/air\n", "database.dsn"),
+        (
+            "database:\n  dsn: postgresql://db/air\n  listen_dsn: host=db dbname=air\n",
+            "database.listen_dsn",
+        ),
+        ("database:\n  listen_dsn: postgresql://db/air\n", "database.listen_dsn"),
         ("api:\n  keys:\n    - {key: k, tenant_ids: []}\n", "api.keys[0].tenant_ids"),
         ("api:\n  keys:\n    - {key: k, tenant_ids: ['']}\n", "api.keys[0].tenant_ids[0]"),
         ("audit:\n  seal_interval_seconds: 0\n", "audit.seal_interval_seconds"),
@@ -544,3 +549,17 @@ def test_redacted_hides_every_secret_and_keeps_the_rest() -> None:
 
 def test_redacted_keeps_null_dsn() -> None:
     assert redacted(Config())["database"]["dsn"] is None
+
+
+def test_the_listen_dsn_is_redacted_like_the_dsn() -> None:
+    cfg = parse_config(
+        "database:\n  dsn: postgresql://relay:a-secret@127.0.0.1:6432/air\n"
+        "  listen_dsn: postgresql://relay:b-secret@127.0.0.1:5432/air\n"
+        "  prepared_statements: false\n"
+    )
+    assert cfg.database.prepared_statements is False
+    data = redacted(cfg)["database"]
+    assert data["listen_dsn"] == "postgresql://relay:***@127.0.0.1:5432/air"
+    assert "secret" not in yaml.safe_dump(data)
+    assert Config().database.prepared_statements is True
+    assert Config().database.listen_dsn is None

@@ -125,7 +125,7 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
                 error=f"database not reachable within {wait_seconds:g} s ({reason})",
             )
             return EXIT_FAILURE
-        conn = await connect(dsn)
+        conn = await connect(dsn, prepared_statements=cfg.database.prepared_statements)
         try:
             applied = await apply_migrations(conn)
         finally:
@@ -161,7 +161,7 @@ async def _audit_verify(cfg: Config, wait_seconds: float) -> int:
                 error=f"database not reachable within {wait_seconds:g} s ({reason})",
             )
             return EXIT_FAILURE
-        conn = await connect(dsn)
+        conn = await connect(dsn, prepared_statements=cfg.database.prepared_statements)
         try:
             if await current_version(conn) < latest_version():
                 log.error("audit_verify_failed", error="the database is not fully migrated")

@@ -66,6 +66,12 @@ class DatabaseConfig:
     pool_max_size: int = 10
     # How long ingest waits for a pooled connection before answering 503.
     acquire_timeout_seconds: float = 5.0
+    # False behind a transaction-mode pooler (PgBouncer): asyncpg then caches no named
+    # prepared statements, which such a pooler cannot keep between transactions.
+    prepared_statements: bool = True
+    # A direct (session) DSN for LISTEN/NOTIFY; null: the main DSN, or no LISTEN at all (the
+    # dispatcher polls) when prepared_statements is false.
+    listen_dsn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,8 +203,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-# Keys whose values are secrets: redacted by check-config, never logged. (The password in
-# ``database.dsn`` is redacted separately, keeping the rest of the DSN readable.)
+# Keys whose values are secrets: redacted by check-config, never logged. (The passwords in
+# ``database.dsn`` and ``database.listen_dsn`` are redacted separately, keeping the rest of
+# each DSN readable.)
 SECRET_KEYS = frozenset({"token", "key", "bot_token"})
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -444,6 +451,18 @@ def _check_server(server: ServerConfig) -> None:
         raise ConfigError(missing, "must be set with the other (both, or neither for plain HTTP)")
 
 
+def _check_dsn(key: str, dsn: str | None, empty: str) -> None:
+    if not dsn:
+        return
+    if not re.match(r"^postgres(ql)?://", dsn):
+        # asyncpg takes URIs only, not libpq's "host=... dbname=..." form.
+        raise ConfigError(key, f"must be a postgresql:// URI {empty}")
+    try:
+        _ = urlsplit(dsn).port
+    except ValueError as exc:
+        raise ConfigError(key, "has an invalid port") from exc
+
+
 def _check_values(cfg: Config) -> None:
     _check_server(cfg.server)
     _positive("api.max_sinks_per_tenant", cfg.api.max_sinks_per_tenant)
@@ -455,14 +474,10 @@ def _check_values(cfg: Config) -> None:
     if db.pool_min_size > db.pool_max_size:
         raise ConfigError("database.pool_min_size", "must not exceed database.pool_max_size")
     _positive("database.acquire_timeout_seconds", db.acquire_timeout_seconds)
-    if db.dsn and not re.match(r"^postgres(ql)?://", db.dsn):
-        # asyncpg takes URIs only, not libpq's "host=... dbname=..." form.
-        raise ConfigError("database.dsn", "must be a postgresql:// URI (or empty for embedded)")
-    if db.dsn:
-        try:
-            _ = urlsplit(db.dsn).port
-        except ValueError as exc:
-            raise ConfigError("database.dsn", "has an invalid port") from exc
+    _check_dsn("database.dsn", db.dsn, "(or empty for embedded)")
+    _check_dsn("database.listen_dsn", db.listen_dsn, "(or empty for database.dsn)")
+    if db.listen_dsn and not db.dsn:
+        raise ConfigError("database.listen_dsn", "needs database.dsn (the embedded server has one)")
     if not db.dsn and not cfg.state_dir:
         raise ConfigError("state_dir", "must not be empty when database.dsn is not set")
     if not cfg.ingest.path.startswith("/"):
@@ -566,7 +581,7 @@ def redacted(cfg: Config) -> dict[str, Any]:
             return [walk(v, name) for v in node]
         if name in SECRET_KEYS and node:
             return REDACTED
-        if name == "dsn" and isinstance(node, str):
+        if name in ("dsn", "listen_dsn") and isinstance(node, str):
             return redact_dsn(node)
         return node
 

@@ -26,7 +26,14 @@ from air_relay.config import Config, ConfigError, credential_warnings
 from air_relay.db.batcher import IngestBatcher
 from air_relay.db.embedded import EmbeddedPostgres
 from air_relay.db.migrate import apply_migrations
-from air_relay.db.pool import DatabaseRefused, connect, create_pool, wait_for_database
+from air_relay.db.pool import (
+    POOLER_HINT,
+    DatabaseRefused,
+    connect,
+    create_pool,
+    pooler_misconfigured,
+    wait_for_database,
+)
 from air_relay.db.spool import Spool, SpoolDrainer
 from air_relay.delivery.dispatcher import Dispatcher
 from air_relay.delivery.retention import RetentionTask
@@ -73,20 +80,41 @@ async def resolve_dsn(cfg: Config) -> tuple[str, EmbeddedPostgres | None]:
     return dsn, embedded
 
 
+def listen_dsn(cfg: Config, dsn: str) -> str | None:
+    """Where the dispatcher LISTENs: ``database.listen_dsn``; else the main DSN, unless that
+    goes through a transaction-mode pooler (``prepared_statements`` false), where LISTEN
+    has no session to live in: None, and the dispatcher polls."""
+    if cfg.database.listen_dsn:
+        return cfg.database.listen_dsn
+    return dsn if cfg.database.prepared_statements else None
+
+
 def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Application:
     """The HTTP app with the database, client sessions and (unless ``run_dispatcher`` is
     false) the dispatcher, retention and the audit sealer attached to its lifecycle."""
     app = make_app(cfg)
     app[METRICS] = Metrics()
 
+    prepared = cfg.database.prepared_statements
+
     async def database(app: web.Application) -> AsyncIterator[None]:
         await wait_for_database(dsn)
-        conn = await connect(dsn)
+        conn = await connect(dsn, prepared_statements=prepared)
         try:
             await apply_migrations(conn)
+        except Exception as exc:
+            if pooler_misconfigured(exc):
+                # serve exits 1 with the hint, rather than a traceback.
+                raise DatabaseRefused(f"{type(exc).__name__}: {POOLER_HINT}") from exc
+            raise
         finally:
             await conn.close()
-        pool = await create_pool(dsn, cfg.database.pool_min_size, cfg.database.pool_max_size)
+        pool = await create_pool(
+            dsn,
+            cfg.database.pool_min_size,
+            cfg.database.pool_max_size,
+            prepared_statements=prepared,
+        )
         app[POOL] = pool
         app[INGEST_BATCHER] = IngestBatcher(
             pool, acquire_timeout=cfg.database.acquire_timeout_seconds
@@ -142,7 +170,7 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
 
     async def dispatcher(app: web.Application) -> AsyncIterator[None]:
         senders = build_senders(cfg, app[CLIENTS])
-        running = Dispatcher(app[POOL], dsn, cfg.delivery, senders, app[METRICS])
+        running = Dispatcher(app[POOL], listen_dsn(cfg, dsn), cfg.delivery, senders, app[METRICS])
         app[DISPATCHER] = running
         running.start()
         yield

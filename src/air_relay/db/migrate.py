@@ -1,8 +1,9 @@
 """Numbered ``.sql`` migrations, applied in order under an advisory lock.
 
-Each file in ``migrations/`` named ``NNNN_description.sql`` runs once, in its own transaction;
-the lock makes concurrent ``serve`` starts on one database safe (the second waits, then finds
-nothing left to do). The bookkeeping statements are in ``queries.sql``.
+Each file in ``migrations/`` named ``NNNN_description.sql`` runs once, in its own transaction,
+which takes a transaction-level advisory lock first: concurrent ``serve`` starts on one
+database are safe (the second waits, then finds nothing left to do), on a direct connection
+and through a transaction-mode pooler alike. The bookkeeping statements are in ``queries.sql``.
 """
 
 from __future__ import annotations
@@ -56,20 +57,28 @@ async def current_version(conn: asyncpg.Connection | asyncpg.pool.PoolConnection
 
 
 async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
-    """Apply every pending migration; returns the versions applied by this call."""
+    """Apply every pending migration; returns the versions applied by this call.
+
+    Each transaction takes the advisory lock first and holds it to its commit, so the
+    bookkeeping table is created once and each migration, checked again under the lock, is
+    applied by one instance only. Nothing outlives a transaction, so this works the same
+    through a transaction-mode pooler (PgBouncer) as on a direct connection.
+    """
     applied: list[int] = []
-    await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
         await conn.execute(QUERIES["create_migrations_table"])
         done = {r["version"] for r in await conn.fetch(QUERIES["applied_migrations"])}
-        for migration in available_migrations():
-            if migration.version in done:
+    for migration in available_migrations():
+        if migration.version in done:
+            continue
+        async with conn.transaction():
+            await conn.execute(QUERIES["migration_lock"], MIGRATION_LOCK_KEY)
+            # Another instance may have applied it since we looked.
+            if await conn.fetchval(QUERIES["migration_applied"], migration.version):
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(QUERIES["record_migration"], migration.version, migration.name)
-            log.info("migration_applied", version=migration.version, name=migration.name)
-            applied.append(migration.version)
-    finally:
-        await conn.execute(QUERIES["migration_unlock"], MIGRATION_LOCK_KEY)
+            await conn.execute(migration.sql)
+            await conn.execute(QUERIES["record_migration"], migration.version, migration.name)
+        log.info("migration_applied", version=migration.version, name=migration.name)
+        applied.append(migration.version)
     return applied

@@ -40,6 +40,44 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# What a transaction-mode pooler (PgBouncer's pool_mode = transaction) in front of the server
+# does to asyncpg's named prepared statements: each transaction may run on another server
+# connection, where the statement was never prepared (or, prepared by another client, already
+# exists). Waiting will not fix it; database.prepared_statements: false will.
+POOLER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidSQLStatementNameError,
+    asyncpg.DuplicatePreparedStatementError,
+)
+
+POOLER_HINT = (
+    "a transaction-mode pooler (PgBouncer pool_mode = transaction) between the relay and "
+    "PostgreSQL loses prepared statements: set database.prepared_statements: false, and "
+    "database.listen_dsn to a direct DSN for LISTEN (docs/operations.md, Behind PgBouncer)"
+)
+
+
+def pooler_misconfigured(exc: BaseException) -> bool:
+    """True for the errors a transaction-mode pooler gives prepared statements: a
+    configuration problem (``database.prepared_statements``), not an outage."""
+    if isinstance(exc, POOLER_ERRORS):
+        return True
+    text = str(exc)
+    return "prepared statement" in text and ("does not exist" in text or "already exists" in text)
+
+
+def error_hint(exc: BaseException) -> dict[str, str]:
+    """``{"hint": ...}`` for a log line about ``exc`` when it is a pooler misconfiguration,
+    else ``{}``: callers splat it into their error-level log line."""
+    return {"hint": POOLER_HINT} if pooler_misconfigured(exc) else {}
+
+
+def statement_options(prepared_statements: bool) -> dict[str, Any]:
+    """asyncpg connection options: with ``prepared_statements`` false, no statement cache,
+    so every query goes as an unnamed statement, parsed again in the same round trip as its
+    execution (asyncpg marks it so), which a transaction-mode pooler handles."""
+    return {} if prepared_statements else {"statement_cache_size": 0}
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
@@ -47,8 +85,8 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+async def connect(dsn: str, *, prepared_statements: bool = True) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, **statement_options(prepared_statements))
     await init_connection(conn)
     return conn
 
@@ -57,9 +95,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool release hook: nothing to reset (see create_pool)."""
 
 
-async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, min_size: int, max_size: int, *, prepared_statements: bool = True
+) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
+        **statement_options(prepared_statements),
         min_size=min_size,
         max_size=max_size,
         init=init_connection,

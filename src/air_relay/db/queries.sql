@@ -529,12 +529,14 @@ ORDER BY id;
 SELECT count(*) FROM delivery_attempts WHERE id < $1;
 
 -- name: migration_lock
--- Held while migrations run, so several instances starting at once apply each migration once
--- (the others wait, then find nothing left to do). $1 is migrate.MIGRATION_LOCK_KEY.
-SELECT pg_advisory_lock($1);
+-- Taken first in each migration's transaction, so several instances starting at once apply
+-- each migration once (the others wait, then find it applied). A transaction-level lock,
+-- not a session one: through a transaction-mode pooler the unlock of a session lock could
+-- run on another server connection and leave the lock held. $1 is migrate.MIGRATION_LOCK_KEY.
+SELECT pg_advisory_xact_lock($1);
 
--- name: migration_unlock
-SELECT pg_advisory_unlock($1);
+-- name: migration_applied
+SELECT EXISTS (SELECT 1 FROM air_relay_schema_migrations WHERE version = $1);
 
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS air_relay_schema_migrations (

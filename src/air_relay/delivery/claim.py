@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_
 from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
 from air_relay.db.batcher import CompletionBatcher
-from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.pool import DB_UNAVAILABLE, error_hint
 from air_relay.delivery.retry_policy import InClaimWait, Verdict, retry_in_claim, verdict
 from air_relay.metrics import Metrics
 from air_relay.model import (
@@ -267,8 +267,8 @@ class ClaimRunner:
             # Only a speed-up: without it the backlog still drains along its schedule.
             log.warning("backlog_wake_failed", error=type(exc).__name__)
             return
-        except Exception:
-            log.exception("backlog_wake_failed")
+        except Exception as exc:
+            log.exception("backlog_wake_failed", **error_hint(exc))
             return
         if woken:
             log.info("sink_recovered", event_sink_id=str(delivery.event_sink_id), woken=woken)

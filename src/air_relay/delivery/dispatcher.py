@@ -2,6 +2,8 @@
 
 Woken by LISTEN/NOTIFY when ingest commits a delivery, and by a slow poll as the safety net
 (NOTIFY is a hint: a lost notification, or a retry that has become due, is found by the poll).
+With no DSN to LISTEN on (behind a transaction-mode pooler, where LISTEN has no session to
+live in, and no ``database.listen_dsn``), the poll alone finds new work.
 Claims commit before any HTTP request; no connection is held across a send.
 """
 
@@ -21,7 +23,7 @@ import structlog
 from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
 from air_relay.db.notify import listen
-from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.pool import DB_UNAVAILABLE, error_hint
 from air_relay.delivery.claim import ClaimRunner
 from air_relay.metrics import Metrics
 from air_relay.model import ClaimedDelivery
@@ -38,13 +40,13 @@ class Dispatcher:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        dsn: str,
+        listen_dsn: str | None,
         cfg: DeliveryConfig,
         senders: Mapping[str, Sender],
         metrics: Metrics,
     ) -> None:
         self._pool = pool
-        self._dsn = dsn
+        self._listen_dsn = listen_dsn
         self._cfg = cfg
         self._senders = dict(senders)
         self._runner = ClaimRunner(pool, cfg, metrics)
@@ -58,8 +60,22 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(listen(self._dsn, self.wake), name="air-relay-listen"),
+        self._tasks = []
+        if self._listen_dsn:
+            log.info(
+                "dispatcher_wakeup", mode="listen", poll_seconds=self._cfg.poll_interval_seconds
+            )
+            self._tasks.append(
+                asyncio.create_task(listen(self._listen_dsn, self.wake), name="air-relay-listen")
+            )
+        else:
+            log.info(
+                "dispatcher_wakeup",
+                mode="poll",
+                poll_seconds=self._cfg.poll_interval_seconds,
+                reason="database.prepared_statements is false and database.listen_dsn is not set",
+            )
+        self._tasks += [
             asyncio.create_task(self._claim_loop(), name="air-relay-claim"),
             asyncio.create_task(self._renew_loop(), name="air-relay-leases"),
         ]
@@ -110,9 +126,9 @@ class Dispatcher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
-                except Exception:
+                except Exception as exc:
                     # A bug or a misconfigured database: loud, but the loop must live on.
-                    log.exception("claim_failed", retry_in=backoff)
+                    log.exception("claim_failed", retry_in=backoff, **error_hint(exc))
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
@@ -138,8 +154,8 @@ class Dispatcher:
                 # Keep trying: the leases may still be saved before they lapse.
                 log.warning("lease_renewal_failed", count=len(running), error=type(exc).__name__)
                 continue
-            except Exception:
-                log.exception("lease_renewal_failed", count=len(running))
+            except Exception as exc:
+                log.exception("lease_renewal_failed", count=len(running), **error_hint(exc))
                 continue
             # Not held: finished meanwhile (its completion cleared the token), or lost.
             still_running = {d.id for d in self._inflight.values()}
@@ -210,5 +226,6 @@ class Dispatcher:
     def _finished(self, task: asyncio.Task[None], sent: Callable[[], None]) -> None:
         self._inflight.pop(task, None)
         sent()  # if the claim ended before its sends did (deferred, cancelled, crashed)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery_task_crashed", error=repr(task.exception()))
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("delivery_task_crashed", error=repr(exc), **error_hint(exc))

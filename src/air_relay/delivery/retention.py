@@ -24,7 +24,7 @@ import structlog
 
 from air_relay.config import RetentionConfig
 from air_relay.db import repository as repo
-from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.pool import DB_UNAVAILABLE, error_hint
 
 log = structlog.get_logger(__name__)
 
@@ -88,9 +88,11 @@ class RetentionTask:
                 retry_in=self._cfg.interval_seconds,
             )
             return None
-        except Exception:
+        except Exception as exc:
             # A bug must not end the task: retention simply tries again next interval.
-            log.exception("retention_failed", retry_in=self._cfg.interval_seconds)
+            log.exception(
+                "retention_failed", retry_in=self._cfg.interval_seconds, **error_hint(exc)
+            )
             return None
         log.info(
             "retention_purged",

@@ -44,7 +44,7 @@ import structlog
 
 from air_relay.config import AuditConfig
 from air_relay.db import repository as repo
-from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.pool import DB_UNAVAILABLE, error_hint
 from air_relay.model import AuditSeal, StoredAttempt
 from air_relay.timestamps import rfc3339
 
@@ -188,9 +188,11 @@ class SealerTask:
                 retry_in=self._cfg.seal_interval_seconds,
             )
             return None
-        except Exception:
+        except Exception as exc:
             # A bug must not end the task: the next interval tries again.
-            log.exception("audit_seal_failed", retry_in=self._cfg.seal_interval_seconds)
+            log.exception(
+                "audit_seal_failed", retry_in=self._cfg.seal_interval_seconds, **error_hint(exc)
+            )
             return None
 
     async def run_once(self) -> list[AuditSeal]:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
-from air_relay.db.pool import DB_UNAVAILABLE
+from air_relay.db.pool import DB_UNAVAILABLE, POOLER_HINT, pooler_misconfigured
 from air_relay.validation import InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -80,6 +80,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("database_unavailable", path=request.path, error=type(exc).__name__)
         err = unavailable()
         return error_response(err.status, err.code, err.message, err.headers)
-    except Exception:
-        log.exception("request_failed", path=request.path, method=request.method)
+    except Exception as exc:
+        if pooler_misconfigured(exc):
+            # A configuration problem, not a bug: the hint says what to set, a traceback
+            # would only bury it.
+            log.error(
+                "request_failed",
+                path=request.path,
+                method=request.method,
+                error=type(exc).__name__,
+                detail=str(exc).partition("\n")[0][:200],
+                hint=POOLER_HINT,
+            )
+        else:
+            log.exception("request_failed", path=request.path, method=request.method)
         return error_response(500, "internal_error", "An unexpected error occurred.")
