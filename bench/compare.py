@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.kit import Helper, ReceiverClient, pct, wrk_path
+import asyncpg
+
+from bench.kit import Helper, ReceiverClient, machine_text, pct, pct_text, wrk_path
 from bench.pending import pending_mode
 from bench.phases import (
     Bench,
@@ -122,23 +124,18 @@ def drain_row(table: Table, b: Bench, system: str, drain: Drain) -> None:
     table.put("RSS MB, end of drain", system, drain.rss_mb)
 
 
-def ms(lat: Latency, p: float) -> str:
-    value = pct(lat.latencies_ms, p)
-    return "-" if value is None else f"{value:.1f}"
-
-
 def latency_rows(table: Table, b: Bench, system: str, lat: Latency) -> None:
     a = b.args
     at = f"at {a.rate:,.0f} events/s for {a.duration:g} s"
     table.put(f"ingest→sink latency p50 ms, {at}", system, pct(lat.latencies_ms, 50))
     table.put(f"ingest→sink latency p99 ms, {at}", system, pct(lat.latencies_ms, 99))
     table.put(PENDING_ROW, system, lat.pending_at_end)
-    load = lat.load
+    load, ms = lat.load, lat.latencies_ms
     print(
         f"  [{system} latency] sent {load.sent:,} in {load.seconds:.1f} s, answers"
         f" {dict(load.statuses)}, generator max lag {load.max_lag_ms:.0f} ms; delivered"
-        f" {lat.delivered:,} ({lat.duplicates} duplicates); p50 {ms(lat, 50)} p99 {ms(lat, 99)}"
-        f" max {ms(lat, 100)} ms;"
+        f" {lat.delivered:,} ({lat.duplicates} duplicates); p50 {pct_text(ms, 50)}"
+        f" p99 {pct_text(ms, 99)} max {pct_text(ms, 100)} ms;"
         f" pending at the end {lat.pending_at_end:,}; RSS {lat.rss_mb or 0:.0f} MB",
         flush=True,
     )
@@ -334,6 +331,15 @@ async def bench_context(args: argparse.Namespace) -> AsyncIterator[Bench]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+async def server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        version: str = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    return version
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -347,8 +353,10 @@ async def main() -> int:
     if not (args.fanout or args.instances or args.pending) and "ingest" in args.only:
         wrk_path()  # fail early, before minutes of setup
     print(f"$ {shlex.join([Path(sys.executable).name, '-m', 'bench.compare', *sys.argv[1:]])}")
+    print(machine_text(), flush=True)
     started = time.monotonic()
     async with bench_context(args) as b:
+        print(f"PostgreSQL {await server_version(b.admin_dsn)}", flush=True)
         if args.fanout:
             await fanout_mode(b, args.fanout)
         elif args.instances:

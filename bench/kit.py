@@ -61,6 +61,31 @@ def pct(values: Sequence[float], p: float) -> float | None:
     return ordered[rank]
 
 
+def pct_text(values: Sequence[float], p: float) -> str:
+    value = pct(values, p)
+    return "—" if value is None else f"{value:.1f}"
+
+
+def machine_text() -> str:
+    """The machine, the code and the date, for the record of a run."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    cores = os.cpu_count()
+    return f"{day}, commit {commit or 'unknown'}; {cores} cores ({model}), {memory:.0f} GiB"
+
+
 # --- processes ----------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 
 from air_relay.db.queries import QUERIES
-from bench.kit import EVENT_NAME, OTHER_EVENT_NAME, RelayLab, pct, relay_lab
+from bench.kit import EVENT_NAME, OTHER_EVENT_NAME, RelayLab, pct, pct_text, relay_lab
 from bench.phases import Bench, Drain, Latency, measure_latency, relay_drain
 from tests.fault.relay import RssSampler
 from tests.support import TENANT
@@ -222,16 +222,16 @@ def report(
     def row(label: str, x: Any, y: Any) -> None:
         print(f"| {label} | {x} | {y} |")
 
-    def ms(v: Latency, p: float) -> str:
-        value = pct(v.latencies_ms, p)
-        return "—" if value is None else f"{value:.1f}"
-
     print(f"\n| figure | before | with {n:,} pending to a down sink |")
     print("|---|---:|---:|")
     row("serve RSS MB, highest while measured", f"{rss[0] or 0:.0f}", f"{rss[1] or 0:.0f}")
     at = f"healthy sink, {a.rate:,.0f} events/s for {a.duration:g} s"
-    row(f"ingest→sink latency p50 ms, {at}", ms(before, 50), ms(during, 50))
-    row(f"ingest→sink latency p99 ms, {at}", ms(before, 99), ms(during, 99))
+    for p in (50, 99):
+        row(
+            f"ingest→sink latency p{p} ms, {at}",
+            pct_text(before.latencies_ms, p),
+            pct_text(during.latencies_ms, p),
+        )
     row("healthy deliveries pending when sending stopped", before.pending_at_end,
         during.pending_at_end)  # fmt: skip
     row(
