@@ -224,7 +224,7 @@ def report(
 
     print(f"\n| figure | before | with {n:,} pending to a down sink |")
     print("|---|---:|---:|")
-    row("serve RSS MB, highest while measured", f"{rss[0] or 0:.0f}", f"{rss[1] or 0:.0f}")
+    row("serve RSS MB, highest (with pending: latency and drain)", *(f"{r or 0:.0f}" for r in rss))
     at = f"healthy sink, {a.rate:,.0f} events/s for {a.duration:g} s"
     for p in (50, 99):
         row(
@@ -261,22 +261,24 @@ async def pending_mode(b: Bench, n: int) -> None:
         healthy = await lab.create_sink(b.receiver.url(HEALTHY), events=[EVENT_NAME])
         await b.receiver.set_status(DOWN, 503)
         sampler = RssSampler(lab.relays).start()
-        t0 = time.monotonic()
-        before = await healthy_latency(b, lab, healthy)
-        rss_before = sampler.max_mb(since=t0)
-        print(f"  [latency before] p99 {pct(before.latencies_ms, 99) or 0:.1f} ms", flush=True)
-        b.note("latency before", before.cpu)
-        took = await insert_pending(lab.dsn, down, n, a.pending_delay)
-        print(f"  [insert] {n:,} pending deliveries in {took:.0f} s", flush=True)
-        for title, plan in await explain(lab.dsn, down):
-            print(f"\n  EXPLAIN {title}: {plan_summary(plan)}")
-            print("\n".join(f"    {line}" for line in plan))
-        t1 = time.monotonic()
-        during = await healthy_latency(b, lab, healthy)
-        rss_during = sampler.max_mb(since=t1)
-        print(f"\n  [latency with pending] p99 {pct(during.latencies_ms, 99) or 0:.1f} ms")
-        b.note("latency with pending", during.cpu)
-        recovery = await sink_returns(b, lab, down, a.sample)
-        b.note("sink returned", recovery.cpu)
-        await sampler.stop()
+        try:
+            t0 = time.monotonic()
+            before = await healthy_latency(b, lab, healthy)
+            rss_before = sampler.max_mb(since=t0)
+            print(f"  [latency before] p99 {pct(before.latencies_ms, 99) or 0:.1f} ms", flush=True)
+            b.note("latency before", before.cpu)
+            took = await insert_pending(lab.dsn, down, n, a.pending_delay)
+            print(f"  [insert] {n:,} pending deliveries in {took:.0f} s", flush=True)
+            for title, plan in await explain(lab.dsn, down):
+                print(f"\n  EXPLAIN {title}: {plan_summary(plan)}")
+                print("\n".join(f"    {line}" for line in plan))
+            t1 = time.monotonic()
+            during = await healthy_latency(b, lab, healthy)
+            print(f"\n  [latency with pending] p99 {pct(during.latencies_ms, 99) or 0:.1f} ms")
+            b.note("latency with pending", during.cpu)
+            recovery = await sink_returns(b, lab, down, a.sample)
+            b.note("sink returned", recovery.cpu)
+            rss_during = sampler.max_mb(since=t1)  # the latency with pending, and the drain
+        finally:
+            await sampler.stop()
         report(b, n, baseline, (before, during), (rss_before, rss_during), recovery)
