@@ -261,6 +261,7 @@ class RelayLab:
     """``air-relay serve`` process(es) on one fresh database, and a small pool to it."""
 
     dsn: str
+    database: str
     relays: list[Relay]
     pool: asyncpg.Pool
     sinks: list[str] = field(default_factory=list)
@@ -306,6 +307,18 @@ class RelayLab:
         )
         return n
 
+    async def stop(self) -> None:
+        """SIGTERM every serve (each drains and exits) and close the pool; idempotent."""
+        for relay in self.relays:
+            if relay.alive:
+                relay.sigterm()
+        for relay in self.relays:
+            if relay.alive:
+                await relay.wait_exit(20)
+            relay.close()
+        if not self.pool.is_closing():
+            await self.pool.close()
+
 
 @contextlib.asynccontextmanager
 async def relay_lab(
@@ -315,28 +328,19 @@ async def relay_lab(
     the database dropped afterwards."""
     database = f"bench_{tag.replace('-', '_')}"
     dsn = await create_database(admin_dsn, database)
-    relays: list[Relay] = []
-    pool: asyncpg.Pool | None = None
+    # The relay's own pool set-up (its jsonb codec), for its repository functions.
+    pool = await create_pool(dsn, 1, 2)
+    lab = RelayLab(dsn, database, [], pool)
     try:
         for i in range(instances):
             config = relay_config(dsn, root / f"state-{tag}-{i + 1}", overrides)
             relay = Relay(root, f"serve-{tag}-{i + 1}", config)
-            relays.append(relay)
+            lab.relays.append(relay)
             relay.start()
             await relay.wait_ready()
-        # The relay's own pool set-up (its jsonb codec), for its repository functions.
-        pool = await create_pool(dsn, 1, 2)
-        yield RelayLab(dsn, relays, pool)
+        yield lab
     finally:
-        for relay in relays:
-            if relay.alive:
-                relay.sigterm()
-        for relay in relays:
-            if relay.alive:
-                await relay.wait_exit(20)
-            relay.close()
-        if pool is not None:
-            await pool.close()
+        await lab.stop()
         await drop_database(admin_dsn, database)
 
 
@@ -393,11 +397,66 @@ def cpu_text(cpu: dict[str, float]) -> str:
     return ", ".join(parts) + f" (machine {cpu['machine']:.0f} of {100 * (os.cpu_count() or 1)})"
 
 
+@dataclass
+class DbUse:
+    commits: int  # transactions committed in the phase's database
+    wal_bytes: int  # WAL written by the whole server
+    wal_fsyncs: int  # WAL fsyncs of the whole server (PostgreSQL 18's pg_stat_io)
+
+    def per(self, n: int, what: str) -> str:
+        if n <= 0:
+            return "db: nothing done"
+        return (
+            f"db per {what}: {self.commits / n:.2f} commits, {self.wal_fsyncs / n:.2f} WAL"
+            f" fsyncs, {self.wal_bytes / n / 1024:.1f} kB WAL"
+        )
+
+
+class DbMeter:
+    """Commits of one database and the server's WAL over a window. PostgreSQL publishes a
+    backend's counters with a lag (up to seconds when it goes idle), but at once when it
+    exits: stop the processes under test before ``stop``, and it is exact enough."""
+
+    def __init__(self, admin_dsn: str, database: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.database = database
+        self._start = DbUse(0, 0, 0)
+
+    async def _read(self) -> DbUse:
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            commits = await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", self.database
+            )
+            wal = await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal")
+            fsyncs = 0
+            with contextlib.suppress(asyncpg.PostgresError):  # before PostgreSQL 18
+                fsyncs = await conn.fetchval(
+                    "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'"
+                )
+            return DbUse(int(commits or 0), int(wal or 0), int(fsyncs or 0))
+        finally:
+            await conn.close()
+
+    async def start(self) -> DbMeter:
+        self._start = await self._read()
+        return self
+
+    async def stop(self) -> DbUse:
+        end = await self._read()
+        return DbUse(
+            end.commits - self._start.commits,
+            end.wal_bytes - self._start.wal_bytes,
+            end.wal_fsyncs - self._start.wal_fsyncs,
+        )
+
+
 # --- load -------------------------------------------------------------------------------------
 
 
 @dataclass
 class WrkResult:
+    requests: int
     requests_per_second: float
     non_2xx: int
     socket_errors: str
@@ -455,12 +514,14 @@ async def run_wrk(
         cpu = meter.stop()
     out = (await proc.communicate())[0].decode()
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if rate is None:
+    done = re.search(r"(\d+) requests in", out)
+    if rate is None or done is None:
         raise SystemExit(f"wrk gave no rate:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:(.*)", out)
     latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
     return WrkResult(
+        requests=int(done.group(1)),
         requests_per_second=float(rate.group(1)),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=errors.group(1).strip() if errors else "",

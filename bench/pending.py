@@ -35,7 +35,7 @@ import asyncpg
 
 from air_relay.db.queries import QUERIES
 from bench.kit import EVENT_NAME, OTHER_EVENT_NAME, RelayLab, pct, pct_text, relay_lab
-from bench.phases import Bench, Drain, Latency, measure_latency, relay_drain
+from bench.phases import Bench, Drain, Latency, Target, measure_latency, relay_drain
 from tests.fault.relay import RssSampler
 from tests.support import TENANT
 
@@ -197,15 +197,11 @@ async def sink_returns(b: Bench, lab: RelayLab, sink_id: str, seconds: float) ->
 
 
 async def healthy_latency(b: Bench, lab: RelayLab, healthy: str) -> Latency:
-    return await measure_latency(
-        b,
-        "serve",
-        lab.ingest_url,
-        HEALTHY,
-        lambda: lab.count("pending", healthy),
-        lambda: lab.pids,
-        lab.rss_mb,
-    )
+    async def keep_running() -> None:
+        pass  # the mode goes on with the same serve
+
+    target = Target("serve", lab.ingest_url, lambda: lab.pids, lab.rss_mb, keep_running, None)
+    return await measure_latency(b, target, HEALTHY, lambda: lab.count("pending", healthy))
 
 
 def report(

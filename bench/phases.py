@@ -25,6 +25,8 @@ from bench.kit import (
     EVENT_NAME,
     INGEST_HEADERS,
     CpuMeter,
+    DbMeter,
+    DbUse,
     Helper,
     LoadResult,
     ReceiverClient,
@@ -43,6 +45,8 @@ from bench.kit import (
 from tests.support import TENANT
 
 Count = Callable[[], Awaitable[int]]
+# CPU % of one core that work outside the benchmark may use before its figures are suspect.
+DISTURBED = 25.0
 
 
 @dataclass
@@ -69,10 +73,13 @@ class Bench:
         }
         return CpuMeter({**groups, **base})
 
-    def note(self, phase: str, cpu: dict[str, float]) -> None:
-        line = f"{phase}: {cpu_text(cpu)}"
+    def note(self, phase: str, cpu: dict[str, float], db: str = "") -> None:
+        """Print and keep what was busy in ``phase`` (CPU, and what the database did)."""
+        line = f"{phase}: {cpu_text(cpu)}" + (f"; {db}" if db else "")
+        if cpu.get("others", 0.0) > DISTURBED:
+            line += " [DISTURBED: other work on the machine, run again]"
         self.busy.append(line)
-        print(f"    CPU % of one core, {phase}: {cpu_text(cpu)}", flush=True)
+        print(f"    CPU % of one core, {line}", flush=True)
 
     def saw(self, lab: RelayLab) -> None:
         if self.loop is None:
@@ -97,6 +104,7 @@ class Drain:
     seconds: float
     cpu: dict[str, float]
     rss_mb: float | None
+    db: DbUse | None
 
     @property
     def rate(self) -> float:
@@ -112,14 +120,30 @@ class Latency:
     pending_at_end: int
     cpu: dict[str, float]
     rss_mb: float | None
+    db: DbUse | None
 
 
 @dataclass
 class Ingest:
+    requests: int
     requests_per_second: float
     detail: str
     cpu: dict[str, float]
     rss_mb: float | None
+    db: DbUse | None
+
+
+@dataclass
+class Target:
+    """A system under test, running: its processes, its database (None: it has none) and how
+    to stop it (before the database's counters are read)."""
+
+    label: str
+    url: str
+    pids: Callable[[], list[int]]
+    rss_mb: Callable[[], float | None]
+    stop: Callable[[], Awaitable[None]]
+    database: str | None
 
 
 async def wait_done(
@@ -133,6 +157,10 @@ async def wait_done(
         if value >= target or now > deadline:
             return value, now
         await asyncio.sleep(poll)
+
+
+def relay_target(lab: RelayLab) -> Target:
+    return Target("serve", lab.ingest_url, lambda: lab.pids, lab.rss_mb, lab.stop, lab.database)
 
 
 # --- air-relay --------------------------------------------------------------------------------
@@ -152,6 +180,7 @@ async def relay_drain(
         await b.receiver.reset()
         new = [NewEvent(uuid.uuid4(), TENANT, EVENT_NAME, 1, event_body(i)) for i in range(events)]
         await checkpoint(b.admin_dsn)
+        db = await DbMeter(b.admin_dsn, lab.database).start()
         routed = await repo.ingest_events(lab.pool, new, timeout=120)  # one statement, one commit
         t0 = time.monotonic()
         total = sum(routed.values())
@@ -165,93 +194,100 @@ async def relay_drain(
         done, t_end = await wait_done(delivered, total, timeout=max(120.0, total / 50))
         cpu = meter.stop()
         rss = lab.rss_mb()
-    return Drain(total, done, t_end - t0, cpu, rss)
+        await lab.stop()
+        use = await db.stop()
+        use.commits -= 1  # the backlog's own commit
+    return Drain(total, done, t_end - t0, cpu, rss, use)
 
 
 async def relay_latency(b: Bench, tag: str = "latency") -> Latency:
     async with relay_lab(b.root, b.admin_dsn, tag, b.overrides) as lab:
         b.saw(lab)
         await lab.create_sink(b.receiver.url(tag))
-        return await measure_latency(
-            b,
-            "serve",
-            lab.ingest_url,
-            tag,
-            lambda: lab.count("pending"),
-            lambda: lab.pids,
-            lab.rss_mb,
-        )
+        return await measure_latency(b, relay_target(lab), tag, lambda: lab.count("pending"))
 
 
 async def relay_ingest(b: Bench) -> Ingest:
     async with relay_lab(b.root, b.admin_dsn, "ingest", b.overrides) as lab:  # no sinks
         b.saw(lab)
-        return await measure_ingest(b, "serve", lab.ingest_url, lambda: lab.pids, lab.rss_mb)
+        return await measure_ingest(b, relay_target(lab))
 
 
 # --- shared measurements ------------------------------------------------------------------------
 
 
-async def measure_latency(
-    b: Bench,
-    label: str,
-    url: str,
-    name: str,
-    pending: Count,
-    pids: Callable[[], list[int]],
-    rss: Callable[[], float | None],
-) -> Latency:
-    """A 1 s warm-up, then ``--rate`` events/s for ``--duration`` s to ``url``, delivered to
-    the receiver's hook ``name``."""
-    warm = await fixed_rate(url, b.args.rate, 1.0, first_seq=10**9)
+async def measure_latency(b: Bench, target: Target, name: str, pending: Count) -> Latency:
+    """A 1 s warm-up, then ``--rate`` events/s for ``--duration`` s to ``target``, delivered
+    to the receiver's hook ``name``; ``target`` is stopped at the end."""
+    warm = await fixed_rate(target.url, b.args.rate, 1.0, first_seq=10**9)
     await wait_done(lambda: b.receiver.count(name), warm.accepted, timeout=60, poll=0.2)
     await b.receiver.reset()
     await checkpoint(b.admin_dsn)
-    meter = b.meter(**{label: pids}).start()
-    load = await fixed_rate(url, b.args.rate, b.args.duration)
+    db = await DbMeter(b.admin_dsn, target.database).start() if target.database else None
+    meter = b.meter(**{target.label: target.pids}).start()
+    load = await fixed_rate(target.url, b.args.rate, b.args.duration)
     left = await pending()
     cpu = meter.stop()
     await wait_done(lambda: b.receiver.count(name), load.accepted, timeout=120, poll=0.2)
     stats = await b.receiver.stats(name, latencies=True)
-    return Latency(
-        load, stats["latencies_ms"], stats["count"], stats["duplicates"], left, cpu, rss()
-    )
+    rss = target.rss_mb()
+    await target.stop()
+    use = await db.stop() if db else None
+    delivered, duplicates = stats["count"], stats["duplicates"]
+    return Latency(load, stats["latencies_ms"], delivered, duplicates, left, cpu, rss, use)
 
 
-async def measure_ingest(
-    b: Bench,
-    label: str,
-    url: str,
-    pids: Callable[[], list[int]],
-    rss: Callable[[], float | None],
-) -> Ingest:
-    """wrk: a 2 s warm-up, then the measured run."""
+async def measure_ingest(b: Bench, target: Target) -> Ingest:
+    """wrk: a 2 s warm-up, then the measured run; ``target`` is stopped at the end."""
     a = b.args
     await run_wrk(
-        b.root, url, INGEST_HEADERS, seconds=2, connections=a.connections, threads=a.threads
+        b.root, target.url, INGEST_HEADERS, seconds=2, connections=a.connections, threads=a.threads
     )
     await checkpoint(b.admin_dsn)
+    db = await DbMeter(b.admin_dsn, target.database).start() if target.database else None
     result = await run_wrk(
         b.root,
-        url,
+        target.url,
         INGEST_HEADERS,
         seconds=a.wrk_seconds,
         connections=a.connections,
         threads=a.threads,
-        meter=b.meter(**{label: pids}),
+        meter=b.meter(**{target.label: target.pids}),
     )
+    rss = target.rss_mb()
+    await target.stop()
+    use = await db.stop() if db else None
     detail = f"latency {result.latency}; non-2xx {result.non_2xx}"
     if result.socket_errors:
         detail += f"; socket errors {result.socket_errors}"
-    return Ingest(result.requests_per_second, detail, result.cpu, rss())
+    return Ingest(result.requests, result.requests_per_second, detail, result.cpu, rss, use)
 
 
 # --- the peer and the bare handler --------------------------------------------------------------
 
 
+@dataclass
+class PeerLab:
+    helper: Helper
+    dsn: str
+    database: str
+    conn: asyncpg.Connection  # the benchmark's own, to count what is left
+
+    async def stop(self) -> None:
+        """Close our connection and stop the peer (idempotent)."""
+        if not self.conn.is_closed():
+            await self.conn.close()
+        await asyncio.to_thread(self.helper.stop)
+
+    def target(self) -> Target:
+        url = f"{self.helper.base_url}/v1/air/events"
+        pid = self.helper.pid
+        return Target("peer", url, lambda: [pid], self.helper.rss_mb, self.stop, self.database)
+
+
 @contextlib.asynccontextmanager
-async def peer_lab(b: Bench, tag: str, *, consume: bool) -> AsyncIterator[tuple[Helper, str]]:
-    """The peer process on a new database with pgqueuer installed; (process, DSN)."""
+async def peer_lab(b: Bench, tag: str, *, consume: bool) -> AsyncIterator[PeerLab]:
+    """The peer process on a new database with pgqueuer installed."""
     database = f"bench_peer_{tag}"
     dsn = await create_database(b.admin_dsn, database)
     await peer.install(dsn)
@@ -259,66 +295,60 @@ async def peer_lab(b: Bench, tag: str, *, consume: bool) -> AsyncIterator[tuple[
     if not consume:
         args.append("--no-consume")
     helper = Helper(b.root, f"peer-{tag}", "bench.peer_pgqueuer", args)
+    lab = PeerLab(helper, dsn, database, await asyncpg.connect(dsn))
     try:
         await helper.start()
-        yield helper, dsn
+        yield lab
     finally:
-        helper.stop()
+        await lab.stop()
         await drop_database(b.admin_dsn, database)
 
 
 async def peer_drain(b: Bench, events: int) -> Drain:
-    async with peer_lab(b, "drain", consume=True) as (helper, dsn):
+    async with peer_lab(b, "drain", consume=True) as lab:
         name = "peer-drain"
         await b.receiver.reset()
-        conn = await asyncpg.connect(dsn)
-        try:
-            await checkpoint(b.admin_dsn)
-            await peer.enqueue(conn, [event_body(i) for i in range(events)])
-            t0 = time.monotonic()
-            meter = b.meter(peer=lambda: [helper.pid]).start()
+        await checkpoint(b.admin_dsn)
+        db = await DbMeter(b.admin_dsn, lab.database).start()
+        await peer.enqueue(lab.conn, [event_body(i) for i in range(events)])
+        t0 = time.monotonic()
+        meter = b.meter(peer=lambda: [lab.helper.pid]).start()
 
-            async def finished() -> int:
-                arrived = await b.receiver.count(name)
-                return events - await peer.queued(conn) if arrived >= events else 0
+        async def finished() -> int:
+            arrived = await b.receiver.count(name)
+            return events - await peer.queued(lab.conn) if arrived >= events else 0
 
-            done, t_end = await wait_done(finished, events, timeout=max(120.0, events / 50))
-            cpu = meter.stop()
-        finally:
-            await conn.close()
-        return Drain(events, done, t_end - t0, cpu, helper.rss_mb())
+        done, t_end = await wait_done(finished, events, timeout=max(120.0, events / 50))
+        cpu = meter.stop()
+        rss = lab.helper.rss_mb()
+        await lab.stop()
+        use = await db.stop()
+        use.commits -= 1  # the backlog's own commit
+        return Drain(events, done, t_end - t0, cpu, rss, use)
 
 
 async def peer_latency(b: Bench) -> Latency:
-    async with peer_lab(b, "latency", consume=True) as (helper, dsn):
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await measure_latency(
-                b,
-                "peer",
-                f"{helper.base_url}/v1/air/events",
-                "peer-latency",
-                lambda: peer.queued(conn),
-                lambda: [helper.pid],
-                helper.rss_mb,
-            )
-        finally:
-            await conn.close()
+    async with peer_lab(b, "latency", consume=True) as lab:
+        return await measure_latency(b, lab.target(), "peer-latency", lambda: peer.queued(lab.conn))
 
 
 async def peer_ingest(b: Bench) -> Ingest:
-    async with peer_lab(b, "ingest", consume=False) as (helper, _dsn):
-        return await measure_ingest(
-            b, "peer", f"{helper.base_url}/v1/air/events", lambda: [helper.pid], helper.rss_mb
-        )
+    async with peer_lab(b, "ingest", consume=False) as lab:
+        return await measure_ingest(b, lab.target())
 
 
 async def bare_ingest(b: Bench) -> Ingest:
     helper = Helper(b.root, "bare", "bench.bare", ["--loop", await b.relay_loop()])
     await helper.start()
+
+    async def stop() -> None:
+        await asyncio.to_thread(helper.stop)
+
+    pid = helper.pid
+    url = f"{helper.base_url}/v1/air/events"
     try:
         return await measure_ingest(
-            b, "bare", f"{helper.base_url}/v1/air/events", lambda: [helper.pid], helper.rss_mb
+            b, Target("bare", url, lambda: [pid], helper.rss_mb, stop, None)
         )
     finally:
         helper.stop()
