@@ -111,9 +111,10 @@ async def insert_pending(dsn: str, sink_id: str, n: int, delay: float) -> float:
     return time.monotonic() - started
 
 
-async def explain(dsn: str, sink_id: str) -> list[tuple[str, list[str]]]:
+async def explain(dsn: str, sink_id: str, *, wake: bool = True) -> list[tuple[str, list[str]]]:
     """The claim's plan (executed and rolled back) with no sink skipped and with the down
-    sink skipped, and the backlog wake-up's plan (not executed)."""
+    sink skipped (as the dispatcher does once a sink holds its share of the workers), and
+    the backlog wake-up's plan (not executed)."""
     sink = uuid.UUID(sink_id)
     claim = QUERIES["claim_deliveries"]
     claim_args: list[tuple[str, list[uuid.UUID]]] = [
@@ -133,10 +134,10 @@ async def explain(dsn: str, sink_id: str) -> list[tuple[str, list[str]]]:
             finally:
                 await tr.rollback()
             plans.append((title, [r[0] for r in rows]))
-        wake = QUERIES.get("wake_sink_backlog")
-        if wake is not None:
+        wake_query = QUERIES.get("wake_sink_backlog")
+        if wake and wake_query is not None:
             oldest = await conn.fetchval("SELECT md5('bench-delivery-1')::uuid")
-            rows = await conn.fetch(f"EXPLAIN {wake}", sink, oldest)
+            rows = await conn.fetch(f"EXPLAIN {wake_query}", sink, oldest)
             plans.append(("backlog wake-up (not executed)", [r[0] for r in rows]))
     finally:
         await conn.close()
@@ -274,6 +275,10 @@ async def pending_mode(b: Bench, n: int) -> None:
             b.note("latency with pending", during.cpu)
             recovery = await sink_returns(b, lab, down, a.sample)
             b.note("sink returned", recovery.cpu)
+            # Now the backlog is due: what one claim costs while it drains.
+            for title, plan in await explain(lab.dsn, down, wake=False):
+                print(f"\n  EXPLAIN {title}, the backlog due: {plan_summary(plan)}")
+                print("\n".join(f"    {line}" for line in plan))
             rss_during = sampler.max_mb(since=t1)  # the latency with pending, and the drain
         finally:
             await sampler.stop()
