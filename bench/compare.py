@@ -236,15 +236,20 @@ async def comparison(b: Bench) -> None:
 def drain_table(title: str, rows: list[tuple[str, Drain]]) -> None:
     print(
         f"\n| {title} | deliveries | seconds | deliveries/s | vs first | serve CPU % |"
-        " postgres CPU % | receiver CPU % | RSS MB |"
+        " postgres CPU % | receiver CPU % | others CPU % | commits per delivery |"
+        " WAL fsyncs per delivery | RSS MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     first = rows[0][1].rate or 1.0
     for label, d in rows:
+        n = max(d.done, 1)
+        commits = f"{d.db.commits / n:.2f}" if d.db else "—"
+        fsyncs = f"{d.db.wal_fsyncs / n:.2f}" if d.db else "—"
         print(
             f"| {label} | {d.done:,} of {d.deliveries:,} | {d.seconds:.1f} | {d.rate:,.0f} |"
             f" {d.rate / first:.2f}x | {d.cpu['serve']:.0f} | {d.cpu['postgres']:.0f} |"
-            f" {d.cpu['receiver']:.0f} | {d.rss_mb or 0:.0f} |"
+            f" {d.cpu['receiver']:.0f} | {d.cpu['others']:.0f} | {commits} | {fsyncs} |"
+            f" {d.rss_mb or 0:.0f} |"
         )
 
 
@@ -253,9 +258,9 @@ async def fanout_mode(b: Bench, sinks: int) -> None:
     total = b.args.events
     print(f"fan-out: {total:,} deliveries, to 1 sink and to {sinks} sinks per event", flush=True)
     one = await relay_drain(b, events=total, tag="fanout-1")
-    b.note("1 sink", one.cpu)
+    show_drain(b, "1 sink", one)
     many = await relay_drain(b, events=total // sinks, sinks=sinks, tag=f"fanout-{sinks}")
-    b.note(f"{sinks} sinks", many.cpu)
+    show_drain(b, f"{sinks} sinks", many)
     drain_table(
         "Webhook sinks per event",
         [(f"1 ({total:,} events)", one), (f"{sinks} ({total // sinks:,} events)", many)],
@@ -267,9 +272,9 @@ async def instances_mode(b: Bench, instances: int) -> None:
     total = b.args.events
     print(f"instances: {total:,} deliveries, 1 serve and {instances} on one database", flush=True)
     one = await relay_drain(b, events=total, tag="instances-1")
-    b.note("1 instance", one.cpu)
+    show_drain(b, "1 instance", one)
     many = await relay_drain(b, events=total, instances=instances, tag=f"instances-{instances}")
-    b.note(f"{instances} instances", many.cpu)
+    show_drain(b, f"{instances} instances", many)
     drain_table("serve processes", [("1", one), (str(instances), many)])
 
 
