@@ -247,7 +247,7 @@ def drain_table(title: str, rows: list[tuple[str, Drain]]) -> None:
         fsyncs = f"{d.db.wal_fsyncs / n:.2f}" if d.db else "—"
         print(
             f"| {label} | {d.done:,} of {d.deliveries:,} | {d.seconds:.1f} | {d.rate:,.0f} |"
-            f" {d.rate / first:.2f}x | {d.cpu['serve']:.0f} | {d.cpu['postgres']:.0f} |"
+            f" {d.rate / first:.2f}x | {d.cpu['serve']:.0f} | {d.cpu.get('postgres', 0):.0f} |"
             f" {d.cpu['receiver']:.0f} | {d.cpu['others']:.0f} | {commits} | {fsyncs} |"
             f" {d.rss_mb or 0:.0f} |"
         )
@@ -307,7 +307,10 @@ def csv_of(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p = argparse.ArgumentParser(
+        description="air-relay against a pgqueuer + aiohttp peer and a bare aiohttp handler,"
+        " in one run on one PostgreSQL (docs/benchmarks.md)."
+    )
     p.add_argument("--events", type=int, default=20_000, help="backlog size (default 20000)")
     p.add_argument("--rate", type=float, default=1000, help="events/s of the latency phase")
     p.add_argument("--duration", type=float, default=20, help="seconds of the latency phase")

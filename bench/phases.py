@@ -67,10 +67,11 @@ class Bench:
         (the load generator, the polling)."""
         own = os.getpid()
         base: dict[str, Callable[[], list[int]]] = {
-            "postgres": lambda: postgres_pids(self.pg_datadir),
             "receiver": lambda: [self.receiver.helper.pid],
             "bench": lambda: [own],
         }
+        if self.pg_datadir is not None:  # an external server's processes are not ours to see
+            base["postgres"] = lambda: postgres_pids(self.pg_datadir)
         return CpuMeter({**groups, **base})
 
     def note(self, phase: str, cpu: dict[str, float], db: str = "") -> None:
