@@ -112,32 +112,40 @@ async def insert_pending(dsn: str, sink_id: str, n: int, delay: float) -> float:
 
 
 async def explain(dsn: str, sink_id: str, *, wake: bool = True) -> list[tuple[str, list[str]]]:
-    """The claim's plan (executed and rolled back) with no sink skipped and with the down
-    sink skipped (as the dispatcher does once a sink holds its share of the workers), and
+    """The claim's plan (executed and rolled back) with no sink running claims and with the
+    down sink at its share of the workers (as the dispatcher claims once it holds them), and
     the backlog wake-up's plan (not executed)."""
     sink = uuid.UUID(sink_id)
     claim = QUERIES["claim_deliveries"]
-    claim_args: list[tuple[str, list[uuid.UUID]]] = [
-        ("claim, no sink skipped", []),
-        ("claim, the down sink skipped", [sink]),
+    # (title, sinks running claims, their counts, the per-sink share)
+    claim_args: list[tuple[str, list[uuid.UUID], list[int], int]] = [
+        ("claim, no sink running claims", [], [], 8),
+        ("claim, the down sink at its share", [sink], [8], 8),
     ]
     plans: list[tuple[str, list[str]]] = []
     conn = await asyncpg.connect(dsn)
     try:
-        for title, skip in claim_args:
+        for title, running, counts, share in claim_args:
             tr = conn.transaction()
             await tr.start()
             try:
                 rows = await conn.fetch(
-                    f"EXPLAIN (ANALYZE, BUFFERS) {claim}", ["Webhook"], 32, 30.0, "bench", skip
+                    f"EXPLAIN (ANALYZE, BUFFERS) {claim}",
+                    ["Webhook"],
+                    32,
+                    30.0,
+                    "bench",
+                    running,
+                    share,
+                    counts,
                 )
             finally:
                 await tr.rollback()
             plans.append((title, [r[0] for r in rows]))
         wake_query = QUERIES.get("wake_sink_backlog")
         if wake and wake_query is not None:
-            oldest = await conn.fetchval("SELECT md5('bench-delivery-1')::uuid")
-            rows = await conn.fetch(f"EXPLAIN {wake_query}", sink, oldest)
+            recovered_at = await conn.fetchval("SELECT now()")
+            rows = await conn.fetch(f"EXPLAIN {wake_query}", sink, recovered_at)
             plans.append(("backlog wake-up (not executed)", [r[0] for r in rows]))
     finally:
         await conn.close()
