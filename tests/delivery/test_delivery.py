@@ -236,7 +236,7 @@ async def test_a_crashing_sender_still_ends_dead_with_audit_rows(db_dsn: str) ->
         (claimed,) = await repo.claim_deliveries(
             pool, sink_types=["Webhook"], limit=1, lease_seconds=60, worker="w"
         )
-        await ClaimRunner(pool, cfg.delivery, Metrics()).run(BrokenSender(), claimed, lambda: None)
+        await ClaimRunner(pool, cfg.delivery, Metrics()).run(BrokenSender(), claimed)
         state = await pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", claimed.id)
         assert state is not None
         assert (state["status"], state["attempts"]) == ("dead", 2)

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,11 +146,7 @@ class ClaimRunner:
         self._failed_at: dict[uuid.UUID, float] = {}
         self._ok_at: dict[uuid.UUID, float] = {}
 
-    async def run(
-        self, sender: Sender, delivery: ClaimedDelivery, sent: Callable[[], None]
-    ) -> None:
-        """Run the claim; ``sent`` is called once its sends are over (its verdict may still
-        be being written: the worker can start another send meanwhile)."""
+    async def run(self, sender: Sender, delivery: ClaimedDelivery) -> None:
         if await self._deferred(sender, delivery):
             return
         claim = Claim(delivery, sender, self._metrics)
@@ -159,7 +154,6 @@ class ClaimRunner:
         # Most claims end with their first attempt: tenacity only when another one follows.
         if self._cfg.retry.attempts_per_claim > 1 and retry_in_claim(result, self._cfg.retry):
             result = await self._retry(claim, result)
-        sent()
         await self._conclude(claim, result)
 
     async def _retry(self, claim: Claim, first: SendResult) -> SendResult:

@@ -15,7 +15,7 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import asyncpg
 import structlog
@@ -54,8 +54,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], ClaimedDelivery] = {}
-        self._per_sink: Counter[uuid.UUID] = Counter()  # sends running, per sink
-        self._sending = 0
+        self._per_sink: Counter[uuid.UUID] = Counter()
         self._sink_share = cfg.sink_concurrency or max(1, cfg.concurrency // 4)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -113,7 +112,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         backoff = 0.5
         while not self._stopping:
-            free = self._cfg.concurrency - self._sending
+            free = self._cfg.concurrency - len(self._inflight)
             want = min(free, self._cfg.batch_size)
             claimed: list[ClaimedDelivery] = []
             if want > 0:
@@ -200,32 +199,18 @@ class Dispatcher:
             claim=delivery.claims,
         )
         sender = self._senders[delivery.sink_type]
-        # A worker is a send: it is free again once the claim's sends are over, while the
-        # verdict is still being written (in a batch with others). The task stays in
-        # _inflight until then, for its lease and for shutdown.
-        sink = delivery.event_sink_id
-        self._sending += 1
-        self._per_sink[sink] += 1
-        done = False
-
-        def sent() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            self._sending -= 1
-            self._per_sink[sink] -= 1
-            if self._per_sink[sink] <= 0:
-                del self._per_sink[sink]
-            self._wake.set()  # a worker is free
-
-        task = asyncio.create_task(self._runner.run(sender, delivery, sent))
+        task = asyncio.create_task(self._runner.run(sender, delivery))
         self._inflight[task] = delivery
-        task.add_done_callback(lambda finished: self._finished(finished, sent))
+        self._per_sink[delivery.event_sink_id] += 1
+        task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None], sent: Callable[[], None]) -> None:
-        self._inflight.pop(task, None)
-        sent()  # if the claim ended before its sends did (deferred, cancelled, crashed)
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        delivery = self._inflight.pop(task, None)
+        if delivery is not None:
+            self._per_sink[delivery.event_sink_id] -= 1
+            if self._per_sink[delivery.event_sink_id] <= 0:
+                del self._per_sink[delivery.event_sink_id]
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
             log.error("delivery_task_crashed", error=repr(exc), **error_hint(exc))
+        self._wake.set()  # a slot is free
