@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -179,3 +180,59 @@ async def test_serve_exits_1_when_the_database_refuses_the_dsn(
     assert proc.returncode == 1
     (line,) = [json.loads(x) for x in err.decode().splitlines() if "database_refused" in x]
     assert "no_such_database" in line["error"]
+
+
+async def test_a_dead_embedded_database_is_restarted_and_nothing_is_lost(
+    tmp_path: Path, sink_server: SinkServer, unused_tcp_port: int
+) -> None:
+    # kill -9 of the embedded PostgreSQL while serve runs: events arriving meanwhile are
+    # spooled (202), the server is restarted by serve, and every event is delivered.
+    config = (ROOT / "config.example.yaml").read_text()
+    config = config.replace("port: 8080", f"port: {unused_tcp_port}")
+    config = config.replace("allow_private_destinations: false", "allow_private_destinations: true")
+    (tmp_path / "config.yaml").write_text(config)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "AIR_RELAY_INGEST_TOKEN": INGEST,
+        "AIR_RELAY_API_KEY": API,
+        "AIR_RELAY_STATE_DIR": str(tmp_path / "state"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *relay_command(), "serve", "--config", str(tmp_path / "config.yaml"),
+        cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        ready = await read_until(proc.stderr, "server_ready", lines)
+        base = ready["address"]
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
+            resp = await http.post(
+                f"{base}/v1/event_sink",
+                json={
+                    "tenant_id": "00000000-0000-0000-0000-000000000000",
+                    "name": "receiver",
+                    "description": "",
+                    "event_sink_args": {"Webhook": {"url": sink_server.url()}},
+                },
+            )
+            assert resp.status == 200, await resp.text()
+            pid_file = tmp_path / "state" / "pgdata" / "postmaster.pid"
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            for n in range(5):
+                event = {"eventName": "CaseCreatedEvent", "organizationId": 1,
+                         "data": {"id": f"case-{n}"}}  # fmt: skip
+                status, text = await post_with_curl(f"{base}/v1/air/events", json.dumps(event))
+                assert status == 202, text
+            got = await sink_server.wait_for(5, timeout=60)
+            assert sorted(r.json()["data"]["id"] for r in got) == [f"case-{n}" for n in range(5)]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stderr.read(), timeout=60)
+        await asyncio.wait_for(proc.wait(), timeout=60)
+    log = "".join(lines) + rest.decode()
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.strip()]
+    assert "embedded_database_died" in events, log
+    assert "embedded_database_restarted" in events, log
