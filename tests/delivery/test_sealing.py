@@ -318,7 +318,7 @@ async def test_rows_inserted_below_the_oldest_seal_fail_it(
 OLD = datetime.now(UTC) - timedelta(days=40)
 
 
-def sealed_long_ago(
+async def sealed_long_ago(
     previous: AuditSeal | None, _at: datetime, rows: list[StoredAttempt]
 ) -> AuditSeal:
     return build_seal(previous, OLD, rows)
@@ -423,3 +423,17 @@ async def test_the_audit_write_lock_is_taken_before_any_id_is_drawn(
         assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 1
     finally:
         await holder.close()
+
+
+async def test_the_stepwise_seal_is_the_same_seal(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    # The sealer hashes on the event loop a step at a time; the hash must not depend on it.
+    from air_relay.delivery.sealing import HASH_STEP, build_seal_stepwise
+
+    await add_rows(db, HASH_STEP * 2 + 3)
+    rows = [
+        StoredAttempt(**dict(r))
+        for r in await db.fetch("SELECT * FROM delivery_attempts ORDER BY id")
+    ]
+    assert (await build_seal_stepwise(None, T0, rows)) == build_seal(None, T0, rows)

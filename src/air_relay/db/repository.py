@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -428,7 +428,7 @@ async def latest_audit_seal(pool: asyncpg.Pool) -> AuditSeal | None:
     return _as(AuditSeal, row) if row else None
 
 
-SealBuilder = Callable[[AuditSeal | None, datetime, Sequence[StoredAttempt]], AuditSeal]
+SealBuilder = Callable[[AuditSeal | None, datetime, Sequence[StoredAttempt]], Awaitable[AuditSeal]]
 
 
 async def seal_next_batch(
@@ -452,7 +452,7 @@ async def seal_next_batch(
         if not rows:
             return None
         sealed_at: datetime = await conn.fetchval(QUERIES["seal_clock"])
-        seal = build(previous, sealed_at, [_as(StoredAttempt, r) for r in rows])
+        seal = await build(previous, sealed_at, [_as(StoredAttempt, r) for r in rows])
         await conn.execute(
             QUERIES["insert_audit_seal"],
             seal.id,

@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -54,6 +54,8 @@ VERSION = "air-relay-audit-seal-v1"
 GENESIS_HASH = "0" * 64
 # Rows per seal: a backlog (the first run after an upgrade) becomes several seals.
 SEAL_MAX_ROWS = 5000
+# Rows hashed between two chances for the event loop to run other work (about a millisecond).
+HASH_STEP = 64
 # The horizon: tries of the audit-write lock, the pause between them, then the wait.
 HORIZON_TRIES = 20
 HORIZON_PAUSE_SECONDS = 0.05
@@ -108,19 +110,42 @@ class SealHasher:
         return self._sha.hexdigest()
 
 
-def build_seal(
+def _sealing(
     previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
-) -> AuditSeal:
-    """The seal after ``previous`` covering ``rows`` (consecutive in id order, not empty)."""
+) -> Iterator[AuditSeal | None]:
+    """Hash ``rows`` into the seal after ``previous``: yields None every HASH_STEP rows (a
+    point to let other work run), then the seal."""
     seal_id = previous.id + 1 if previous else 1
     first_id = previous.last_id + 1 if previous else 1
     prev_hash = previous.hash if previous else GENESIS_HASH
     last_id = rows[-1].id
     hasher = SealHasher(seal_id, sealed_at, first_id, last_id, len(rows), prev_hash)
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         hasher.add(row)
-    digest = hasher.hexdigest()
-    return AuditSeal(seal_id, sealed_at, first_id, last_id, len(rows), prev_hash, digest)
+        if n % HASH_STEP == 0:
+            yield None
+    yield AuditSeal(seal_id, sealed_at, first_id, last_id, len(rows), prev_hash, hasher.hexdigest())
+
+
+def build_seal(
+    previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
+) -> AuditSeal:
+    """The seal after ``previous`` covering ``rows`` (consecutive in id order, not empty)."""
+    *_, seal = _sealing(previous, sealed_at, rows)
+    assert seal is not None
+    return seal
+
+
+async def build_seal_stepwise(
+    previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
+) -> AuditSeal:
+    """``build_seal`` on the event loop, a step of HASH_STEP rows at a time: hashing a batch
+    of thousands of rows at once stalled ingest and deliveries for a hundred milliseconds."""
+    for seal in _sealing(previous, sealed_at, rows):
+        if seal is not None:
+            return seal
+        await asyncio.sleep(0)
+    raise AssertionError("_sealing always ends with the seal")
 
 
 def seal_fields(seal: AuditSeal) -> dict[str, object]:
@@ -200,7 +225,7 @@ class SealerTask:
         made: list[AuditSeal] = []
         while True:
             seal = await repo.seal_next_batch(
-                self._pool, horizon=horizon, max_rows=self._max_rows, build=build_seal
+                self._pool, horizon=horizon, max_rows=self._max_rows, build=build_seal_stepwise
             )
             if seal is None:
                 return made
