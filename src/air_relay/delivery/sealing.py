@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ GENESIS_HASH = "0" * 64
 SEAL_MAX_ROWS = 5000
 # Rows hashed between two chances for the event loop to run other work (about a millisecond).
 HASH_STEP = 64
+# Between two batches of one run, rest this many times the batch's time (at most a quarter of
+# the process's time goes to catching up).
+CATCH_UP_REST = 3.0
 # The horizon: tries of the audit-write lock, the pause between them, then the wait.
 HORIZON_TRIES = 20
 HORIZON_PAUSE_SECONDS = 0.05
@@ -224,6 +228,7 @@ class SealerTask:
         horizon = await self.horizon()
         made: list[AuditSeal] = []
         while True:
+            started = time.monotonic()
             seal = await repo.seal_next_batch(
                 self._pool, horizon=horizon, max_rows=self._max_rows, build=build_seal_stepwise
             )
@@ -231,6 +236,9 @@ class SealerTask:
                 return made
             log.info("audit_sealed", **seal_fields(seal))
             made.append(seal)
+            # Catching up (many batches in a row) must not take the process from ingest and
+            # deliveries: rest a multiple of the batch's time before the next one.
+            await asyncio.sleep(CATCH_UP_REST * (time.monotonic() - started))
 
     async def horizon(self) -> int:
         for _ in range(self._horizon_tries):
