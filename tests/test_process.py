@@ -70,11 +70,11 @@ async def post_with_curl(url: str, body: str) -> tuple[int, str]:
     return int(code), text
 
 
-async def test_serve_process_end_to_end(
-    tmp_path: Path, sink_server: SinkServer, unused_tcp_port: int
-) -> None:
+async def start_serve(tmp_path: Path, port: int) -> asyncio.subprocess.Process:
+    """``air-relay serve`` with the example config on ``port``, the embedded database under
+    ``tmp_path``, and its log on stderr."""
     config = (ROOT / "config.example.yaml").read_text()
-    config = config.replace("port: 8080", f"port: {unused_tcp_port}")
+    config = config.replace("port: 8080", f"port: {port}")
     # The receiver is on 127.0.0.1, which the example config's SSRF guard refuses.
     assert "allow_private_destinations: false" in config
     config = config.replace("allow_private_destinations: false", "allow_private_destinations: true")
@@ -86,16 +86,16 @@ async def test_serve_process_end_to_end(
         "AIR_RELAY_API_KEY": API,
         "AIR_RELAY_STATE_DIR": str(tmp_path / "state"),
     }
-    proc = await asyncio.create_subprocess_exec(
-        *relay_command(),
-        "serve",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        cwd=tmp_path,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    return await asyncio.create_subprocess_exec(
+        *relay_command(), "serve", "--config", str(tmp_path / "config.yaml"),
+        cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_serve_process_end_to_end(
+    tmp_path: Path, sink_server: SinkServer, unused_tcp_port: int
+) -> None:
+    proc = await start_serve(tmp_path, unused_tcp_port)
     assert proc.stderr is not None
     lines: list[str] = []
     try:
@@ -187,21 +187,7 @@ async def test_a_dead_embedded_database_is_restarted_and_nothing_is_lost(
 ) -> None:
     # kill -9 of the embedded PostgreSQL while serve runs: events arriving meanwhile are
     # spooled (202), the server is restarted by serve, and every event is delivered.
-    config = (ROOT / "config.example.yaml").read_text()
-    config = config.replace("port: 8080", f"port: {unused_tcp_port}")
-    config = config.replace("allow_private_destinations: false", "allow_private_destinations: true")
-    (tmp_path / "config.yaml").write_text(config)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "AIR_RELAY_INGEST_TOKEN": INGEST,
-        "AIR_RELAY_API_KEY": API,
-        "AIR_RELAY_STATE_DIR": str(tmp_path / "state"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *relay_command(), "serve", "--config", str(tmp_path / "config.yaml"),
-        cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await start_serve(tmp_path, unused_tcp_port)
     assert proc.stderr is not None
     lines: list[str] = []
     try:
