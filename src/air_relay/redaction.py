@@ -72,7 +72,12 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     A response body goes into the audit log and the log line; a sink that echoes the request
     (many test receivers do) would otherwise copy its own credentials there.
     """
-    for form in redaction_forms(secrets):
+    return redact_forms(text, redaction_forms(secrets))
+
+
+def redact_forms(text: str, forms: Iterable[str]) -> str:
+    """``text`` with every one of ``forms`` (from ``redaction_forms``) replaced by ``***``."""
+    for form in forms:
         text = text.replace(form, REDACTED)
     return text
 

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 
 from air_relay.model import ClaimedDelivery
-from air_relay.redaction import redact, redaction_forms
+from air_relay.redaction import redact_forms, redaction_forms
 from air_relay.sinks.egress_guard import refused_in
 
 RESPONSE_BODY_LIMIT = 2048
@@ -142,12 +142,16 @@ def audit_text(text: str, secrets: Iterable[str | None]) -> str:
     Redacted before the cut: a secret straddling the cut would otherwise leave its first
     characters in the row. ``text`` must run at least the longest secret past the limit.
     """
-    head = redact(text[: RESPONSE_BODY_LIMIT + _longest(secrets)], secrets)
+    return _audit_text(text, redaction_forms(secrets))
+
+
+def _audit_text(text: str, forms: Sequence[str]) -> str:
+    head = redact_forms(text[: RESPONSE_BODY_LIMIT + _longest(forms)], forms)
     return head.encode("utf-8")[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
 
 
-def _longest(secrets: Iterable[str | None]) -> int:
-    return max((len(s.encode("utf-8")) for s in redaction_forms(secrets)), default=0)
+def _longest(forms: Sequence[str]) -> int:
+    return max((len(form.encode("utf-8")) for form in forms), default=0)
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = RESPONSE_BODY_LIMIT) -> str:
@@ -197,7 +201,9 @@ async def post(
     redacted from ``Answer.audit_body``. ``read_limit`` reads more than the audit row keeps,
     for a sender that must parse the answer.
     """
-    limit = max(read_limit or 0, RESPONSE_BODY_LIMIT + _longest(secrets))
+    # Every form of every credential, worked out once per request.
+    forms = redaction_forms(secrets)
+    limit = max(read_limit or 0, RESPONSE_BODY_LIMIT + _longest(forms))
     try:
         async with session.post(
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False
@@ -207,7 +213,7 @@ async def post(
                 Answer(
                     status=resp.status,
                     text=text,
-                    audit_body=audit_text(text, secrets),
+                    audit_body=_audit_text(text, forms),
                     retry_after=parse_retry_after(resp.headers.get("Retry-After")),
                 )
             )

@@ -100,13 +100,6 @@ def check_addresses(host: str, addresses: Iterable[str]) -> None:
             raise DestinationRefused(host, reason)
 
 
-def check_literal(url: str) -> None:
-    """The send-time check for a host the client treats as an IP address (no DNS lookup)."""
-    host = URL(url).raw_host or ""
-    if is_ip_address(host):
-        check_addresses(host, [host])
-
-
 class Lookups:
     """getaddrinfo on a bounded executor of its own, each wait with a timeout.
 

@@ -58,7 +58,6 @@ SINK_TYPES: dict[str, SinkType] = {
             clients.webhook,
             cfg.delivery.timeout_seconds,
             templates=clients.templates,
-            allow_private_destinations=cfg.delivery.allow_private_destinations,
             console_url=cfg.air.console_url or None,
         ),
     ),

@@ -15,8 +15,7 @@ import aiohttp
 from air_relay import __version__
 from air_relay.model import ClaimedDelivery
 from air_relay.sinks.args import secret_header, url_credentials
-from air_relay.sinks.base import DESTINATION_NOT_ALLOWED, SendResult, audit_text, post
-from air_relay.sinks.egress_guard import DestinationRefused, check_literal
+from air_relay.sinks.base import SendResult, audit_text, post
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
 from air_relay.sinks.template_worker import RenderRequest
 from air_relay.sinks.template_workers import TemplateWorkers, WorkersUnavailable
@@ -46,14 +45,12 @@ class WebhookSender:
         timeout_seconds: float,
         *,
         templates: TemplateWorkers,
-        allow_private_destinations: bool = False,
         console_url: str | None = None,
     ) -> None:
-        # Names are checked by the session's GuardedResolver; hosts written as IP addresses
-        # never reach a resolver, so they are checked here.
+        # The egress guard lives in the session (runtime.client_sessions): its resolver and
+        # socket factory check every address connected to, IP literals included.
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._allow_private = allow_private_destinations
         self._console_url = console_url
         self._templates = templates
 
@@ -83,11 +80,6 @@ class WebhookSender:
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         args = delivery.sink_args or {}
-        if not self._allow_private:
-            try:
-                check_literal(args["url"])
-            except DestinationRefused:
-                return DESTINATION_NOT_ALLOWED
         secrets = credentials(args)
         body = delivery.body
         if args.get("template") is not None:
