@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 import yaml
@@ -15,6 +18,9 @@ import yaml
 from air_relay import __version__
 from air_relay.config import Config, ConfigError, credential_warnings, load_config, redacted
 from air_relay.logs import configure_logging
+
+if TYPE_CHECKING:  # asyncpg is imported only by the commands that use it
+    import asyncpg
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -93,12 +99,18 @@ async def _connect_error(dsn: str) -> str:
     return "it accepts connections now"
 
 
+class _Unreachable(Exception):
+    """The database did not accept a connection within the wait."""
+
+
 def _db_failures() -> tuple[type[BaseException], ...]:
+    """What ends a database command (migrate, audit verify) with exit 1."""
     import asyncpg
 
     from air_relay.db.pool import DB_UNAVAILABLE, DatabaseRefused
 
     return (
+        _Unreachable,
         *DB_UNAVAILABLE,
         asyncpg.PostgresError,
         DatabaseRefused,  # wrong credentials, no such database
@@ -107,12 +119,13 @@ def _db_failures() -> tuple[type[BaseException], ...]:
     )
 
 
-async def _migrate(cfg: Config, wait_seconds: float) -> int:
-    from air_relay.db.migrate import apply_migrations
+@contextlib.asynccontextmanager
+async def _database(cfg: Config, wait_seconds: float) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the configured database once it accepts one (within ``wait_seconds``,
+    else _Unreachable), the embedded server started for it and stopped after."""
     from air_relay.db.pool import connect, wait_for_database
     from air_relay.runtime import resolve_dsn
 
-    log = structlog.get_logger("air_relay.cli")
     embedded = None
     try:
         dsn, embedded = await resolve_dsn(cfg)
@@ -120,22 +133,33 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
             await asyncio.wait_for(wait_for_database(dsn), timeout=wait_seconds)
         except TimeoutError:
             reason = await _connect_error(dsn)
-            log.error(
-                "migrate_failed",
-                error=f"database not reachable within {wait_seconds:g} s ({reason})",
-            )
-            return EXIT_FAILURE
+            raise _Unreachable(
+                f"database not reachable within {wait_seconds:g} s ({reason})"
+            ) from None
         conn = await connect(dsn, prepared_statements=cfg.database.prepared_statements)
         try:
-            applied = await apply_migrations(conn)
+            yield conn
         finally:
             await conn.close()
-    except _db_failures() as exc:
-        log.error("migrate_failed", error=f"{type(exc).__name__}: {exc}")
-        return EXIT_FAILURE
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+def _failure(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, _Unreachable) else f"{type(exc).__name__}: {exc}"
+
+
+async def _migrate(cfg: Config, wait_seconds: float) -> int:
+    from air_relay.db.migrate import apply_migrations
+
+    log = structlog.get_logger("air_relay.cli")
+    try:
+        async with _database(cfg, wait_seconds) as conn:
+            applied = await apply_migrations(conn)
+    except _db_failures() as exc:
+        log.error("migrate_failed", error=_failure(exc))
+        return EXIT_FAILURE
     log.info("migrations_done", applied=applied)
     return 0
 
@@ -144,38 +168,19 @@ async def _audit_verify(cfg: Config, wait_seconds: float) -> int:
     """``audit verify``: the report on stdout; 0 when every seal matches."""
     from air_relay.db import repository as repo
     from air_relay.db.migrate import current_version, latest_version
-    from air_relay.db.pool import connect, wait_for_database
     from air_relay.delivery.sealing import describe, verify_chain
-    from air_relay.runtime import resolve_dsn
 
     log = structlog.get_logger("air_relay.cli")
-    embedded = None
     try:
-        dsn, embedded = await resolve_dsn(cfg)
-        try:
-            await asyncio.wait_for(wait_for_database(dsn), timeout=wait_seconds)
-        except TimeoutError:
-            reason = await _connect_error(dsn)
-            log.error(
-                "audit_verify_failed",
-                error=f"database not reachable within {wait_seconds:g} s ({reason})",
-            )
-            return EXIT_FAILURE
-        conn = await connect(dsn, prepared_statements=cfg.database.prepared_statements)
-        try:
+        async with _database(cfg, wait_seconds) as conn:
             if await current_version(conn) < latest_version():
                 log.error("audit_verify_failed", error="the database is not fully migrated")
                 return EXIT_FAILURE
             async with repo.audit_snapshot(conn) as snapshot:
                 report = await verify_chain(snapshot)
-        finally:
-            await conn.close()
     except _db_failures() as exc:
-        log.error("audit_verify_failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("audit_verify_failed", error=_failure(exc))
         return EXIT_FAILURE
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
     print(describe(report))
     return 0 if report.ok else EXIT_FAILURE
 
