@@ -13,7 +13,6 @@ error ends that run only: it is logged and the next interval tries again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import structlog
 
 from air_relay.config import RetentionConfig
 from air_relay.db import repository as repo
-from air_relay.db.pool import DB_UNAVAILABLE, error_hint
+from air_relay.delivery.background import BackgroundLoop, log_failed_run
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +44,7 @@ class PurgeCounts:
     audit_rows: int = 0  # the audit rows they covered
 
 
-class RetentionTask:
+class RetentionTask(BackgroundLoop):
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -53,21 +52,10 @@ class RetentionTask:
         *,
         batch_pause: float = BATCH_PAUSE_SECONDS,
     ) -> None:
+        super().__init__("air-relay-retention")
         self._pool = pool
         self._cfg = cfg
         self._batch_pause = batch_pause
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="air-relay-retention")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
 
     async def _loop(self) -> None:
         await asyncio.sleep(min(FIRST_RUN_DELAY_SECONDS, self._cfg.interval_seconds))
@@ -80,19 +68,8 @@ class RetentionTask:
         started = time.monotonic()
         try:
             counts = await self.run_once()
-        except DB_UNAVAILABLE as exc:
-            log.warning(
-                "retention_failed",
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-                retry_in=self._cfg.interval_seconds,
-            )
-            return None
         except Exception as exc:
-            # A bug must not end the task: retention simply tries again next interval.
-            log.exception(
-                "retention_failed", retry_in=self._cfg.interval_seconds, **error_hint(exc)
-            )
+            log_failed_run("retention_failed", exc, self._cfg.interval_seconds)
             return None
         log.info(
             "retention_purged",

@@ -30,7 +30,6 @@ sealing: which seal covers a row follows from its id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,7 +44,7 @@ import structlog
 
 from air_relay.config import AuditConfig
 from air_relay.db import repository as repo
-from air_relay.db.pool import DB_UNAVAILABLE, error_hint
+from air_relay.delivery.background import BackgroundLoop, log_failed_run
 from air_relay.model import AuditSeal, StoredAttempt
 from air_relay.timestamps import rfc3339
 
@@ -168,7 +167,7 @@ def seal_fields(seal: AuditSeal) -> dict[str, object]:
 # --- the sealer -------------------------------------------------------------------------------
 
 
-class SealerTask:
+class SealerTask(BackgroundLoop):
     """Seals every ``audit.seal_interval_seconds``; one instance at a time seals (the others
     skip their turn while it does)."""
 
@@ -180,22 +179,11 @@ class SealerTask:
         max_rows: int = SEAL_MAX_ROWS,
         horizon_tries: int = HORIZON_TRIES,
     ) -> None:
+        super().__init__("air-relay-sealer")
         self._pool = pool
         self._cfg = cfg
         self._max_rows = max_rows
         self._horizon_tries = horizon_tries
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="air-relay-sealer")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
 
     async def _loop(self) -> None:
         while True:
@@ -209,19 +197,8 @@ class SealerTask:
         except repo.SealerBusy:
             log.debug("audit_seal_skipped", reason="another instance is sealing")
             return []
-        except DB_UNAVAILABLE as exc:
-            log.warning(
-                "audit_seal_failed",
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-                retry_in=self._cfg.seal_interval_seconds,
-            )
-            return None
         except Exception as exc:
-            # A bug must not end the task: the next interval tries again.
-            log.exception(
-                "audit_seal_failed", retry_in=self._cfg.seal_interval_seconds, **error_hint(exc)
-            )
+            log_failed_run("audit_seal_failed", exc, self._cfg.seal_interval_seconds)
             return None
 
     async def run_once(self) -> list[AuditSeal]:
