@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -57,21 +57,24 @@ def _count(status: str) -> int:
 # --- ingest and delivery ---------------------------------------------------------------------
 
 
+def _event_columns(events: Sequence[NewEvent]) -> list[list[Any]]:
+    """The events as the ingest statements' column arrays ($1-$6)."""
+    return [
+        [e.event_id for e in events],
+        [e.tenant_id for e in events],
+        [e.event_name for e in events],
+        [e.organization_id for e in events],
+        [str(e.organization_id) for e in events],
+        [e.body for e in events],
+    ]
+
+
 async def ingest_events(
     pool: asyncpg.Pool, events: Sequence[NewEvent], *, timeout: float
 ) -> dict[uuid.UUID, int]:
     """Commit events and their routed deliveries; returns deliveries made per event id."""
     async with pool.acquire(timeout=timeout) as conn:
-        rows = await conn.fetch(
-            QUERIES["ingest_events"],
-            [e.event_id for e in events],
-            [e.tenant_id for e in events],
-            [e.event_name for e in events],
-            [e.organization_id for e in events],
-            [str(e.organization_id) for e in events],
-            [e.body for e in events],
-            NOTIFY_CHANNEL,
-        )
+        rows = await conn.fetch(QUERIES["ingest_events"], *_event_columns(events), NOTIFY_CHANNEL)
     return {r["id"]: r["n"] for r in rows}
 
 
@@ -84,12 +87,7 @@ async def ingest_spooled_events(
     async with pool.acquire(timeout=timeout) as conn:
         row = await conn.fetchrow(
             QUERIES["ingest_spooled_events"],
-            [e.event_id for e in events],
-            [e.tenant_id for e in events],
-            [e.event_name for e in events],
-            [e.organization_id for e in events],
-            [str(e.organization_id) for e in events],
-            [e.body for e in events],
+            *_event_columns(events),
             [s.received_at for s in spooled],
             NOTIFY_CHANNEL,
         )
