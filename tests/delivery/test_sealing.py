@@ -169,7 +169,7 @@ async def test_a_row_that_commits_late_is_never_skipped(
     )  # fmt: skip
     record = model.AttemptRecord(1, "success", 200, None, "ok", 5, None, T0)
     # The real statement, on a connection whose transaction stays open.
-    await repo.write_completions(
+    await repo.complete_deliveries(
         slow, [model.Completion(claimed, "delivered", None, None, [record])]
     )
     late_id = await slow.fetchval("SELECT max(id) FROM delivery_attempts")

@@ -148,23 +148,16 @@ def _storable(text: str | None) -> str | None:
 
 
 async def complete_deliveries(
-    pool: asyncpg.Pool, completions: Sequence[Completion]
+    conn: asyncpg.Pool | asyncpg.Connection, completions: Sequence[Completion]
 ) -> set[tuple[uuid.UUID, uuid.UUID]]:
-    """Write the claims' attempts and new states in one transaction; returns the
-    (delivery id, claim token) of the claims whose state was kept (the others had lost their
-    lease).
+    """Write the claims' attempts and new states in one statement (on a pool, or on a
+    connection inside the caller's transaction); returns the (delivery id, claim token) of
+    the claims whose state was kept (the others had lost their lease).
 
     The commit does not wait for its WAL flush (``synchronous_commit = off``): a completion
     lost in a crash of PostgreSQL leaves its delivery claimed, so the lease lapses and it is
     sent again. At least once holds; ingest commits stay fully durable.
     """
-    return await write_completions(pool, completions)
-
-
-async def write_completions(
-    conn: asyncpg.Pool | asyncpg.Connection, completions: Sequence[Completion]
-) -> set[tuple[uuid.UUID, uuid.UUID]]:
-    """``complete_deliveries`` on a pool, or on a connection (in the caller's transaction)."""
     attempts = [(i, a) for i, c in enumerate(completions, 1) for a in c.attempts]
     rows = await conn.fetch(
         QUERIES["complete_deliveries"],
