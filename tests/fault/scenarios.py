@@ -219,7 +219,9 @@ DB_CRASH_NO_SPOOL_SIZES: Sizes = {
 
 async def assert_outbox_once(load: LoadResult, dsn: str) -> None:
     """Every 202'd event is in the outbox once, under the id its 202 named, with one delivery
-    (one sink): a drain repeated after a crash duplicated nothing."""
+    (one sink): a drain repeated after a crash duplicated nothing. Beyond those, only
+    requests that got no answer may have been stored: a kill -9 can land after an event's
+    commit (or spool fsync) and before its 202 reached the client."""
     ids = [load.answers[s].event_id for s in load.accepted]
     rows = await query(
         dsn,
@@ -229,7 +231,10 @@ async def assert_outbox_once(load: LoadResult, dsn: str) -> None:
     stored = {r["id"]: r["n"] for r in rows}
     missing = [i for i in ids if i not in stored]
     assert not missing, f"{len(missing)} events answered 202 are not in the outbox"
-    assert len(stored) == len(ids), f"{len(stored)} events stored for {len(ids)} accepted"
+    unanswered = sum(1 for a in load.answers.values() if a.status is None)
+    assert len(ids) <= len(stored) <= len(ids) + unanswered, (
+        f"{len(stored)} events stored for {len(ids)} accepted and {unanswered} unanswered"
+    )
     twice = [i for i, n in stored.items() if n != 1]
     assert not twice, f"{len(twice)} events with other than one delivery: {twice[:5]}"
 
