@@ -102,6 +102,8 @@ class ApiConfig:
     max_sinks_per_tenant: int = 100
     max_headers_per_sink: int = 32
     max_header_bytes: int = 8192
+    # How long a status-page sign-in (a session cookie standing for one key) lasts.
+    session_hours: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -468,6 +470,7 @@ def _check_values(cfg: Config) -> None:
     _positive("api.max_sinks_per_tenant", cfg.api.max_sinks_per_tenant)
     _not_negative("api.max_headers_per_sink", cfg.api.max_headers_per_sink)
     _not_negative("api.max_header_bytes", cfg.api.max_header_bytes)
+    _positive("api.session_hours", cfg.api.session_hours)
     db = cfg.database
     _not_negative("database.pool_min_size", db.pool_min_size)
     _positive("database.pool_max_size", db.pool_max_size)
