@@ -99,6 +99,7 @@ async def test_cross_site_posts_are_refused(make_relay: RelayFactory) -> None:
     for headers in (
         {"Origin": "http://evil.test"},
         {"Origin": "null"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
         {"Origin": "", "Sec-Fetch-Site": "cross-site"},
     ):
         resp = await sign_in(client, ADMIN_KEY, **headers)
@@ -106,6 +107,9 @@ async def test_cross_site_posts_are_refused(make_relay: RelayFactory) -> None:
         assert "Set-Cookie" not in resp.headers
     resp = await client.post("/status/sign-out", headers={"Origin": "http://evil.test"})
     assert resp.status == 403
+    # The page's own form, as a browser under Referrer-Policy: no-referrer posts it.
+    resp = await sign_in(client, ADMIN_KEY, Origin="null", **{"Sec-Fetch-Site": "same-origin"})
+    assert resp.status == 303
     # A client that is not a browser (no Origin, no Sec-Fetch-Site) may sign in.
     resp = await client.post("/status/sign-in", data={"api_key": ADMIN_KEY}, allow_redirects=False)
     assert resp.status == 303

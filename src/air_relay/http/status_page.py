@@ -77,16 +77,19 @@ def _redirect_to_page() -> web.Response:
 def same_origin(request: web.Request) -> bool:
     """Whether a POST comes from the relay's own pages.
 
-    Browsers send ``Origin`` with every POST; it must name this host (the scheme is not
-    compared, so a TLS-terminating proxy in front does not break sign-in). Without it, a
-    ``Sec-Fetch-Site`` other than same-origin is refused too; a client sending neither is
-    not a browser, and holds no cookie a forged request could ride on.
+    An ``Origin`` naming a host must name this one (the scheme is not compared, so a
+    TLS-terminating proxy in front does not break sign-in). The page's ``no-referrer`` policy
+    makes browsers send ``Origin: null`` on its own form posts; then ``Sec-Fetch-Site`` (sent
+    by every current browser) must say same-origin. A client sending neither header is not a
+    browser, and holds no cookie that a forged request could ride on.
     """
     origin = request.headers.get("Origin")
-    if origin is not None:
-        netloc = urlsplit(origin).netloc if origin != "null" else ""
-        return bool(netloc) and netloc.lower() == request.host.lower()
     site = request.headers.get("Sec-Fetch-Site")
+    if origin is not None and origin != "null":
+        netloc = urlsplit(origin).netloc
+        return bool(netloc) and netloc.lower() == request.host.lower() and site != "cross-site"
+    if origin == "null":
+        return site == "same-origin"
     return site in (None, "same-origin", "none")
 
 
