@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from air_relay.config import ApiKey
 from air_relay.http.sessions import COOKIE_NAME, Sessions
+from air_relay.http.state import POOL
 from air_relay.http.status_html import RelayState, SpoolState, status_page
 from air_relay.http.status_page import CSP
 from tests.http.test_tls import client_context, server_tls, write_cert
@@ -201,12 +202,15 @@ class Row:
     type: str
     state: str
     since: datetime | None
+    last_failure_at: datetime | None
     last_error: str | None
     last_status_code: int | None
     consecutive_failures: int
     pending: int
     dead: int
     oldest_pending_at: datetime | None
+    delivered_last_hour: int = 0
+    failed_attempts_last_hour: int = 0
 
 
 def test_the_page_escapes_names_errors_and_tenants() -> None:
@@ -214,7 +218,7 @@ def test_the_page_escapes_names_errors_and_tenants() -> None:
     hostile = '<script>alert("x")</script>&"\'><img src=x onerror=alert(1)>'
     row = Row(
         uuid.uuid4(), hostile, hostile, "Webhook", "failing", now - timedelta(minutes=3),
-        hostile, 500, 4, 7, 1, now - timedelta(seconds=90),
+        now - timedelta(minutes=1), hostile, 500, 4, 7, 1, now - timedelta(seconds=90),
     )  # fmt: skip
     relay = RelayState("0.1.0", 3700, True, 6, SpoolState(False, 0, 0, 10), True, now)
     text = status_page(relay, [row, replace(row, tenant_id="t2")], hostile)
@@ -223,3 +227,15 @@ def test_the_page_escapes_names_errors_and_tenants() -> None:
     cells = re.findall(r'<td class="state state-failing">failing</td>', text)
     assert len(cells) == 2
     assert "1 min" in text and "3 min ago" in text and "HTTP 500" in text
+
+
+async def test_an_unreachable_database_is_shown_not_a_500(make_relay: RelayFactory) -> None:
+    client = await make_relay(run_dispatcher=False)
+    await sign_in(client, ADMIN_KEY)
+    # A closed pool refuses every acquire, as one whose server is gone does.
+    await client.app[POOL].close()
+    resp = await client.get("/status")
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'id="relay-database"><span class="down">unreachable' in text
+    assert "not available while the database is unreachable" in text

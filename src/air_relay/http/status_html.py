@@ -82,6 +82,8 @@ class SinkRow(Protocol):
     @property
     def since(self) -> datetime | None: ...
     @property
+    def last_failure_at(self) -> datetime | None: ...
+    @property
     def last_error(self) -> str | None: ...
     @property
     def last_status_code(self) -> int | None: ...
@@ -93,6 +95,10 @@ class SinkRow(Protocol):
     def dead(self) -> int: ...
     @property
     def oldest_pending_at(self) -> datetime | None: ...
+    @property
+    def delivered_last_hour(self) -> int: ...
+    @property
+    def failed_attempts_last_hour(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,9 @@ def _relay_panel(relay: RelayState) -> str:
     return f'<section id="relay">\n<h2>Relay</h2>\n<dl class="relay">\n{rows}</dl>\n</section>\n'
 
 
-def _error_cell(row: SinkRow) -> str:
+def _error_cell(row: SinkRow, now: datetime) -> str:
+    """The latest failure: its error, its HTTP status and when; kept (muted) after the sink
+    recovered, so the cause of last night's outage is still there in the morning."""
     if not row.last_error and row.last_status_code is None:
         return '<td class="error"><span class="muted">—</span></td>'
     text = row.last_error or ""
@@ -202,7 +210,9 @@ def _error_cell(row: SinkRow) -> str:
     if row.consecutive_failures > 1:
         text += f" ({row.consecutive_failures} failures in a row)"
     shown = text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
-    return f'<td class="error" title="{_e(text)}">{_e(shown)}</td>'
+    cls = "error" if row.state == "failing" else "error muted"
+    when = f"<br>{_when(row.last_failure_at, now)}" if row.last_failure_at else ""
+    return f'<td class="{cls}" title="{_e(text)}">{_e(shown)}{when}</td>'
 
 
 def _sink_row(row: SinkRow, now: datetime, show_tenant: bool) -> str:
@@ -219,7 +229,7 @@ def _sink_row(row: SinkRow, now: datetime, show_tenant: bool) -> str:
         f"<td>{_e(row.type)}</td>"
         f'<td class="state state-{_e(state)}">{_e(state)}</td>'
         f"<td>{_when(row.since, now)}</td>"
-        f"{_error_cell(row)}"
+        f"{_error_cell(row, now)}"
         f'<td class="num">{row.pending}</td>'
         f'<td class="num">{oldest}</td>'
         f'<td class="num">{row.dead}</td></tr>\n'
@@ -236,6 +246,13 @@ def _sinks_table(rows: Sequence[SinkRow] | None, now: datetime) -> str:
     else:
         counts = {s: sum(1 for r in rows if r.state == s) for s in STATES}
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        pending, dead = sum(r.pending for r in rows), sum(r.dead for r in rows)
+        delivered = sum(r.delivered_last_hour for r in rows)
+        failed = sum(r.failed_attempts_last_hour for r in rows)
+        totals = (
+            f"{pending} pending, {dead} dead; in the last hour {delivered} delivered and "
+            f"{failed} failed attempts"
+        )
         show_tenant = len({r.tenant_id for r in rows}) > 1
         head = "".join(
             f"<th>{h}</th>"
@@ -252,7 +269,7 @@ def _sinks_table(rows: Sequence[SinkRow] | None, now: datetime) -> str:
         )
         body = "".join(_sink_row(r, now, show_tenant) for r in rows)
         inner = (
-            f'<p id="sinks-summary">{len(rows)} sinks: {summary}.</p>\n'
+            f'<p id="sinks-summary">{len(rows)} sinks: {summary}. {totals}.</p>\n'
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
         )
     return f'<section id="sinks">\n<h2>Sinks</h2>\n{inner}</section>\n'
