@@ -107,3 +107,10 @@ def test_status_exits_1_when_the_database_is_unreachable(tmp_path: Path) -> None
     assert result.returncode == 1
     assert '"status_failed"' in result.stderr and "pw@" not in result.stderr
     assert result.stdout == ""
+
+
+def test_status_help_is_plain_text() -> None:
+    result = run("status", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: air-relay status" in result.stdout and "--config PATH" in result.stdout
+    assert "``" not in result.stdout
