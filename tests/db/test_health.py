@@ -166,6 +166,10 @@ async def test_inactive_sinks_tenants_and_totals(pool: asyncpg.Pool) -> None:
     assert (totals["pending"], totals["dead"], totals["failed_attempts_last_hour"]) == (1, 0, 1)
     assert isinstance(totals["oldest_pending_at"], str)
     assert health.tenant_totals([])["oldest_pending_at"] is None
+    # Tenant ids are text; one given as a UUID is compared as its text.
+    tenant = uuid.uuid4()
+    as_uuid = await _sink(pool, str(tenant))
+    assert [r.event_sink_id for r in await health.sinks_health(pool, [tenant])] == [as_uuid]
 
 
 async def test_prune_drops_old_minutes_and_deleted_sinks(pool: asyncpg.Pool) -> None:

@@ -50,15 +50,18 @@ def _row(r: asyncpg.Record) -> SinkHealth:
 
 async def sinks_health(
     conn: asyncpg.Pool | asyncpg.Connection,
-    tenant_ids: Sequence[str] | None,
+    tenant_ids: Sequence[str | uuid.UUID] | None,
     sink_id: uuid.UUID | None = None,
 ) -> list[SinkHealth]:
-    """The health of every sink of ``tenant_ids`` (None: of every tenant, as for a key that
-    holds them all), or of the one sink ``sink_id`` among them; ordered by tenant, then as
-    the sink list orders sinks (oldest first). One statement."""
-    rows = await conn.fetch(
-        QUERIES["sinks_health"], None if tenant_ids is None else list(tenant_ids), sink_id
-    )
+    """The health of every sink of ``tenant_ids`` (None: of every tenant, as ``held_tenants``
+    gives for a key that holds them all), or of the one sink ``sink_id`` among them; ordered
+    by tenant, then as the sink list orders sinks (oldest first). One statement.
+
+    Tenant ids are text, as the API and the ``tenant_id`` columns have them (a UUID given
+    here is compared as its text).
+    """
+    tenants = None if tenant_ids is None else [str(t) for t in tenant_ids]
+    rows = await conn.fetch(QUERIES["sinks_health"], tenants, sink_id)
     return [_row(r) for r in rows]
 
 
