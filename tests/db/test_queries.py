@@ -206,7 +206,7 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                     claimed.event_id,
                     claimed.event_sink_id,
                 )
-                assert await apply_migrations(conn) == [4, 5]
+                assert await apply_migrations(conn) == list(range(4, latest_version() + 1))
                 await repo.complete_deliveries(
                     pool, [model.Completion(claimed, "dead", None, "x", records)]
                 )
