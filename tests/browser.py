@@ -143,7 +143,8 @@ class Browser:
         def shoot() -> None:
             # The page's full height, so every row is in the picture.
             height = self.driver.execute_script("return document.documentElement.scrollHeight")
-            self.driver.set_window_size(1280, max(600, int(height) + 20))
+            # The window's frame takes some of its height even headless: leave room for it.
+            self.driver.set_window_size(1280, max(600, int(height) + 160))
             self.driver.save_screenshot(str(path))
 
         await self._run(shoot)

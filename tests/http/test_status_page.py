@@ -22,7 +22,16 @@ from air_relay.http.state import POOL
 from air_relay.http.status_html import RelayState, SpoolState, status_page
 from air_relay.http.status_page import CSP
 from tests.http.test_tls import client_context, server_tls, write_cert
-from tests.support import ADMIN_KEY, TENANT_B, TENANT_B_KEY, GuardedStarter, RelayFactory, auth
+from tests.support import (
+    ADMIN_KEY,
+    TENANT_B,
+    TENANT_B_KEY,
+    GuardedStarter,
+    RelayFactory,
+    SinkServer,
+    auth,
+    create_sink,
+)
 
 Client = TestClient[web.Request, web.Application]
 
@@ -239,3 +248,28 @@ async def test_an_unreachable_database_is_shown_not_a_500(make_relay: RelayFacto
     text = await resp.text()
     assert 'id="relay-database"><span class="down">unreachable' in text
     assert "not available while the database is unreachable" in text
+
+
+async def test_a_session_sees_its_keys_tenants_only_and_names_are_escaped(
+    make_relay: RelayFactory, sink_server: SinkServer
+) -> None:
+    client = await make_relay(run_dispatcher=False)
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    a = await create_sink(client, {"Webhook": {"url": sink_server.url()}}, name=hostile)
+    b = await create_sink(
+        client, {"Webhook": {"url": sink_server.url()}}, tenant_id=TENANT_B, name="B's sink"
+    )
+    await sign_in(client, TENANT_B_KEY)
+    text = await (await client.get("/status")).text()
+    assert f'id="sink-{b["id"]}"' in text and f'id="sink-{a["id"]}"' not in text
+    assert "B&#x27;s sink" in text and "state-idle" in text
+    assert "1 sink: 1 idle." in text
+
+    client.session.cookie_jar.clear()
+    await sign_in(client, ADMIN_KEY)
+    text = await (await client.get("/status")).text()
+    assert f'id="sink-{a["id"]}"' in text and f'id="sink-{b["id"]}"' in text
+    assert "<script" not in text and "<img" not in text
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img" in text
+    # Two tenants on one page: each row says whose it is.
+    assert f'<span class="tenant">{TENANT_B}</span>' in text

@@ -138,6 +138,16 @@ def age(seconds: float) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
+def size(n: int) -> str:
+    """Bytes for people: ``512 B``, ``3.4 MiB``, ``1.0 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def _when(value: datetime | None, now: datetime) -> str:
     if value is None:
         return '<span class="muted">—</span>'
@@ -186,7 +196,7 @@ def _relay_panel(relay: RelayState) -> str:
     else:
         sp = relay.spool
         mode = '<span class="down">spooling</span>' if sp.spooling else "idle"
-        spool = f"{mode}: {sp.events} events, {sp.bytes} of {sp.max_bytes} bytes"
+        spool = f"{mode}: {sp.events} events, {size(sp.bytes)} of {size(sp.max_bytes)}"
     delivery = "running in this process" if relay.dispatcher else "not run by this process"
     items = [
         ("Database", database, "relay-database"),
@@ -206,7 +216,10 @@ def _error_cell(row: SinkRow, now: datetime) -> str:
         return '<td class="error"><span class="muted">—</span></td>'
     text = row.last_error or ""
     if row.last_status_code is not None:
-        text = f"HTTP {row.last_status_code}" + (f": {text}" if text else "")
+        status = f"HTTP {row.last_status_code}"
+        # ``http_503`` says no more than the status itself.
+        redundant = text in ("", f"http_{row.last_status_code}")
+        text = status if redundant else f"{status}: {text}"
     if row.consecutive_failures > 1:
         text += f" ({row.consecutive_failures} failures in a row)"
     shown = text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
@@ -269,7 +282,8 @@ def _sinks_table(rows: Sequence[SinkRow] | None, now: datetime) -> str:
         )
         body = "".join(_sink_row(r, now, show_tenant) for r in rows)
         inner = (
-            f'<p id="sinks-summary">{len(rows)} sinks: {summary}. {totals}.</p>\n'
+            f'<p id="sinks-summary">{len(rows)} sink{"" if len(rows) == 1 else "s"}: '
+            f"{summary}. {totals}.</p>\n"
             f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
         )
     return f'<section id="sinks">\n<h2>Sinks</h2>\n{inner}</section>\n'
