@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient
 
 from air_relay.config import ApiKey
 from air_relay.http.sessions import COOKIE_NAME, Sessions
-from air_relay.http.state import POOL
+from air_relay.http.state import CONFIG, POOL
 from air_relay.http.status_html import RelayState, SpoolState, status_page
-from air_relay.http.status_page import CSP
+from air_relay.http.status_page import CSP, SESSIONS
 from tests.http.test_tls import client_context, server_tls, write_cert
 from tests.support import (
     ADMIN_KEY,
@@ -273,3 +273,16 @@ async def test_a_session_sees_its_keys_tenants_only_and_names_are_escaped(
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img" in text
     # Two tenants on one page: each row says whose it is.
     assert f'<span class="tenant">{TENANT_B}</span>' in text
+
+
+async def test_an_expired_cookie_shows_the_sign_in_form(make_relay: RelayFactory) -> None:
+    client = await make_relay(run_dispatcher=False, api={"session_hours": 1})
+    sessions = client.app[SESSIONS]
+    assert sessions.lifetime_seconds == 3600
+    key = client.app[CONFIG].api.keys[0]
+    expired = sessions.issue(key, now=time.time() - 3601)
+    resp = await client.get("/status", headers={"Cookie": f"{COOKIE_NAME}={expired}"})
+    assert resp.status == 401 and 'name="api_key"' in await resp.text()
+    fresh = sessions.issue(key, now=time.time() - 3500)
+    resp = await client.get("/status", headers={"Cookie": f"{COOKIE_NAME}={fresh}"})
+    assert resp.status == 200
