@@ -132,6 +132,13 @@ class DeliveryConfig:
     # Workers one sink may hold while other sinks' deliveries are due; 0 = a quarter of
     # ``concurrency`` (at least 1). With nothing else due, a sink may use them all.
     sink_concurrency: int = 0
+    # Of timeout_seconds, connecting (name lookup, TCP, TLS) may take at most this long: a
+    # connect that runs out is told apart (timeout_connect) from an answer that never came.
+    connect_timeout_seconds: float = 5.0
+    # A sink host that does not resolve (no such name) for every attempt of a claim ends the
+    # delivery as dead at once instead of following the retry schedule. Off by default: a
+    # name may be missing only for a while (DNS being set up, a resolver outage).
+    dns_not_found_is_permanent: bool = False
 
 
 @dataclass(frozen=True)
@@ -414,6 +421,7 @@ def _check_credentials(cfg: Config) -> None:
 def _check_delivery(d: DeliveryConfig) -> None:
     _positive("delivery.concurrency", d.concurrency)
     _positive("delivery.timeout_seconds", d.timeout_seconds)
+    _positive("delivery.connect_timeout_seconds", d.connect_timeout_seconds)
     _positive("delivery.batch_size", d.batch_size)
     _positive("delivery.poll_interval_seconds", d.poll_interval_seconds)
     _positive("delivery.lease_seconds", d.lease_seconds)

@@ -129,7 +129,7 @@ async def test_timeout_and_connection_refused_are_transient(
     await wait_final(db, count=2)
     rows = await audit_rows(relay)
     by_sink = {r["event_sink_id"]: r for r in rows}
-    assert {r["error"] for r in rows if r["event_sink_id"] == slow["id"]} == {"timeout"}
+    assert {r["error"] for r in rows if r["event_sink_id"] == slow["id"]} == {"timeout_read"}
     assert {r["error"] for r in rows if r["event_sink_id"] == closed["id"]} == {
         "connection_refused"
     }
