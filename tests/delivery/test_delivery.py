@@ -289,15 +289,19 @@ async def test_a_slow_sink_cannot_hold_every_worker(
     sink_server.default = Reply(delay=1.0)
     config = {"delivery": {"concurrency": 4, "batch_size": 4, "sink_concurrency": 1}}
     relay = await make_relay(run_dispatcher=False, **config)
-    await create_sink(relay, {"Webhook": {"url": sink_server.url("/slow")}}, events=["Slow"])
+    await create_sink(
+        relay, {"Webhook": {"url": sink_server.url("/slow")}}, events=["CaseFileSavedEvent"]
+    )
     for _ in range(8):
-        await post_event(relay, {"eventName": "Slow", "organizationId": 1, "data": {}})
+        await post_event(
+            relay, {"eventName": "CaseFileSavedEvent", "organizationId": 1, "data": {}}
+        )
     healthy = await make_sink_server(aiohttp_server)
-    await create_sink(relay, {"Webhook": {"url": healthy.url("/ok")}}, events=["Fast"])
+    await create_sink(relay, {"Webhook": {"url": healthy.url("/ok")}}, events=["CaseClosedEvent"])
     await make_relay(**config)
     await sink_server.wait_for(4)  # every worker is now in a slow send
     posted = time.monotonic()
-    await post_event(relay, {"eventName": "Fast", "organizationId": 1, "data": {}})
+    await post_event(relay, {"eventName": "CaseClosedEvent", "organizationId": 1, "data": {}})
     (fast,) = await healthy.wait_for(1)
     # Fair: the next free worker takes it (~1 s). Arrival order alone: after the 4 slow
     # deliveries queued before it, ~2 s.
