@@ -78,7 +78,9 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
 -- their running claims). The oldest $2 of those offers are claimed. The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
--- HTTP is sent.
+-- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
+-- the database to come back): never claimed again here, even when their lease has lapsed,
+-- or an outage longer than a lease would make the process send them a second time.
 WITH RECURSIVE sink AS (
     (SELECT event_sink_id AS id FROM deliveries WHERE status = 'pending'
      ORDER BY event_sink_id LIMIT 1)
@@ -103,6 +105,7 @@ WITH RECURSIVE sink AS (
           AND d.status = 'pending'
           AND d.next_attempt_at <= now()
           AND d.sink_type = ANY ($1::text[])
+          AND d.id <> ALL ($8::uuid[])
         -- created_at breaks ties: a backlog made due at once drains in order of arrival.
         ORDER BY d.next_attempt_at, d.created_at
         LIMIT room.room
