@@ -25,6 +25,7 @@ from tests.support import (
     make_sink_server,
     post_event,
     wait_final,
+    wait_until,
 )
 
 EVENT = CATALOG[3]["example"]  # TaskProcessingFailedEvent
@@ -40,6 +41,11 @@ async def test_404_is_one_attempt_then_dead(
         resp = await post_event(relay, EVENT)
         event_id = (await resp.json())["event_id"]
         await wait_final(db)
+
+        async def dead_logged() -> bool:  # logged just after the state is committed
+            return any(e["event"] == "delivery_dead" for e in logs)
+
+        await wait_until(dead_logged)
     await asyncio.sleep(0.2)  # nothing more may arrive
     assert len(sink_server.received) == 1
     state = await delivery_state(db)
