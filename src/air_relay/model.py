@@ -107,6 +107,7 @@ class AttemptRecord:
     duration_ms: int
     next_attempt_at: datetime | None
     created_at: datetime
+    error_detail: str | None = None  # why, in a few words, when there was no answer
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class AuditEntry:
     duration_ms: int
     next_attempt_at: datetime | None
     seal_id: int | None = None  # the seal covering this row; None until it is sealed
+    error_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class StoredAttempt:
     duration_ms: int
     next_attempt_at: datetime | None
     created_at: datetime
+    # Added after the first seals: hashed only when set, so rows from before keep their hash.
+    error_detail: str | None = None
 
 
 @dataclass(frozen=True)

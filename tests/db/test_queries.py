@@ -44,9 +44,12 @@ async def test_audit_query_uses_the_tenant_index(db: asyncpg.Connection) -> None
     assert "delivery_attempts_tenant_idx" in "\n".join(r[0] for r in plan)
 
 
-def test_migrations_are_numbered_without_gaps() -> None:
+def test_migrations_are_numbered_once_each() -> None:
+    # Numbers are handed out ahead to work that lands in any order, so one may be missing for
+    # a while: apply_migrations applies every version not yet recorded, whatever its number.
     versions = [m.version for m in available_migrations()]
-    assert versions == list(range(1, len(versions) + 1))
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))
     assert latest_version() == versions[-1]
 
 
@@ -206,7 +209,8 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                     claimed.event_id,
                     claimed.event_sink_id,
                 )
-                assert await apply_migrations(conn) == list(range(4, latest_version() + 1))
+                later = [m.version for m in available_migrations()[3:]]
+                assert await apply_migrations(conn) == later
                 await repo.complete_deliveries(
                     pool, [model.Completion(claimed, "dead", None, "x", records)]
                 )

@@ -39,6 +39,7 @@ ENTRY_KEYS = {
     "outcome",
     "status_code",
     "error",
+    "error_detail",  # an extension: why, when there was no answer
     "response_body",
     "duration_ms",
     "next_attempt_at",
@@ -323,6 +324,7 @@ async def test_seeded_entry_renders_every_field(relay: Any, db: asyncpg.Connecti
         "outcome": "failure",
         "status_code": None,
         "error": "timeout",
+        "error_detail": None,
         "response_body": None,
         "duration_ms": 10_000,
         "next_attempt_at": "2025-03-01T08:30:45.250000Z",

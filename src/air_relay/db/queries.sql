@@ -140,6 +140,7 @@ ORDER BY c.created_at;
 -- claim by position (1-based). The attempts are written even if the lease was lost (they
 -- happened); a state only with its claim token. Returns the claims whose state was kept. (A
 -- data-modifying CTE runs to completion whether or not the final SELECT reads it.)
+-- $23: one error_detail per attempt (after the lock key, so the numbering above holds).
 -- $22 is the audit-write lock, taken shared by a one-time filter of the INSERT (so before any
 -- attempt id is drawn) and held to the commit: the sealer's horizon (audit_seal_horizon)
 -- relies on it. The same filter turns synchronous_commit off for this transaction: its
@@ -179,18 +180,18 @@ WITH claim AS (
     SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id, c.event_sink_id,
            c.sink_type, a.*
     FROM unnest($13::bigint[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[],
-                $19::int[], $20::timestamptz[], $21::timestamptz[])
+                $19::int[], $20::timestamptz[], $21::timestamptz[], $23::text[])
          AS a(claim_no, attempt, outcome, status_code, error, response_body, duration_ms,
-              next_attempt_at, created_at)
+              next_attempt_at, created_at, error_detail)
     JOIN claim c USING (claim_no)
 ), recorded AS (
     INSERT INTO delivery_attempts (
         delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
         event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-        next_attempt_at, created_at)
+        next_attempt_at, created_at, error_detail)
     SELECT id, tenant_id, event_id, event_name, organization_id::jsonb, event_sink_id,
            sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-           next_attempt_at, created_at
+           next_attempt_at, created_at, error_detail
     FROM attempt
     WHERE (SELECT pg_advisory_xact_lock_shared($22)::text
                   || set_config('synchronous_commit', 'off', true)) IS NOT NULL
@@ -372,7 +373,7 @@ DELETE FROM event_sinks WHERE id = $1 RETURNING id, tenant_id;
 -- seal whose id range holds the row (NULL until one does).
 SELECT id, created_at, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at,
+       next_attempt_at, error_detail,
        (SELECT s.id FROM audit_seals s
         WHERE s.last_id >= a.id AND s.first_id <= a.id
         ORDER BY s.last_id LIMIT 1) AS seal_id
@@ -590,7 +591,7 @@ SELECT clock_timestamp();
 -- Rows from $1 up to the horizon $2, in id order, at most $3 of them: one seal's batch.
 SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at, created_at
+       next_attempt_at, created_at, error_detail
 FROM delivery_attempts
 WHERE id >= $1 AND id <= $2
 ORDER BY id
@@ -610,7 +611,7 @@ ORDER BY id;
 -- Verification: every audit row from id $1 on, in id order (read through a cursor).
 SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at, created_at
+       next_attempt_at, created_at, error_detail
 FROM delivery_attempts
 WHERE id >= $1
 ORDER BY id;

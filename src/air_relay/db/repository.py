@@ -186,6 +186,7 @@ async def complete_deliveries(
         [a.next_attempt_at for _, a in attempts],
         [a.created_at for _, a in attempts],
         AUDIT_WRITE_LOCK_KEY,
+        [_storable(a.error_detail) for _, a in attempts],
     )
     return {(r["id"], r["claim_token"]) for r in rows}
 

@@ -75,6 +75,7 @@ def render_entry(e: AuditEntry) -> dict[str, Any]:
         "outcome": e.outcome,
         "status_code": e.status_code,
         "error": e.error,
+        "error_detail": e.error_detail,
         "response_body": e.response_body,
         "duration_ms": e.duration_ms,
         "next_attempt_at": rfc3339(e.next_attempt_at),
