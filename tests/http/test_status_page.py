@@ -98,9 +98,21 @@ async def test_a_wrong_key_shows_the_form_with_an_error(make_relay: RelayFactory
         assert "Set-Cookie" not in resp.headers
         text = await resp.text()
         assert 'id="sign-in-error"' in text and 'name="api_key"' in text
-    # Not a form at all: the same answer, not a 500.
+    # Not a form, or a broken one: the same answer, never a 500.
     resp = await client.post("/status/sign-in", json={"api_key": ADMIN_KEY})
     assert resp.status == 401
+    for content_type, body in (
+        ("multipart/form-data", b"garbage"),
+        ("multipart/form-data; boundary=xx", b"garbage"),
+        ("application/x-www-form-urlencoded", b"api_key=%ff%fe&&=="),
+        ("application/x-www-form-urlencoded", b"\xff\xfe"),
+        ("application/x-www-form-urlencoded; charset=latin-9", b"api_key=x"),
+        ("application/x-www-form-urlencoded", b"&".join([b"a=1"] * 100)),
+    ):
+        resp = await client.post(
+            "/status/sign-in", data=body, headers={"Content-Type": content_type}
+        )
+        assert resp.status == 401, (content_type, body, await resp.text())
     assert (await client.get("/status")).status == 401
 
 

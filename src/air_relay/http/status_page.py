@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from aiohttp import web
@@ -154,12 +154,27 @@ async def style(_request: web.Request) -> web.Response:
     )
 
 
+async def _form_key(request: web.Request) -> str:
+    """The ``api_key`` field of the sign-in form, or "" for anything else.
+
+    Parsed here rather than by ``request.post()``, which raises on a malformed multipart body,
+    an unknown charset or bytes that are not UTF-8: any of those is just no key (a 401 with
+    the form), never a 500. The page is UTF-8, so its form is too.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        return ""
+    raw = await request.read()
+    try:
+        fields = parse_qs(raw.decode("utf-8"), max_num_fields=16, errors="strict")
+    except ValueError:  # UnicodeDecodeError included; also too many fields
+        return ""
+    return (fields.get("api_key") or [""])[0].strip()
+
+
 async def sign_in(request: web.Request) -> web.Response:
     if not same_origin(request):
         return _cross_site()
-    form = await request.post()
-    presented = form.get("api_key")
-    text = presented.strip() if isinstance(presented, str) else ""
+    text = await _form_key(request)
     key = api_key_for(request.app[CONFIG], text) if text else None
     if key is None:
         log.info("status_sign_in_refused", remote=request.remote)
