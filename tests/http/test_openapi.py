@@ -22,6 +22,7 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -57,17 +58,14 @@ DOCUMENT_PATH = ROOT / "src/air_relay/http/openapi.json"
 DOCUMENT: dict[str, Any] = json.loads(DOCUMENT_PATH.read_text())
 METHODS = ("get", "put", "post", "delete", "patch", "options", "trace")
 
-# Small and bounded: a few examples per operation keeps the whole run within seconds.
-MAX_EXAMPLES = 8
+# Small and bounded: a few examples per operation keeps the whole run within seconds. A deeper
+# hunt, by hand: AIR_RELAY_OPENAPI_EXAMPLES=200 pytest tests/http/test_openapi.py
+MAX_EXAMPLES = int(os.environ.get("AIR_RELAY_OPENAPI_EXAMPLES", "8"))
 SUBSTITUTE = itertools.count()
-CHECKS = [
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
-    "ignored_auth",
-]
+# Every check but positive_data_acceptance: a schema-valid request may still be refused with
+# a 400, for a reason a schema cannot state (a cursor the API did not hand out, an id in the
+# body that differs from the path's, a Slack integration the configuration does not name).
+EXCLUDED_CHECKS = ["positive_data_acceptance"]
 schema = schemathesis.openapi.from_dict(
     DOCUMENT,
     config=SchemathesisConfig.from_dict(
@@ -78,7 +76,7 @@ schema = schemathesis.openapi.from_dict(
                     "apiKey": {"bearer": ADMIN_KEY},
                 }
             },
-            "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+            "checks": {name: {"enabled": False} for name in EXCLUDED_CHECKS},
             "generation": {"mode": "all", "database": "none"},
             "phases": {"stateful": {"enabled": False}},
         }
