@@ -119,6 +119,23 @@ async def test_document_is_served_without_credentials(make_relay: RelayFactory) 
     assert await resp.read() == DOCUMENT_PATH.read_bytes()
 
 
+async def test_empty_query_values_count_as_absent(make_relay: RelayFactory) -> None:
+    """Found by schemathesis: ``limit=`` or ``since=`` is read as absent (not a 400), which
+    the document now says (``allowEmptyValue``) for every such parameter."""
+    client = await make_relay(run_dispatcher=False)
+    empty = "limit=&cursor=&event_sink_id=&event_name=&since=&until="
+    for path in ("/v1/audit_log", "/v1/delivery", "/v1/event_sink"):
+        query = f"tenant_id={TENANT}&{empty}" + ("&status_code=" if "audit" in path else "")
+        resp = await client.get(f"{path}?{query}", headers=auth(ADMIN_KEY))
+        assert resp.status == 200, await resp.text()
+        operation = DOCUMENT["paths"][path]["get"]
+        for param in operation["parameters"]:
+            name = param.get("name") or param["$ref"].rpartition("/")[2]
+            resolved = param if "name" in param else DOCUMENT["components"]["parameters"][name]
+            if f"{resolved['name']}=" in query and resolved["name"] != "tenant_id":
+                assert resolved.get("allowEmptyValue") is True, (path, resolved["name"])
+
+
 class RefusingLookups(Lookups):
     """The egress guard's name lookups, answered without resolving: every name fails as a
     name that does not resolve would, and is recorded."""
@@ -189,7 +206,12 @@ def live_relay(
     """The relay app on a real port of 127.0.0.1, served by its own thread and event loop
     (schemathesis calls it with blocking requests), on a scratch database, no dispatcher."""
     state_dir = tmp_path_factory.mktemp("openapi-state")
-    cfg = make_config(state_dir=str(state_dir), delivery={"allow_private_destinations": False})
+    cfg = make_config(
+        state_dir=str(state_dir),
+        delivery={"allow_private_destinations": False},
+        # Every valid generated create makes a sink: room for a deep run's worth.
+        api={"max_sinks_per_tenant": 100_000},
+    )
     loop = asyncio.new_event_loop()
     started: list[LiveRelay] = []
     ready = threading.Event()
