@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import requests
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from schemathesis.config import SchemathesisConfig
 
@@ -45,12 +47,18 @@ from air_relay.sinks.egress_guard import AddrInfo, Lookups
 from tests.support import (
     ADMIN_KEY,
     INGEST_TOKEN,
+    SLACK_INTEGRATION,
     TEMPLATE_DB,
     TENANT,
     RelayFactory,
+    Reply,
+    SinkServer,
     auth,
+    create_sink,
     make_config,
+    post_event,
     scratch_database,
+    wait_until,
 )
 
 ROOT = Path(__file__).parent.parent.parent
@@ -134,6 +142,61 @@ async def test_empty_query_values_count_as_absent(make_relay: RelayFactory) -> N
             resolved = param if "name" in param else DOCUMENT["components"]["parameters"][name]
             if f"{resolved['name']}=" in query and resolved["name"] != "tenant_id":
                 assert resolved.get("allowEmptyValue") is True, (path, resolved["name"])
+
+
+def assert_conforms(schema_name: str, body: Any) -> None:
+    """``body`` is valid against ``components/schemas/<schema_name>`` of the document."""
+    root = {"$ref": f"#/components/schemas/{schema_name}", "components": DOCUMENT["components"]}
+    Draft202012Validator(root).validate(body)
+
+
+async def test_answers_generation_rarely_reaches_conform(
+    make_relay: RelayFactory, db: asyncpg.Connection
+) -> None:
+    """What generated requests seldom see: a dead delivery retried (202), and the lists
+    with rows in them (a Slack and a PagerDuty sink, a delivery, an attempt's audit row)."""
+    client = await make_relay(run_dispatcher=False)
+    slack = {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}}
+    await create_sink(client, slack)
+    await create_sink(client, {"PagerDuty": {"integration_key": "pd-key-0123456789"}})
+    resp = await post_event(client, {"eventName": "X", "organizationId": "org", "data": {}})
+    assert resp.status == 202
+    assert_conforms("IngestAccepted", await resp.json())
+    await db.execute("UPDATE deliveries SET status = 'dead', attempts = 1, last_error = 'x'")
+    query = f"tenant_id={TENANT}"
+    listed = await (await client.get(f"/v1/delivery?{query}", headers=auth(ADMIN_KEY))).json()
+    assert_conforms("DeliveryPage", listed)
+    assert len(listed["data"]["deliveries"]) == 2
+    delivery_id = listed["data"]["deliveries"][0]["id"]
+    resp = await client.post(f"/v1/delivery/{delivery_id}/retry", headers=auth(ADMIN_KEY))
+    assert resp.status == 202
+    assert_conforms("DeliveryRequeued", await resp.json())
+    sinks = await (await client.get(f"/v1/event_sink?{query}", headers=auth(ADMIN_KEY))).json()
+    assert_conforms("EventSinkList", sinks)
+    assert len(sinks["data"]["event_sinks"]) == 2
+
+
+async def test_audit_answers_conform(make_relay: RelayFactory, sink_server: SinkServer) -> None:
+    """The audit log with attempts in it (one failed, one delivered) and a sealed chain."""
+    client = await make_relay(audit={"seal_interval_seconds": 0.05})
+    sink_server.script.append(Reply(status=404, body="no such hook"))
+    await create_sink(client, {"Webhook": {"url": sink_server.url()}})
+    await create_sink(client, {"Webhook": {"url": sink_server.url()}})
+    assert (
+        await post_event(client, {"eventName": "X", "organizationId": 1, "data": {}})
+    ).status == 202
+    url = f"/v1/audit_log?tenant_id={TENANT}"
+
+    async def sealed() -> bool:
+        page = await (await client.get(url, headers=auth(ADMIN_KEY))).json()
+        entries = page["data"]["audit_logs"]
+        return len(entries) == 2 and all(e["seal_id"] is not None for e in entries)
+
+    await wait_until(sealed)
+    assert_conforms("AuditLogPage", await (await client.get(url, headers=auth(ADMIN_KEY))).json())
+    seal = await (await client.get("/v1/audit_seal/latest", headers=auth(ADMIN_KEY))).json()
+    assert seal["data"]["audit_seal"] is not None
+    assert_conforms("LatestSeal", seal)
 
 
 class RefusingLookups(Lookups):
