@@ -177,11 +177,11 @@ async def test_answers_generation_rarely_reaches_conform(
 
 
 async def test_audit_answers_conform(make_relay: RelayFactory, sink_server: SinkServer) -> None:
-    """The audit log with attempts in it (one failed, one delivered) and a sealed chain."""
+    """The audit log with attempts in it (one failed, one delivered) under a sealed chain, and
+    the sinks' health after them."""
     client = await make_relay(audit={"seal_interval_seconds": 0.05})
     sink_server.script.append(Reply(status=404, body="no such hook"))
-    await create_sink(client, {"Webhook": {"url": sink_server.url()}})
-    await create_sink(client, {"Webhook": {"url": sink_server.url()}})
+    sinks = [await create_sink(client, {"Webhook": {"url": sink_server.url()}}) for _ in "ab"]
     assert (
         await post_event(client, {"eventName": "X", "organizationId": 1, "data": {}})
     ).status == 202
@@ -197,6 +197,16 @@ async def test_audit_answers_conform(make_relay: RelayFactory, sink_server: Sink
     seal = await (await client.get("/v1/audit_seal/latest", headers=auth(ADMIN_KEY))).json()
     assert seal["data"]["audit_seal"] is not None
     assert_conforms("LatestSeal", seal)
+    # The same attempts as health: one sink failing, the other healthy.
+    states = set()
+    for sink in sinks:
+        resp = await client.get(f"/v1/event_sink/{sink['id']}/health", headers=auth(ADMIN_KEY))
+        health = await resp.json()
+        assert_conforms("SinkHealth", health)
+        states.add(health["state"])
+    assert states == {"failing", "healthy"}
+    status = await client.get(f"/v1/status?tenant_id={TENANT}", headers=auth(ADMIN_KEY))
+    assert_conforms("TenantStatus", await status.json())
 
 
 class RefusingLookups(Lookups):
