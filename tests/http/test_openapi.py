@@ -40,6 +40,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from schemathesis.config import SchemathesisConfig
 
+from air_relay import __version__
 from air_relay.http.state import LOOKUPS
 from air_relay.runtime import build_app
 from air_relay.sinks.egress_guard import AddrInfo, Lookups
@@ -93,6 +94,7 @@ schema = schemathesis.openapi.from_dict(
 
 def test_document_is_valid_openapi_3_1() -> None:
     assert DOCUMENT["openapi"].startswith("3.1.")
+    assert DOCUMENT["info"]["version"] == __version__
     validate(DOCUMENT)
 
 
