@@ -8,8 +8,10 @@ chain (a cycle would fail a dead event over for ever).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -56,6 +58,10 @@ def with_options(
     return dataclasses.replace(fields, ordering=ordering, fallback_event_sink_id=fallback)
 
 
+def _no_such_sink(fields: SinkFields) -> InvalidArgument:
+    return InvalidArgument(FALLBACK, f"names no event sink of tenant {fields.tenant_id}")
+
+
 async def check_fallback(
     pool: asyncpg.Pool, fields: SinkFields, sink_id: uuid.UUID | None = None
 ) -> None:
@@ -68,13 +74,23 @@ async def check_fallback(
         raise InvalidArgument(FALLBACK, "must not be the sink itself")
     chain = await repo.fallback_chain(pool, fallback, MAX_CHAIN + 1)
     if not chain or chain[0][1] != fields.tenant_id:
-        raise InvalidArgument(FALLBACK, f"names no event sink of tenant {fields.tenant_id}")
+        raise _no_such_sink(fields)
     if sink_id is not None and any(link == sink_id for link, _ in chain):
         raise InvalidArgument(
             FALLBACK, "would make a cycle: its chain of fallbacks leads back to this sink"
         )
     if len(chain) > MAX_CHAIN:
         raise InvalidArgument(FALLBACK, f"starts a chain of more than {MAX_CHAIN} fallbacks")
+
+
+@contextlib.contextmanager
+def fallback_gone(fields: SinkFields) -> Iterator[None]:
+    """The write's foreign-key violation (the fallback was deleted since it was checked) as
+    the same 400 the check gives."""
+    try:
+        yield
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise _no_such_sink(fields) from exc
 
 
 def render_options(sink: Sink) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from air_relay.http.sink_options import (
     FALLBACK,
     OPTION_FIELDS,
     check_fallback,
+    fallback_gone,
     render_options,
     with_options,
 )
@@ -171,7 +172,8 @@ async def create_sink(request: web.Request) -> web.Response:
     body = await read_api_json(request)
     fields = await _new_fields(request, body, key)
     most = request.app[CONFIG].api.max_sinks_per_tenant
-    sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields, most)
+    with fallback_gone(fields):
+        sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields, most)
     if sink is None:
         raise ApiError(
             409,
@@ -216,7 +218,8 @@ async def update_sink(request: web.Request) -> web.Response:
         await check_fallback(request.app[POOL], fields, sink.id)
     if "event_sink_args" in body:
         await _check_args(request, fields.sink_type, fields.args)
-    updated = await repo.update_sink(request.app[POOL], sink.id, fields)
+    with fallback_gone(fields):
+        updated = await repo.update_sink(request.app[POOL], sink.id, fields)
     if updated is None:
         raise ApiError(404, "not_found", NO_SINK)
     log.info("sink_updated", event_sink_id=str(sink.id), tenant_id=sink.tenant_id)
