@@ -41,6 +41,7 @@ from openapi_spec_validator import validate
 from schemathesis.config import SchemathesisConfig
 
 from air_relay import __version__
+from air_relay.events import catalog
 from air_relay.http.state import LOOKUPS
 from air_relay.runtime import build_app
 from air_relay.sinks.egress_guard import AddrInfo, Lookups
@@ -96,6 +97,12 @@ def test_document_is_valid_openapi_3_1() -> None:
     assert DOCUMENT["openapi"].startswith("3.1.")
     assert DOCUMENT["info"]["version"] == __version__
     validate(DOCUMENT)
+
+
+def test_event_names_are_the_catalog() -> None:
+    """A sink's ``events`` takes the catalog's names only: the document lists exactly them."""
+    listed = DOCUMENT["components"]["schemas"]["AirEventName"]["enum"]
+    assert sorted(listed) == sorted(catalog())
 
 
 def test_docs_copy_is_the_package_file() -> None:
