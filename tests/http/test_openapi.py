@@ -162,8 +162,9 @@ def assert_conforms(schema_name: str, body: Any) -> None:
 async def test_answers_generation_rarely_reaches_conform(
     make_relay: RelayFactory, db: asyncpg.Connection
 ) -> None:
-    """What generated requests seldom see: a dead delivery retried (202), and the lists
-    with rows in them (a Slack and a PagerDuty sink, a delivery, an attempt's audit row)."""
+    """What generated requests seldom see: a dead delivery retried (202), lists with rows in
+    them (a Slack and a PagerDuty sink, deliveries), a sink with ordering and a fallback, and
+    the 409 for deleting a sink that is another's fallback."""
     client = await make_relay(run_dispatcher=False)
     slack = {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}}
     await create_sink(client, slack)
@@ -183,6 +184,13 @@ async def test_answers_generation_rarely_reaches_conform(
     sinks = await (await client.get(f"/v1/event_sink?{query}", headers=auth(ADMIN_KEY))).json()
     assert_conforms("EventSinkList", sinks)
     assert len(sinks["data"]["event_sinks"]) == 2
+    # A sink with options, and its fallback, which cannot be deleted while it is one (409).
+    target = sinks["data"]["event_sinks"][0]["id"]
+    options = {"ordering": "case", "fallback_event_sink_id": target}
+    assert_conforms("EventSink", await create_sink(client, slack, **options))
+    resp = await client.delete(f"/v1/event_sink/{target}", headers=auth(ADMIN_KEY))
+    assert resp.status == 409
+    assert_conforms("Error", await resp.json())
 
 
 async def test_audit_answers_conform(make_relay: RelayFactory, sink_server: SinkServer) -> None:
@@ -263,6 +271,7 @@ class LiveRelay:
             },
             "events": ["CaseCreatedEvent"],
             "organization_ids": [0, "org-1"],
+            "ordering": "case",
         }
         return str(self.call("POST", "/v1/event_sink", ADMIN_KEY, body)["event_sink"]["id"])
 
