@@ -87,7 +87,6 @@ schema = schemathesis.openapi.from_dict(
             },
             "checks": {name: {"enabled": False} for name in EXCLUDED_CHECKS},
             "generation": {"mode": "all", "database": "none"},
-            "phases": {"stateful": {"enabled": False}},
         }
     ),
 )
@@ -381,3 +380,26 @@ def test_sink_names_are_never_resolved(live_relay: LiveRelay) -> None:
     )
     assert resp.status_code == 200, resp.text
     assert "relay-test.invalid" in live_relay.lookups.names
+
+
+class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+    """Sequences along the document's links: create a sink, then read, change, replay or
+    delete it, checking every answer as above."""
+
+    base_url = ""
+
+    def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+        return {"base_url": self.base_url}
+
+
+def test_links_conform(live_relay: LiveRelay) -> None:
+    Workflow.base_url = live_relay.url
+    Workflow.run(
+        settings=settings(
+            max_examples=MAX_EXAMPLES,
+            stateful_step_count=5,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        )
+    )
