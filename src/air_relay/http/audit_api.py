@@ -80,6 +80,8 @@ def render_entry(e: AuditEntry) -> dict[str, Any]:
         "duration_ms": e.duration_ms,
         "next_attempt_at": rfc3339(e.next_attempt_at),
         "seal_id": e.seal_id,
+        "failed_over_to": str(e.failed_over_to) if e.failed_over_to else None,
+        "failed_over_from": str(e.failed_over_from) if e.failed_over_from else None,
     }
 
 
