@@ -176,7 +176,8 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                     claimed.event_id,
                     claimed.event_sink_id,
                 )
-                assert await apply_migrations(conn) == [4, 5]
+                later = [m.version for m in available_migrations()[3:]]
+                assert await apply_migrations(conn) == later
                 await repo.complete_deliveries(
                     pool, [model.Completion(claimed, "dead", None, "x", records)]
                 )

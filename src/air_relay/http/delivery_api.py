@@ -37,6 +37,7 @@ from air_relay.http.state import POOL
 from air_relay.model import (
     DEAD,
     DELIVERED,
+    DISMISSED,
     FINISHED_STATUSES,
     PENDING,
     DeliveryEntry,
@@ -49,7 +50,7 @@ from air_relay.validation import InvalidArgument, reject_unknown
 
 log = structlog.get_logger(__name__)
 
-STATUS_FILTERS = (PENDING, DELIVERED, DEAD, "all")
+STATUS_FILTERS = (PENDING, DELIVERED, DEAD, DISMISSED, "all")
 # What each replay ``status`` requeues; "all" is every finished delivery, never a pending one.
 REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
     DEAD: (DEAD,),
@@ -70,7 +71,7 @@ def cursor_of(d: DeliveryEntry) -> str:
 def parse_filter(q: Mapping[str, str], tenant_id: str) -> DeliveryFilter:
     status = q.get("status", "all")
     if status not in STATUS_FILTERS:
-        raise InvalidArgument("status", "must be pending, delivered, dead or all")
+        raise InvalidArgument("status", "must be pending, delivered, dead, dismissed or all")
     return DeliveryFilter(
         tenant_id=tenant_id,
         status=None if status == "all" else status,
@@ -118,6 +119,13 @@ async def list_deliveries(request: web.Request) -> web.Response:
 # --- POST /v1/delivery/{id}/retry -------------------------------------------------------------
 
 
+def sink_deleted_error(
+    message: str = "The delivery's event sink was deleted, so it cannot be retried; "
+    "it can be dismissed.",
+) -> ApiError:
+    return ApiError(409, "sink_deleted", message)
+
+
 async def retry_delivery(request: web.Request) -> web.Response:
     key = api_key(request)
     delivery_id = path_uuid(request, _NO_DELIVERY)
@@ -127,12 +135,14 @@ async def retry_delivery(request: web.Request) -> web.Response:
     )
     if result is None:
         raise ApiError(404, "not_found", _NO_DELIVERY)
-    if result.delivery is None:
+    if result.previous_status != DEAD:
         raise ApiError(
             409,
             "delivery_not_dead",
             f"The delivery is {result.previous_status}; only a dead delivery can be retried.",
         )
+    if result.delivery is None:
+        raise sink_deleted_error()
     entry = render_entry(result.delivery)
     log.info(
         "delivery_retry_requested",
