@@ -4,6 +4,7 @@ real pipeline and against rows seeded with SQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -378,3 +379,54 @@ async def test_bulk_bad_input_is_400_naming_the_field(
         status, body = await post(relay, path, {"tenant_id": TENANT}, key="not-a-key")
         assert_error(status, body, 401, "unauthorized")
     assert await actions(db) == []
+
+
+# --- locking and plans ----------------------------------------------------------------------
+
+
+async def test_concurrent_bulk_retries_requeue_each_delivery_once(
+    make_relay: Any, db: asyncpg.Connection
+) -> None:
+    relay = await make_relay(run_dispatcher=False)
+    sink = uuid.UUID((await create_sink(relay, {"Webhook": {"url": "http://127.0.0.1:9/a"}}))["id"])
+    ids = await seed(
+        db, [{"sink_id": sink, "created_at": BASE_TIME + timedelta(seconds=i)} for i in range(300)]
+    )
+
+    async def drain() -> int:
+        done = 0
+        while True:
+            status, body = await post(
+                relay, "/v1/delivery/retry", {"tenant_id": TENANT, "limit": 40}
+            )
+            assert status == 202, body
+            done += body["data"]["requeued"]
+            if not body["data"]["more"]:
+                return done
+
+    # Four callers race over the same oldest rows: each row is requeued by exactly one of them.
+    counts = await asyncio.gather(*(drain() for _ in range(4)))
+    assert sum(counts) == 300
+    assert set(await statuses(db, ids)) == {"pending"}
+    touched = [i for a in await actions(db) for i in a["params"]["delivery_ids"]]
+    assert sorted(touched) == sorted(str(i) for i in ids)
+
+
+async def test_bulk_actions_use_the_dead_index(db: asyncpg.Connection) -> None:
+    await db.execute("SET enable_seqscan = off")
+    for name in ("retry_deliveries", "dismiss_deliveries"):
+        extra = ["air_relay_test"] if name == "retry_deliveries" else []
+        plan = await db.fetch(
+            "EXPLAIN " + QUERIES[name],
+            TENANT,
+            None,
+            None,
+            None,
+            None,
+            100,
+            "actor",
+            {},
+            *extra,
+        )
+        text = "\n".join(r[0] for r in plan)
+        assert "deliveries_dead_idx" in text, text

@@ -363,7 +363,8 @@ async def test_listing_uses_the_tenant_index(db: asyncpg.Connection) -> None:
             101,
         )
         text = "\n".join(r[0] for r in plan)
-        assert "deliveries_tenant_idx" in text, text
+        # With status=dead, the smaller index of dead rows serves it as well.
+        assert "deliveries_tenant_idx" in text or "deliveries_dead_idx" in text, text
         assert "Seq Scan on deliveries" not in text, text
         # The keyset position bounds the index scan itself, so a deep page costs no more.
         index_cond = text.split("Index Cond", 1)[1].split("\n", 1)[0]

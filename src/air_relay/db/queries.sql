@@ -438,6 +438,7 @@ LIMIT $2;
 -- deadlock); a row no longer dead once locked is left alone. more: another retryable one
 -- remains; sink_deleted: matching dead deliveries of deleted sinks, counted up to $6. No
 -- action is recorded when nothing was retryable but some matched a deleted sink (a 409).
+-- The candidates come from deliveries_dead_idx, oldest first.
 WITH candidate AS (
     SELECT d.id, d.created_at
     FROM deliveries d
