@@ -311,8 +311,9 @@ async def test_a_deleted_sinks_deliveries_are_dismissed_not_retried(
     assert status == 200 and body["data"]["delivery"]["event_sink_deleted"] is True
     assert body["data"]["delivery"]["event_sink_id"] == str(g)
 
-    status, body = await post(relay, f"/v1/delivery/{ids[0]}/retry")
-    assert_error(status, body, 409, "sink_deleted", "dismiss")
+    for ref in (str(ids[0]), f"msg_{ids[0].hex}"):  # the webhook-id form works here too
+        status, body = await post(relay, f"/v1/delivery/{ref}/retry")
+        assert_error(status, body, 409, "sink_deleted", "dismiss")
     status, body = await post(
         relay, "/v1/delivery/retry", {"tenant_id": TENANT, "event_sink_id": str(g)}
     )

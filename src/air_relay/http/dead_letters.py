@@ -14,7 +14,6 @@ deliveries, oldest first, and says whether more remain; each is recorded in
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +24,12 @@ from air_relay.config import ApiKey
 from air_relay.db import repository as repo
 from air_relay.http import audit_api
 from air_relay.http.auth import api_key, held_tenants, key_fingerprint, require_tenant
-from air_relay.http.delivery_api import render_entry, sink_deleted_error
+from air_relay.http.delivery_api import (
+    delivery_ref,
+    render_entry,
+    sink_deleted_error,
+    webhook_id,
+)
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.params import DEFAULT_LIMIT, MAX_LIMIT, parse_time, parse_uuid
@@ -39,24 +43,8 @@ log = structlog.get_logger(__name__)
 # Attempts shown with a delivery: the newest ones. A delivery that went dead once has at most
 # attempts_per_claim x len(schedule_seconds) of them; each manual retry adds another run.
 MAX_ATTEMPTS_SHOWN = 100
-WEBHOOK_ID_PREFIX = "msg_"
 _NO_DELIVERY = "No delivery with that id."
 _BULK_FIELDS = ("tenant_id", "status", "event_sink_id", "event_name", "since", "until", "limit")
-
-
-def webhook_id(delivery_id: uuid.UUID) -> str:
-    """The ``webhook-id`` Webhook sinks send for a delivery (see sinks/webhook.py)."""
-    return f"{WEBHOOK_ID_PREFIX}{delivery_id.hex}"
-
-
-def delivery_ref(value: str) -> uuid.UUID | None:
-    """A delivery id from its UUID or its ``msg_<32 hex digits>`` form; None otherwise."""
-    if value.startswith(WEBHOOK_ID_PREFIX):
-        digits = value[len(WEBHOOK_ID_PREFIX) :]
-        if len(digits) != 32 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-            return None
-        return uuid.UUID(hex=digits)
-    return parse_uuid(value)
 
 
 # --- GET /v1/delivery/{id} ----------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Dead letters, retry and replay: ``GET /v1/delivery``, ``POST /v1/delivery/{id}/retry`` and
-``POST /v1/event_sink/{id}/replay``.
+``POST /v1/event_sink/{id}/replay``. A delivery's id in a path may be its UUID or its
+``webhook-id`` (``msg_`` and the UUID's hex digits).
 
 Tenant scoping follows the sink API: a list for a tenant the key does not hold is a 403, a
 delivery or sink of another tenant is a 404 (its existence is not revealed). Retry and replay
@@ -10,6 +11,7 @@ requeue, and logged, with a fingerprint of the API key as the actor (never the k
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +29,7 @@ from air_relay.http.params import (
     optional,
     page_limit,
     parse_time,
-    path_uuid,
+    parse_uuid,
     text_param,
     time_id_cursor,
     uuid_param,
@@ -59,6 +61,26 @@ REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
 }
 _REPLAY_FIELDS = ("since", "until", "status")
 _NO_DELIVERY = "No delivery with that id."
+# A delivery's webhook-id, as Webhook sinks send it, is this and its UUID's 32 hex digits.
+WEBHOOK_ID_PREFIX = "msg_"
+
+
+# --- delivery ids ----------------------------------------------------------------------------
+
+
+def webhook_id(delivery_id: uuid.UUID) -> str:
+    """The ``webhook-id`` Webhook sinks send for a delivery (see sinks/webhook.py)."""
+    return f"{WEBHOOK_ID_PREFIX}{delivery_id.hex}"
+
+
+def delivery_ref(value: str) -> uuid.UUID | None:
+    """A delivery id from its UUID or its ``msg_<32 hex digits>`` form; None otherwise."""
+    if value.startswith(WEBHOOK_ID_PREFIX):
+        digits = value[len(WEBHOOK_ID_PREFIX) :]
+        if len(digits) != 32 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            return None
+        return uuid.UUID(hex=digits)
+    return parse_uuid(value)
 
 
 # --- GET /v1/delivery ---------------------------------------------------------------------------
@@ -128,7 +150,9 @@ def sink_deleted_error(
 
 async def retry_delivery(request: web.Request) -> web.Response:
     key = api_key(request)
-    delivery_id = path_uuid(request, _NO_DELIVERY)
+    delivery_id = delivery_ref(request.match_info["id"])
+    if delivery_id is None:
+        raise ApiError(404, "not_found", _NO_DELIVERY)
     actor = key_fingerprint(key)
     result = await repo.retry_delivery(
         request.app[POOL], delivery_id, tenant_ids=held_tenants(key), actor=actor
