@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 # AIR sends organizationId as an integer or a string; it is kept as sent.
@@ -26,6 +26,14 @@ FINISHED_STATUSES = (DELIVERED, DEAD)
 # Attempt outcomes, as the audit log shows them.
 SUCCESS = "success"
 FAILURE = "failure"
+
+# Sink health states: the latest attempt succeeded, failed, there was none yet, or the sink is
+# switched off (whatever its attempts said).
+HEALTHY = "healthy"
+FAILING = "failing"
+IDLE = "idle"
+INACTIVE = "inactive"
+SINK_STATES = (HEALTHY, FAILING, IDLE, INACTIVE)
 
 
 @dataclass(frozen=True)
@@ -269,3 +277,58 @@ class Replay:
     until: datetime
     actor: str
     params: dict[str, Any]  # what the operator asked for, as recorded
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with ``Z``, full precision, as the audit log writes times."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True)
+class SinkHealth:
+    """One sink's health: its latest attempts' outcome (kept as attempts complete), its queue,
+    and the last hour's counters.
+
+    ``state``: HEALTHY (latest attempt succeeded), FAILING (it failed; ``since`` is the first
+    failure of the current run), IDLE (no attempt yet) or INACTIVE (switched off). ``since``
+    is when the current state began (None for IDLE and INACTIVE). ``last_error`` and
+    ``last_status_code`` are those of the latest failed attempt (kept after a recovery, with
+    ``last_failure_at``); the status code is None when that attempt got no response.
+    """
+
+    event_sink_id: uuid.UUID
+    tenant_id: str
+    name: str
+    type: str
+    active: bool
+    state: str
+    since: datetime | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    last_error: str | None
+    last_status_code: int | None
+    consecutive_failures: int
+    pending: int
+    dead: int
+    oldest_pending_at: datetime | None
+    delivered_last_hour: int
+    failed_attempts_last_hour: int
+
+    def as_json(self) -> dict[str, object]:
+        """The API's health object (``GET /v1/event_sink/{id}/health``)."""
+        return {
+            "event_sink_id": str(self.event_sink_id),
+            "tenant_id": self.tenant_id,
+            "state": self.state,
+            "since": iso_time(self.since),
+            "last_success_at": iso_time(self.last_success_at),
+            "last_failure_at": iso_time(self.last_failure_at),
+            "last_error": self.last_error,
+            "last_status_code": self.last_status_code,
+            "consecutive_failures": self.consecutive_failures,
+            "pending": self.pending,
+            "dead": self.dead,
+            "oldest_pending_at": iso_time(self.oldest_pending_at),
+            "delivered_last_hour": self.delivered_last_hour,
+            "failed_attempts_last_hour": self.failed_attempts_last_hour,
+        }

@@ -78,7 +78,9 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
 -- their running claims). The oldest $2 of those offers are claimed. The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
--- HTTP is sent.
+-- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
+-- the database to come back): never claimed again here, even when their lease has lapsed,
+-- or an outage longer than a lease would make the process send them a second time.
 WITH RECURSIVE sink AS (
     (SELECT event_sink_id AS id FROM deliveries WHERE status = 'pending'
      ORDER BY event_sink_id LIMIT 1)
@@ -103,6 +105,7 @@ WITH RECURSIVE sink AS (
           AND d.status = 'pending'
           AND d.next_attempt_at <= now()
           AND d.sink_type = ANY ($1::text[])
+          AND d.id <> ALL ($8::uuid[])
         -- created_at breaks ties: a backlog made due at once drains in order of arrival.
         ORDER BY d.next_attempt_at, d.created_at
         LIMIT room.room
@@ -141,6 +144,10 @@ ORDER BY c.created_at;
 -- attempt id is drawn) and held to the commit: the sealer's horizon (audit_seal_horizon)
 -- relies on it. The same filter turns synchronous_commit off for this transaction: its
 -- commit does not wait for the WAL flush (see repository.complete_deliveries).
+-- The same statement keeps the sinks' health (sink_health, sink_health_minutes; migration 6)
+-- up to date, so reading it never scans the audit log. Locks: the deliveries first, in id
+-- order (the final SELECT reads "updated"), then the health rows, one per sink, in sink id
+-- order: concurrent batches of other instances take them in the same order.
 WITH claim AS (
     SELECT *
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
@@ -167,22 +174,106 @@ WITH claim AS (
     FROM locked l
     JOIN claim c ON c.id = l.id AND c.claim_token = l.claim_token
     WHERE d.id = l.id
-    RETURNING c.id, c.claim_token
-), recorded AS (
-    INSERT INTO delivery_attempts (
-        delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
-        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-        next_attempt_at, created_at)
-    SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id::jsonb,
-           c.event_sink_id, c.sink_type, a.attempt, a.outcome, a.status_code, a.error,
-           a.response_body, a.duration_ms, a.next_attempt_at, a.created_at
+    RETURNING c.id, c.claim_token, c.event_sink_id, c.status
+), attempt AS (
+    SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id, c.event_sink_id,
+           c.sink_type, a.*
     FROM unnest($13::bigint[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[],
                 $19::int[], $20::timestamptz[], $21::timestamptz[])
          AS a(claim_no, attempt, outcome, status_code, error, response_body, duration_ms,
               next_attempt_at, created_at)
     JOIN claim c USING (claim_no)
+), recorded AS (
+    INSERT INTO delivery_attempts (
+        delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
+        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+        next_attempt_at, created_at)
+    SELECT id, tenant_id, event_id, event_name, organization_id::jsonb, event_sink_id,
+           sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+           next_attempt_at, created_at
+    FROM attempt
     WHERE (SELECT pg_advisory_xact_lock_shared($22)::text
                   || set_config('synchronous_commit', 'off', true)) IS NOT NULL
+), batch AS (
+    -- Per sink, what this batch saw: its latest attempt, latest success, latest failure.
+    SELECT event_sink_id,
+           max(created_at) AS last_attempt_at,
+           max(created_at) FILTER (WHERE outcome = 'success') AS last_success_at,
+           max(created_at) FILTER (WHERE outcome = 'failure') AS last_failure_at,
+           (array_agg(outcome ORDER BY created_at DESC, claim_no DESC, attempt DESC))[1]
+               AS outcome,
+           (array_agg(error ORDER BY created_at DESC, claim_no DESC, attempt DESC)
+               FILTER (WHERE outcome = 'failure'))[1] AS last_error,
+           (array_agg(status_code ORDER BY created_at DESC, claim_no DESC, attempt DESC)
+               FILTER (WHERE outcome = 'failure'))[1] AS last_status_code
+    FROM attempt
+    GROUP BY event_sink_id
+), run AS (
+    -- The batch's last run of one outcome per sink: when it began and how many attempts.
+    -- A batch of one outcome only has no latest attempt of the other (NULL): the upsert then
+    -- continues the stored run of that outcome rather than starting one.
+    SELECT b.event_sink_id, b.last_attempt_at, b.last_success_at, b.last_failure_at,
+           b.last_error, b.last_status_code,
+           CASE b.outcome WHEN 'success' THEN 'healthy' ELSE 'failing' END AS state,
+           coalesce(min(a.created_at), b.last_attempt_at) AS since,
+           CASE b.outcome WHEN 'success' THEN 0 ELSE greatest(count(a.created_at), 1) END
+               AS consecutive_failures
+    FROM batch b
+    LEFT JOIN attempt a
+      ON a.event_sink_id = b.event_sink_id
+     AND a.outcome = b.outcome
+     AND a.created_at > coalesce(CASE b.outcome WHEN 'success' THEN b.last_failure_at
+                                                ELSE b.last_success_at END, '-infinity')
+    GROUP BY b.event_sink_id, b.last_attempt_at, b.last_success_at, b.last_failure_at,
+             b.last_error, b.last_status_code, b.outcome
+), health AS (
+    INSERT INTO sink_health AS h (
+        event_sink_id, state, since, last_attempt_at, last_success_at, last_failure_at,
+        last_error, last_status_code, consecutive_failures)
+    SELECT event_sink_id, state, since, last_attempt_at, last_success_at, last_failure_at,
+           last_error, last_status_code, consecutive_failures
+    FROM run
+    ORDER BY event_sink_id
+    ON CONFLICT (event_sink_id) DO UPDATE
+    -- A batch whose latest attempt is older than the stored one (another instance's batch
+    -- committed first) adds its times and error only; it does not turn the state back.
+    SET state = CASE WHEN EXCLUDED.last_attempt_at >= h.last_attempt_at
+                     THEN EXCLUDED.state ELSE h.state END,
+        since = CASE WHEN EXCLUDED.last_attempt_at < h.last_attempt_at THEN h.since
+                     WHEN EXCLUDED.state = h.state
+                      AND (CASE EXCLUDED.state WHEN 'failing' THEN EXCLUDED.last_success_at
+                                               ELSE EXCLUDED.last_failure_at END) IS NULL
+                     THEN h.since
+                     ELSE EXCLUDED.since END,
+        consecutive_failures =
+            CASE WHEN EXCLUDED.last_attempt_at < h.last_attempt_at
+                 THEN h.consecutive_failures
+                 WHEN EXCLUDED.state = 'failing' AND h.state = 'failing'
+                  AND EXCLUDED.last_success_at IS NULL
+                 THEN h.consecutive_failures + EXCLUDED.consecutive_failures
+                 ELSE EXCLUDED.consecutive_failures END,
+        last_attempt_at = greatest(h.last_attempt_at, EXCLUDED.last_attempt_at),
+        last_success_at = greatest(h.last_success_at, EXCLUDED.last_success_at),
+        last_failure_at = greatest(h.last_failure_at, EXCLUDED.last_failure_at),
+        last_error = CASE WHEN EXCLUDED.last_failure_at >= coalesce(h.last_failure_at, '-infinity')
+                          THEN EXCLUDED.last_error ELSE h.last_error END,
+        last_status_code =
+            CASE WHEN EXCLUDED.last_failure_at >= coalesce(h.last_failure_at, '-infinity')
+                 THEN EXCLUDED.last_status_code ELSE h.last_status_code END,
+        updated_at = now()
+), minutes AS (
+    -- This minute's counters: deliveries whose "delivered" state was kept, failed attempts.
+    INSERT INTO sink_health_minutes AS m (event_sink_id, minute, delivered, failed_attempts)
+    SELECT event_sink_id, date_trunc('minute', now()),
+           count(*) FILTER (WHERE kind = 'delivered'), count(*) FILTER (WHERE kind = 'failed')
+    FROM (SELECT event_sink_id, 'delivered' AS kind FROM updated WHERE status = 'delivered'
+          UNION ALL
+          SELECT event_sink_id, 'failed' FROM attempt WHERE outcome = 'failure') AS k
+    GROUP BY event_sink_id
+    ORDER BY event_sink_id
+    ON CONFLICT (event_sink_id, minute) DO UPDATE
+    SET delivered = m.delivered + EXCLUDED.delivered,
+        failed_attempts = m.failed_attempts + EXCLUDED.failed_attempts
 )
 SELECT id, claim_token FROM updated;
 
@@ -709,3 +800,56 @@ SELECT to_regclass('air_relay_schema_migrations') IS NOT NULL;
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
+
+-- name: sinks_health
+-- The health of the sinks of the tenants $1 (NULL: every tenant), or of sink $2 only: the
+-- stored state (sink_health, kept by complete_deliveries), the last hour's counters (at most
+-- 61 minute rows per sink) and the sink's pending and dead deliveries, each counted from a
+-- partial index on the sink (deliveries_sink_due_idx, deliveries_sink_dead_idx). Nothing
+-- here reads the audit log.
+SELECT s.id AS event_sink_id, s.tenant_id, s.name, s.sink_type AS type, s.active,
+       h.state AS stored_state, h.since, h.last_success_at, h.last_failure_at, h.last_error,
+       h.last_status_code, coalesce(h.consecutive_failures, 0) AS consecutive_failures,
+       p.pending, p.oldest_pending_at, x.dead,
+       coalesce(m.delivered, 0) AS delivered_last_hour,
+       coalesce(m.failed_attempts, 0) AS failed_attempts_last_hour
+FROM event_sinks s
+LEFT JOIN sink_health h ON h.event_sink_id = s.id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS pending, min(d.created_at) AS oldest_pending_at
+    FROM deliveries d
+    WHERE d.event_sink_id = s.id AND d.status = 'pending'
+) AS p
+CROSS JOIN LATERAL (
+    SELECT count(*) AS dead
+    FROM deliveries d
+    WHERE d.event_sink_id = s.id AND d.status = 'dead'
+) AS x
+CROSS JOIN LATERAL (
+    SELECT sum(hm.delivered)::bigint AS delivered, sum(hm.failed_attempts)::bigint AS failed_attempts
+    FROM sink_health_minutes hm
+    WHERE hm.event_sink_id = s.id AND hm.minute > now() - interval '1 hour'
+) AS m
+WHERE ($1::text[] IS NULL OR s.tenant_id = ANY ($1::text[]))
+  AND ($2::uuid IS NULL OR s.id = $2)
+ORDER BY s.tenant_id, s.created_at, s.id;
+
+-- name: prune_sink_health
+-- Retention of the health counters: minutes older than two hours (the read side wants one),
+-- and the health of sinks deleted since. SKIP LOCKED: never waits on a completion.
+WITH old_minutes AS (
+    DELETE FROM sink_health_minutes m
+    USING (SELECT event_sink_id, minute FROM sink_health_minutes
+           WHERE minute < now() - interval '2 hours'
+           FOR UPDATE SKIP LOCKED) AS o
+    WHERE m.event_sink_id = o.event_sink_id AND m.minute = o.minute
+    RETURNING 1
+), gone AS (
+    DELETE FROM sink_health h
+    USING (SELECT event_sink_id FROM sink_health g
+           WHERE NOT EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = g.event_sink_id)
+           FOR UPDATE SKIP LOCKED) AS o
+    WHERE h.event_sink_id = o.event_sink_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM old_minutes) AS minutes, (SELECT count(*) FROM gone) AS sinks;

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -107,9 +107,11 @@ async def claim_deliveries(
     worker: str,
     per_sink: int | None = None,
     running: Mapping[uuid.UUID, int] | None = None,
+    held: Collection[uuid.UUID] = (),
 ) -> list[ClaimedDelivery]:
     """Claim up to ``limit`` due deliveries, oldest first, at most ``per_sink`` (default
-    ``limit``) per sink less what ``running`` says the sink already runs."""
+    ``limit``) per sink less what ``running`` says the sink already runs; never one of
+    ``held`` (the deliveries the caller still runs, whatever their lease says)."""
     running = running or {}
     rows = await pool.fetch(
         QUERIES["claim_deliveries"],
@@ -120,6 +122,7 @@ async def claim_deliveries(
         list(running),
         limit if per_sink is None else per_sink,
         list(running.values()),
+        list(held),
     )
     return [
         ClaimedDelivery(
