@@ -18,7 +18,14 @@ import structlog
 import yaml
 
 from air_relay import __version__
-from air_relay.config import Config, ConfigError, credential_warnings, load_config, redacted
+from air_relay.config import (
+    Config,
+    ConfigError,
+    credential_warnings,
+    load_config,
+    redacted,
+    serving_problems,
+)
 from air_relay.logs import configure_logging
 from air_relay.model import SinkHealth
 
@@ -261,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         from air_relay.runtime import server_tls
 
+        problems = serving_problems(cfg)
         try:
             server_tls(cfg)  # the certificate and key must load, as serve will need them
         except ConfigError as exc:
-            print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
+            problems.append(exc)
+        if problems:
+            for problem in problems:
+                print(f"air-relay: invalid configuration: {problem}", file=sys.stderr)
             return EXIT_CONFIG
         print(yaml.safe_dump(redacted(cfg), sort_keys=False), end="")
         # Valid, so exit 0; on stderr, so stdout stays the YAML of the effective config.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,14 @@ DEAD = "dead"
 DISMISSED = "dismissed"
 # What a replay may requeue: finished deliveries only (a pending one is already queued).
 FINISHED_STATUSES = (DELIVERED, DEAD)
+
+# The sink option ``ordering``: none, or the key whose deliveries go out in arrival order.
+ORDERING_NONE = "none"
+ORDERING_KINDS = ("case", "endpoint", "task")
+ORDERINGS = (ORDERING_NONE, *ORDERING_KINDS)
+# An event's keys, one per ORDERING_KINDS (None: it has no such key).
+OrderKeys = tuple[str | None, str | None, str | None]
+NO_ORDER_KEYS: OrderKeys = (None, None, None)
 
 # Attempt outcomes, as the audit log shows them.
 SUCCESS = "success"
@@ -48,6 +56,9 @@ class SinkFields:
     events: list[str] | None
     organization_ids: list[str] | None
     active: bool
+    # Per-sink options; keyword-only so that they sit beside the others' without reshaping.
+    ordering: str = field(default=ORDERING_NONE, kw_only=True)
+    fallback_event_sink_id: uuid.UUID | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,8 @@ class NewEvent:
     event_name: str
     organization_id: JsonScalar
     body: bytes
+    # Its case, endpoint and task keys (air_relay.ordering), for sinks with ``ordering``.
+    order_keys: OrderKeys = NO_ORDER_KEYS
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class AttemptRecord:
     duration_ms: int
     next_attempt_at: datetime | None
     created_at: datetime
+    error_detail: str | None = None  # why, in a few words, when there was no answer
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,10 @@ class AuditEntry:
     duration_ms: int
     next_attempt_at: datetime | None
     seal_id: int | None = None  # the seal covering this row; None until it is sealed
+    error_detail: str | None = None
+    # Failover: the delivery this row's delivery failed over to, or came from by failover.
+    failed_over_to: uuid.UUID | None = None
+    failed_over_from: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,8 @@ class StoredAttempt:
     duration_ms: int
     next_attempt_at: datetime | None
     created_at: datetime
+    # Added after the first seals: hashed only when set, so rows from before keep their hash.
+    error_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +243,8 @@ class DeliveryEntry:
     next_attempt_at: datetime | None  # pending only; while a send runs, the end of its lease
     created_at: datetime  # when the event arrived (ingest writes both in one statement)
     updated_at: datetime
+    failed_over_to: uuid.UUID | None = None  # the fallback's delivery, once this one died
+    failed_over_from: uuid.UUID | None = None  # the dead delivery this one replaces
 
 
 @dataclass(frozen=True)
