@@ -13,25 +13,13 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
-from tests.support import scratch_database
+from tests.support import claim_plan, scratch_database
 
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:
     # With sequential scans priced out, the planner must still be able to answer the claim
     # from deliveries_sink_due_idx: proof that the query's predicates match the index's.
-    await db.execute("SET enable_seqscan = off")
-    plan = await db.fetch(
-        "EXPLAIN " + QUERIES["claim_deliveries"],
-        ["Webhook"],
-        10,
-        30.0,
-        "w",
-        [uuid.uuid4()],
-        8,
-        [1],
-        [uuid.uuid4()],
-    )
-    text = "\n".join(r[0] for r in plan)
+    text = await claim_plan(db)
     assert "deliveries_sink_due_idx" in text
     assert "Seq Scan on deliveries" not in text
 

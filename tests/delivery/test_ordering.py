@@ -22,10 +22,9 @@ from aiohttp import web
 from air_relay import model
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
-from air_relay.db.queries import QUERIES
 from air_relay.db.spool import encode, read_segment
 from air_relay.ordering import order_keys
-from tests.support import CATALOG, TENANT, create_sink, post_event, wait_final
+from tests.support import CATALOG, TENANT, claim_plan, create_sink, post_event, wait_final
 
 CASES = [f"case-{n}" for n in range(5)]
 PER_CASE = 10
@@ -127,11 +126,7 @@ async def test_each_case_arrives_in_order_and_a_failing_one_holds_up_no_other(
 async def test_the_claims_key_check_uses_the_order_index(db: asyncpg.Connection) -> None:
     # Priced out of sequential scans, the planner must answer "is an earlier delivery of this
     # key pending?" from deliveries_order_idx, and the claim itself still from its own index.
-    await db.execute("SET enable_seqscan = off")
-    plan = await db.fetch(
-        "EXPLAIN " + QUERIES["claim_deliveries"], ["Webhook"], 10, 30.0, "w", [uuid.uuid4()], 8, [1]
-    )
-    text = "\n".join(r[0] for r in plan)
+    text = await claim_plan(db)
     assert "deliveries_order_idx" in text, text
     assert "deliveries_sink_due_idx" in text, text
     assert "Seq Scan on deliveries" not in text, text

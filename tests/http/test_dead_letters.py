@@ -8,9 +8,11 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+from jsonschema import Draft202012Validator
 from structlog.testing import capture_logs
 
 from air_relay.db.queries import QUERIES
@@ -38,6 +40,16 @@ from tests.support import (
 )
 
 DETAIL_KEYS = {"delivery", "event", "attempts", "more_attempts"}
+DOCUMENT: dict[str, Any] = json.loads(
+    (Path(__file__).parent.parent.parent / "src/air_relay/http/openapi.json").read_text()
+)
+
+
+def conforms(schema_name: str, body: Any) -> None:
+    """``body`` is valid against ``components/schemas/<schema_name>`` of the OpenAPI
+    document."""
+    root = {"$ref": f"#/components/schemas/{schema_name}", "components": DOCUMENT["components"]}
+    Draft202012Validator(root).validate(body)
 
 
 async def detail(relay: Any, ref: str, key: str = ADMIN_KEY) -> tuple[int, Any]:
@@ -106,6 +118,7 @@ async def test_inspect_by_uuid_and_by_webhook_id_then_retry_in_bulk(
     status, body = await detail(relay, listed["id"])
     assert status == 200, body
     assert set(body) == {"data"} and set(body["data"]) == DETAIL_KEYS
+    conforms("DeliveryDetail", body)
     d = body["data"]
     assert set(d["delivery"]) == ENTRY_KEYS | {"webhook_id", "event_sink_deleted"}
     assert (d["delivery"]["id"], d["delivery"]["status"]) == (listed["id"], "dead")
@@ -131,6 +144,7 @@ async def test_inspect_by_uuid_and_by_webhook_id_then_retry_in_bulk(
         relay, "/v1/delivery/retry", {"tenant_id": TENANT, "event_sink_id": sink["id"]}
     )
     assert (status, out) == (202, {"data": {"requeued": 1, "more": False, "sink_deleted": 0}})
+    conforms("DeliveriesRequeued", out)
     await wait_status(db, listed["id"], "delivered")
     await sink_server.wait_for(2)
     assert sink_server.received[1].headers["webhook-id"] == msg_id  # the same identity
@@ -153,6 +167,7 @@ async def test_inspect_is_tenant_scoped_and_bounded(
     assert shown == list(range(105, 5, -1))  # the newest 100, newest first
     assert body["data"]["more_attempts"] is True
     assert body["data"]["delivery"]["event_sink_deleted"] is True  # no such sink row
+    conforms("DeliveryDetail", body)
     # Another tenant's delivery, by either form of its id, looks like no delivery at all.
     for ref in (str(mine), f"msg_{mine.hex}"):
         assert_error(*await detail(relay, ref, key=TENANT_B_KEY), 404, "not_found")
@@ -166,10 +181,13 @@ async def test_inspect_is_tenant_scoped_and_bounded(
         f"msg_{mine.hex}0",
         f"msg_{mine.hex[:-1]}g",
         f"msg-{mine.hex}",
-        "retry",
-        "dismiss",
+        "retry-",
     ):
         assert_error(*await detail(relay, ref), 404, "not_found")
+    # The bulk paths are not ids: a GET there is not allowed, and says what is.
+    for path in ("/v1/delivery/retry", "/v1/delivery/dismiss"):
+        resp = await relay.get(path, headers=auth(ADMIN_KEY))
+        assert (resp.status, resp.headers["Allow"]) == (405, "POST"), await resp.text()
     resp = await relay.get(f"/v1/delivery/{mine}", headers=auth("not-a-key"))
     assert_error(resp.status, await resp.json(), 401, "unauthorized")
 
@@ -261,6 +279,7 @@ async def test_dismiss_leaves_the_dead_list_and_keeps_the_audit_log(
     with capture_logs() as logs:
         status, body = await post(relay, path, {"tenant_id": TENANT, "limit": 2})
     assert (status, body) == (200, {"data": {"dismissed": 2, "more": True}})
+    conforms("DeliveriesDismissed", body)
     (line,) = [e for e in logs if e["event"] == "deliveries_dismissed"]
     assert (line["affected"], line["params"]) == (2, {"status": "dead", "limit": 2})
     status, body = await post(relay, path, {"tenant_id": TENANT, "limit": 2})
@@ -283,6 +302,7 @@ async def test_dismiss_leaves_the_dead_list_and_keeps_the_audit_log(
     assert status == 200 and len(audit["data"]["audit_logs"]) == 6
     status, body = await detail(relay, str(ids[0]))
     assert body["data"]["delivery"]["status"] == "dismissed"
+    conforms("DeliveryDetail", body)
     assert len(body["data"]["attempts"]) == 2
     recorded = [(a["action"], a["affected"]) for a in await actions(db)]
     dismiss = "deliveries_dismiss"

@@ -9,7 +9,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from air_relay.config import Config
-from air_relay.http import audit_api, dead_letters, delivery_api, ops, sinks_api, status_api
+from air_relay.http import (
+    audit_api,
+    dead_letters,
+    delivery_api,
+    openapi,
+    ops,
+    sinks_api,
+    status_api,
+)
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
 from air_relay.http.listener import guard_middleware
@@ -31,4 +39,5 @@ def make_app(cfg: Config) -> web.Application:
     dead_letters.add_routes(app)
     status_api.add_routes(app)
     ops.add_routes(app)
+    openapi.add_routes(app)
     return app

@@ -36,7 +36,7 @@ from air_relay.http.params import DEFAULT_LIMIT, MAX_LIMIT, parse_time, parse_uu
 from air_relay.http.state import POOL
 from air_relay.model import DEAD, BulkAction, BulkResult, DeliveryDetail
 from air_relay.timestamps import rfc3339
-from air_relay.validation import InvalidArgument, reject_unknown, storable
+from air_relay.validation import InvalidArgument, reject_unknown, text_field
 
 log = structlog.get_logger(__name__)
 
@@ -94,12 +94,10 @@ async def get_delivery(request: web.Request) -> web.Response:
 
 
 def _text(body: Mapping[str, Any], name: str) -> str | None:
+    """An optional string field: absent or null is None; else a non-empty storable string of
+    at most 1024 characters, as the sink API takes its text."""
     value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or not storable(value):
-        raise InvalidArgument(name, "must be a non-empty string")
-    return value
+    return None if value is None else text_field(value, name)
 
 
 def _limit(body: Mapping[str, Any]) -> int:
@@ -200,7 +198,8 @@ async def dismiss_deliveries(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    # A GET of /v1/delivery/retry reaches get_delivery, which finds no such id (404).
     app.router.add_post("/v1/delivery/retry", retry_deliveries)
     app.router.add_post("/v1/delivery/dismiss", dismiss_deliveries)
-    app.router.add_get("/v1/delivery/{id}", get_delivery)
+    # The id is any segment but the two fixed ones: a GET of /v1/delivery/retry is then a 405
+    # that allows POST only, not a GET that "no delivery" answers (and Allow would advertise).
+    app.router.add_get("/v1/delivery/{id:(?!(?:retry|dismiss)$)[^{}/]+}", get_delivery)
