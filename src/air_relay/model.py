@@ -17,6 +17,9 @@ JsonScalar = int | str
 PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
+# A dead delivery an operator let go: out of the dead list, never sent again, its attempts
+# still in the audit log.
+DISMISSED = "dismissed"
 # What a replay may requeue: finished deliveries only (a pending one is already queued).
 FINISHED_STATUSES = (DELIVERED, DEAD)
 
@@ -247,7 +250,42 @@ class DeliveryEntry:
 @dataclass(frozen=True)
 class RetryResult:
     previous_status: str
-    delivery: DeliveryEntry | None  # the requeued delivery; None when it was not dead
+    delivery: DeliveryEntry | None  # the requeued delivery; None when it was not requeued
+    sink_exists: bool = True  # False: the sink was deleted, so a dead delivery stays dead
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    """One delivery with its event as stored and its newest attempts."""
+
+    delivery: DeliveryEntry
+    body: bytes  # the exact bytes AIR sent
+    received_at: datetime
+    sink_exists: bool
+    attempts: Sequence[AuditEntry]  # newest first
+    more_attempts: bool  # older attempts exist beyond ``attempts``
+
+
+@dataclass(frozen=True)
+class BulkAction:
+    """An operator's retry or dismiss of one tenant's dead deliveries matched by the
+    listing's filters, at most ``limit`` of them, oldest first."""
+
+    tenant_id: str
+    event_sink_id: uuid.UUID | None
+    event_name: str | None
+    since: datetime | None
+    until: datetime | None
+    limit: int
+    actor: str
+    params: dict[str, Any]  # what the operator asked for, as recorded
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    affected: int
+    more: bool  # more matching deliveries remain for another call
+    sink_deleted: int  # retry only: matching dead deliveries of deleted sinks (up to limit)
 
 
 @dataclass(frozen=True)

@@ -283,7 +283,7 @@ class LiveRelay:
         self.delivery_id = page["data"]["deliveries"][0]["id"]
 
     def real_id(self, case: schemathesis.Case) -> str:
-        if case.path == "/v1/delivery/{id}/retry":
+        if case.path in ("/v1/delivery/{id}/retry", "/v1/delivery/{id}"):
             return self.delivery_id
         # A DELETE gets a sink of its own; the others share the standing one.
         return self.new_sink() if case.method.upper() == "DELETE" else self.sink_id

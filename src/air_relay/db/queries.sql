@@ -499,8 +499,12 @@ LIMIT $9;
 -- continue in the audit log.
 -- One row when the delivery is visible (previous_status tells whether it was requeued),
 -- none when it is not.
+-- A dead delivery whose sink was deleted is not requeued (sink_exists tells): it could only
+-- die again.
 WITH target AS (
-    SELECT id, status
+    SELECT id, status,
+           EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = deliveries.event_sink_id)
+               AS sink_exists
     FROM deliveries
     WHERE id = $1
       AND ($2::text[] IS NULL OR tenant_id = ANY ($2::text[]))
@@ -514,7 +518,7 @@ WITH target AS (
         claimed_by = NULL,
         updated_at = now()
     FROM target t
-    WHERE d.id = t.id AND t.status = 'dead'
+    WHERE d.id = t.id AND t.status = 'dead' AND t.sink_exists
     RETURNING d.id, d.tenant_id, d.event_id, d.event_sink_id, d.sink_type, d.status,
               d.attempts, d.last_error, d.next_attempt_at, d.created_at, d.updated_at,
               d.failed_over_to, d.failed_over_from
@@ -525,7 +529,7 @@ WITH target AS (
     FROM requeued r
     RETURNING id
 )
-SELECT t.status AS previous_status,
+SELECT t.status AS previous_status, t.sink_exists,
        r.id, r.tenant_id, r.event_id, e.event_name, e.organization_id, r.event_sink_id,
        r.sink_type AS event_sink_type, r.status, r.attempts, r.last_error, r.next_attempt_at,
        r.created_at, r.updated_at, r.failed_over_to, r.failed_over_from,
@@ -566,6 +570,159 @@ SELECT id AS action_id, affected,
             THEN pg_notify($8, '')::text END AS notified
 FROM recorded;
 
+-- name: delivery_detail
+-- One delivery of a tenant in $2 (NULL = any tenant), with its event as stored (the exact
+-- bytes AIR sent) and whether its sink still exists.
+SELECT d.id, d.tenant_id, d.event_id, e.event_name, e.organization_id, d.event_sink_id,
+       d.sink_type AS event_sink_type, d.status, d.attempts, d.last_error,
+       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, e.body, e.received_at,
+       EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = d.event_sink_id) AS sink_exists
+FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.id = $1
+  AND ($2::text[] IS NULL OR d.tenant_id = ANY ($2::text[]));
+
+-- name: delivery_attempts
+-- The newest $2 attempts of delivery $1 (through delivery_attempts_delivery_idx), newest
+-- first, each with the seal that covers it and the failover links, as audit_log_page shows
+-- them.
+SELECT id, created_at, tenant_id, event_id, event_name, organization_id, event_sink_id,
+       event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+       next_attempt_at, error_detail,
+       (SELECT s.id FROM audit_seals s
+        WHERE s.last_id >= a.id AND s.first_id <= a.id
+        ORDER BY s.last_id LIMIT 1) AS seal_id,
+       (SELECT d.failed_over_to FROM deliveries d WHERE d.id = a.delivery_id) AS failed_over_to,
+       (SELECT d.failed_over_from FROM deliveries d WHERE d.id = a.delivery_id)
+           AS failed_over_from
+FROM delivery_attempts a
+WHERE delivery_id = $1
+ORDER BY id DESC
+LIMIT $2;
+
+-- name: retry_deliveries
+-- Bulk retry: requeue the oldest $6 dead deliveries of tenant $1 that match the listing's
+-- filters ($2 sink, $3 event name, $4/$5 arrival window; NULL = no filter) and whose sink
+-- still exists, record the operator action ($7 actor, $8 params, plus the ids requeued) and
+-- wake the dispatchers ($9), in one statement. Same reset as retry_delivery. Rows are locked
+-- in id order, as complete_deliveries and renew_leases lock theirs (different orders can
+-- deadlock); a row no longer dead once locked is left alone. more: another retryable one
+-- remains; sink_deleted: matching dead deliveries of deleted sinks, counted up to $6. No
+-- action is recorded when nothing was retryable but some matched a deleted sink (a 409).
+-- The candidates come from deliveries_dead_idx, oldest first.
+WITH candidate AS (
+    SELECT d.id, d.created_at
+    FROM deliveries d
+    JOIN events e ON e.id = d.event_id
+    WHERE d.tenant_id = $1
+      AND d.status = 'dead'
+      AND ($2::uuid IS NULL OR d.event_sink_id = $2)
+      AND ($3::text IS NULL OR e.event_name = $3)
+      AND d.created_at >= coalesce($4::timestamptz, '-infinity')
+      AND d.created_at <= coalesce($5::timestamptz, 'infinity')
+      AND EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = d.event_sink_id)
+    ORDER BY d.created_at, d.id
+    LIMIT $6 + 1
+), gone AS (
+    SELECT count(*) AS n
+    FROM (
+        SELECT 1
+        FROM deliveries d
+        JOIN events e ON e.id = d.event_id
+        WHERE d.tenant_id = $1
+          AND d.status = 'dead'
+          AND ($2::uuid IS NULL OR d.event_sink_id = $2)
+          AND ($3::text IS NULL OR e.event_name = $3)
+          AND d.created_at >= coalesce($4::timestamptz, '-infinity')
+          AND d.created_at <= coalesce($5::timestamptz, 'infinity')
+          AND NOT EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = d.event_sink_id)
+        LIMIT $6
+    ) g
+), chosen AS (
+    SELECT id FROM candidate ORDER BY created_at, id LIMIT $6
+), locked AS (
+    SELECT d.id
+    FROM deliveries d
+    JOIN chosen c ON c.id = d.id
+    WHERE d.status = 'dead'
+    ORDER BY d.id
+    FOR UPDATE OF d
+), requeued AS (
+    UPDATE deliveries d
+    SET status = 'pending',
+        next_attempt_at = now(),
+        claims = 0,
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now()
+    FROM locked l
+    WHERE d.id = l.id
+    RETURNING d.id
+), recorded AS (
+    INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
+    SELECT $1, 'deliveries_retry', $7, $2,
+           $8::jsonb || jsonb_build_object(
+               'delivery_ids', coalesce(jsonb_agg(r.id ORDER BY r.id), '[]'::jsonb)),
+           count(*)
+    FROM requeued r
+    HAVING count(*) > 0 OR (SELECT n FROM gone) = 0
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM requeued) AS affected,
+       (SELECT count(*) FROM candidate) > $6 AS more,
+       (SELECT n FROM gone) AS sink_deleted,
+       (SELECT id FROM recorded) AS action_id,
+       CASE WHEN (SELECT count(*) FROM requeued) > 0
+            THEN pg_notify($9, '')::text END AS notified;
+
+-- name: dismiss_deliveries
+-- Bulk dismiss: the oldest $6 dead deliveries of tenant $1 that match the listing's filters
+-- (as retry_deliveries; a deleted sink's too) become dismissed, and the operator action is
+-- recorded ($7 actor, $8 params, plus the ids dismissed), in one statement. Their attempts
+-- stay in the audit log. Rows are locked in id order, as in retry_deliveries.
+WITH candidate AS (
+    SELECT d.id, d.created_at
+    FROM deliveries d
+    JOIN events e ON e.id = d.event_id
+    WHERE d.tenant_id = $1
+      AND d.status = 'dead'
+      AND ($2::uuid IS NULL OR d.event_sink_id = $2)
+      AND ($3::text IS NULL OR e.event_name = $3)
+      AND d.created_at >= coalesce($4::timestamptz, '-infinity')
+      AND d.created_at <= coalesce($5::timestamptz, 'infinity')
+    ORDER BY d.created_at, d.id
+    LIMIT $6 + 1
+), chosen AS (
+    SELECT id FROM candidate ORDER BY created_at, id LIMIT $6
+), locked AS (
+    SELECT d.id
+    FROM deliveries d
+    JOIN chosen c ON c.id = d.id
+    WHERE d.status = 'dead'
+    ORDER BY d.id
+    FOR UPDATE OF d
+), dismissed AS (
+    UPDATE deliveries d
+    SET status = 'dismissed',
+        updated_at = now()
+    FROM locked l
+    WHERE d.id = l.id
+    RETURNING d.id
+), recorded AS (
+    INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
+    SELECT $1, 'deliveries_dismiss', $7, $2,
+           $8::jsonb || jsonb_build_object(
+               'delivery_ids', coalesce(jsonb_agg(x.id ORDER BY x.id), '[]'::jsonb)),
+           count(*)
+    FROM dismissed x
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM dismissed) AS affected,
+       (SELECT count(*) FROM candidate) > $6 AS more,
+       0::bigint AS sink_deleted,
+       (SELECT id FROM recorded) AS action_id;
+
 -- name: retention_cutoff
 -- The database's clock decides what is old: updated_at and received_at were set by it.
 SELECT now() - make_interval(secs => $1);
@@ -577,7 +734,7 @@ SELECT now() - make_interval(secs => $1);
 WITH doomed AS (
     SELECT id
     FROM deliveries
-    WHERE status IN ('delivered', 'dead')
+    WHERE status IN ('delivered', 'dead', 'dismissed')
       AND updated_at < $1
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -21,8 +21,11 @@ from air_relay.model import (
     AuditEntry,
     AuditFilter,
     AuditSeal,
+    BulkAction,
+    BulkResult,
     ClaimedDelivery,
     Completion,
+    DeliveryDetail,
     DeliveryEntry,
     DeliveryFilter,
     NewEvent,
@@ -397,7 +400,7 @@ async def retry_delivery(
     if row is None:
         return None
     requeued = _as(DeliveryEntry, row) if row["id"] is not None else None
-    return RetryResult(row["previous_status"], requeued)
+    return RetryResult(row["previous_status"], requeued, row["sink_exists"])
 
 
 async def replay_sink(pool: asyncpg.Pool, r: Replay) -> int:
@@ -415,6 +418,61 @@ async def replay_sink(pool: asyncpg.Pool, r: Replay) -> int:
     )
     assert row is not None
     return int(row["affected"])
+
+
+async def delivery_detail(
+    pool: asyncpg.Pool,
+    delivery_id: uuid.UUID,
+    *,
+    tenant_ids: Sequence[str] | None,
+    max_attempts: int,
+) -> DeliveryDetail | None:
+    """A delivery with its event and its newest ``max_attempts`` attempts; None when no
+    delivery visible to ``tenant_ids`` (None = every tenant) has that id."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(
+            QUERIES["delivery_detail"],
+            delivery_id,
+            list(tenant_ids) if tenant_ids is not None else None,
+        )
+        if row is None:
+            return None
+        attempts = await conn.fetch(QUERIES["delivery_attempts"], delivery_id, max_attempts + 1)
+    return DeliveryDetail(
+        delivery=_as(DeliveryEntry, row),
+        body=bytes(row["body"]),
+        received_at=row["received_at"],
+        sink_exists=row["sink_exists"],
+        attempts=[_as(AuditEntry, a) for a in attempts[:max_attempts]],
+        more_attempts=len(attempts) > max_attempts,
+    )
+
+
+async def _bulk(pool: asyncpg.Pool, query: str, a: BulkAction, *extra: Any) -> BulkResult:
+    row = await pool.fetchrow(
+        QUERIES[query],
+        a.tenant_id,
+        a.event_sink_id,
+        a.event_name,
+        a.since,
+        a.until,
+        a.limit,
+        a.actor,
+        a.params,
+        *extra,
+    )
+    assert row is not None
+    return BulkResult(int(row["affected"]), bool(row["more"]), int(row["sink_deleted"]))
+
+
+async def retry_deliveries(pool: asyncpg.Pool, a: BulkAction) -> BulkResult:
+    """Requeue up to ``a.limit`` matching dead deliveries whose sink exists (and record it)."""
+    return await _bulk(pool, "retry_deliveries", a, NOTIFY_CHANNEL)
+
+
+async def dismiss_deliveries(pool: asyncpg.Pool, a: BulkAction) -> BulkResult:
+    """Dismiss up to ``a.limit`` matching dead deliveries (and record it)."""
+    return await _bulk(pool, "dismiss_deliveries", a)
 
 
 # --- retention -------------------------------------------------------------------------------

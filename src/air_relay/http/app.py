@@ -11,6 +11,7 @@ from aiohttp import web
 from air_relay.config import Config
 from air_relay.http import (
     audit_api,
+    dead_letters,
     delivery_api,
     openapi,
     ops,
@@ -36,6 +37,7 @@ def make_app(cfg: Config) -> web.Application:
     sinks_api.add_routes(app)
     audit_api.add_routes(app)
     delivery_api.add_routes(app)
+    dead_letters.add_routes(app)
     status_api.add_routes(app)
     ops.add_routes(app)
     openapi.add_routes(app)

@@ -1,5 +1,6 @@
 """Dead letters, retry and replay: ``GET /v1/delivery``, ``POST /v1/delivery/{id}/retry`` and
-``POST /v1/event_sink/{id}/replay``.
+``POST /v1/event_sink/{id}/replay``. A delivery's id in a path may be its UUID or its
+``webhook-id`` (``msg_`` and the UUID's hex digits).
 
 Tenant scoping follows the sink API: a list for a tenant the key does not hold is a 403, a
 delivery or sink of another tenant is a 404 (its existence is not revealed). Retry and replay
@@ -10,6 +11,7 @@ requeue, and logged, with a fingerprint of the API key as the actor (never the k
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +29,7 @@ from air_relay.http.params import (
     optional,
     page_limit,
     parse_time,
-    path_uuid,
+    parse_uuid,
     text_param,
     time_id_cursor,
     uuid_param,
@@ -37,6 +39,7 @@ from air_relay.http.state import POOL
 from air_relay.model import (
     DEAD,
     DELIVERED,
+    DISMISSED,
     FINISHED_STATUSES,
     PENDING,
     DeliveryEntry,
@@ -49,7 +52,7 @@ from air_relay.validation import InvalidArgument, reject_unknown
 
 log = structlog.get_logger(__name__)
 
-STATUS_FILTERS = (PENDING, DELIVERED, DEAD, "all")
+STATUS_FILTERS = (PENDING, DELIVERED, DEAD, DISMISSED, "all")
 # What each replay ``status`` requeues; "all" is every finished delivery, never a pending one.
 REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
     DEAD: (DEAD,),
@@ -58,6 +61,26 @@ REPLAY_STATUSES: dict[str, tuple[str, ...]] = {
 }
 _REPLAY_FIELDS = ("since", "until", "status")
 _NO_DELIVERY = "No delivery with that id."
+# A delivery's webhook-id, as Webhook sinks send it, is this and its UUID's 32 hex digits.
+WEBHOOK_ID_PREFIX = "msg_"
+
+
+# --- delivery ids ----------------------------------------------------------------------------
+
+
+def webhook_id(delivery_id: uuid.UUID) -> str:
+    """The ``webhook-id`` Webhook sinks send for a delivery (see sinks/webhook.py)."""
+    return f"{WEBHOOK_ID_PREFIX}{delivery_id.hex}"
+
+
+def delivery_ref(value: str) -> uuid.UUID | None:
+    """A delivery id from its UUID or its ``msg_<32 hex digits>`` form; None otherwise."""
+    if value.startswith(WEBHOOK_ID_PREFIX):
+        digits = value[len(WEBHOOK_ID_PREFIX) :]
+        if len(digits) != 32 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            return None
+        return uuid.UUID(hex=digits)
+    return parse_uuid(value)
 
 
 # --- GET /v1/delivery ---------------------------------------------------------------------------
@@ -70,7 +93,7 @@ def cursor_of(d: DeliveryEntry) -> str:
 def parse_filter(q: Mapping[str, str], tenant_id: str) -> DeliveryFilter:
     status = q.get("status", "all")
     if status not in STATUS_FILTERS:
-        raise InvalidArgument("status", "must be pending, delivered, dead or all")
+        raise InvalidArgument("status", "must be pending, delivered, dead, dismissed or all")
     return DeliveryFilter(
         tenant_id=tenant_id,
         status=None if status == "all" else status,
@@ -120,21 +143,32 @@ async def list_deliveries(request: web.Request) -> web.Response:
 # --- POST /v1/delivery/{id}/retry -------------------------------------------------------------
 
 
+def sink_deleted_error(
+    message: str = "The delivery's event sink was deleted, so it cannot be retried; "
+    "it can be dismissed.",
+) -> ApiError:
+    return ApiError(409, "sink_deleted", message)
+
+
 async def retry_delivery(request: web.Request) -> web.Response:
     key = api_key(request)
-    delivery_id = path_uuid(request, _NO_DELIVERY)
+    delivery_id = delivery_ref(request.match_info["id"])
+    if delivery_id is None:
+        raise ApiError(404, "not_found", _NO_DELIVERY)
     actor = key_fingerprint(key)
     result = await repo.retry_delivery(
         request.app[POOL], delivery_id, tenant_ids=held_tenants(key), actor=actor
     )
     if result is None:
         raise ApiError(404, "not_found", _NO_DELIVERY)
-    if result.delivery is None:
+    if result.previous_status != DEAD:
         raise ApiError(
             409,
             "delivery_not_dead",
             f"The delivery is {result.previous_status}; only a dead delivery can be retried.",
         )
+    if result.delivery is None:
+        raise sink_deleted_error()
     entry = render_entry(result.delivery)
     log.info(
         "delivery_retry_requested",
