@@ -121,11 +121,29 @@ class Browser:
 
         await self._run(fill)
 
-    async def click(self, css: str) -> None:
+    async def submit(self, css: str, timeout: float = 15) -> None:
+        """Click the button ``css`` of a form and wait until the page it posts to has
+        replaced this one (a click returns before the browser has even sent the form)."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.wait import WebDriverWait
 
         def press() -> None:
+            page = self.driver.find_element(By.TAG_NAME, "html")
             self.driver.find_element(By.CSS_SELECTOR, css).click()
+
+            def replaced(_: Any) -> bool:
+                # Stale, or (mid-navigation) "node does not belong to the document".
+                try:
+                    page.is_enabled()
+                except WebDriverException:
+                    return True
+                return False
+
+            WebDriverWait(self.driver, timeout).until(replaced)
+            WebDriverWait(self.driver, timeout).until(
+                lambda d: d.execute_script("return document.readyState") == "complete"
+            )
 
         await self._run(press)
 

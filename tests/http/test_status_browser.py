@@ -93,12 +93,12 @@ async def test_sign_in_watch_a_sink_fail_and_recover_sign_out(
     with browser.chromium(tmp_path / "profile") as chrome:
         await chrome.open(str(relay.make_url("/status")))
         await chrome.type("#api_key", "not-the-key")
-        await chrome.click("#sign-in")
+        await chrome.submit("#sign-in")
         assert "not valid" in await chrome.text("#sign-in-error")
         assert not await chrome.cookies()
 
         await chrome.type("#api_key", ADMIN_KEY)
-        await chrome.click("#sign-in")
+        await chrome.submit("#sign-in")
         assert "reachable" in await chrome.text("#relay-database")
         (cookie,) = await chrome.cookies()
         assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
@@ -125,7 +125,7 @@ async def test_sign_in_watch_a_sink_fail_and_recover_sign_out(
         assert (await post_event(relay, EVENT)).status == 202
         await reload_until(chrome, soc, "healthy")
 
-        await chrome.click("#sign-out")
+        await chrome.submit("#sign-out")
         assert await chrome.exists("#api_key")
         assert not await chrome.cookies()
         await chrome.reload()
