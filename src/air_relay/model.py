@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,8 @@ JsonScalar = int | str
 PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
+# Waiting for its storm digest: never claimed itself, finished with the digest.
+HELD = "held"
 # What a replay may requeue: finished deliveries only (a pending one is already queued).
 FINISHED_STATUSES = (DELIVERED, DEAD)
 
@@ -37,6 +39,8 @@ class SinkFields:
     events: list[str] | None
     organization_ids: list[str] | None
     active: bool
+    # Storm digests: {"window_seconds": N, "max_listed": M}; None = off.
+    digest: dict[str, Any] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,33 @@ class ClaimedDelivery:
     body: bytes
     sink_args: dict[str, Any] | None  # None when the sink was deleted since routing
     received_at: datetime  # when ingest committed the event
+    # Storm digests: the window this delivery carries or went out in, and the sink's option.
+    digest_id: uuid.UUID | None = None
+    sink_digest: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DigestMember:
+    """One event listed in a digest: the envelope as AIR sent it."""
+
+    event_id: uuid.UUID
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A storm digest: ``count`` deliveries of one (eventName, organizationId) to one sink,
+    held during a window, sent as one message listing the first ``max_listed``."""
+
+    id: uuid.UUID
+    event_name: str
+    organization_id: JsonScalar
+    count: int
+    window_seconds: int
+    window_start: datetime
+    window_end: datetime
+    listed: Sequence[DigestMember]
 
 
 @dataclass(frozen=True)
@@ -145,6 +176,9 @@ class AuditEntry:
     duration_ms: int
     next_attempt_at: datetime | None
     seal_id: int | None = None  # the seal covering this row; None until it is sealed
+    # An attempt to send a storm digest: the digest, and how many deliveries it carries.
+    digest_id: uuid.UUID | None = None
+    digest_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +246,7 @@ class DeliveryEntry:
     next_attempt_at: datetime | None  # pending only; while a send runs, the end of its lease
     created_at: datetime  # when the event arrived (ingest writes both in one statement)
     updated_at: datetime
+    digest_id: uuid.UUID | None = None  # the storm digest it went out in (or waits for)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ ENTRY_KEYS = {
     "duration_ms",
     "next_attempt_at",
     "seal_id",  # an extension: null until the row is sealed
+    "digest_id",  # an extension: the storm digest an attempt sent, else null
+    "digest_count",
 }
 BASE_TIME = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"audit-signing-key-0123456789abcd").decode()
@@ -327,6 +329,8 @@ async def test_seeded_entry_renders_every_field(relay: Any, db: asyncpg.Connecti
         "duration_ms": 10_000,
         "next_attempt_at": "2025-03-01T08:30:45.250000Z",
         "seal_id": None,
+        "digest_id": None,
+        "digest_count": None,
     }
 
 

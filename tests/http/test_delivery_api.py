@@ -43,6 +43,7 @@ ENTRY_KEYS = {
     "next_attempt_at",
     "created_at",
     "updated_at",
+    "digest_id",  # an extension: the storm digest it went out in, else null
 }
 BASE_TIME = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)
 ADMIN_ACTOR = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()[:12]

@@ -37,7 +37,7 @@ SCANNER_KEYS = {
     "created_at",
     "updated_at",
 }
-EXTENSION_KEYS = {"events", "organization_ids", "active"}
+EXTENSION_KEYS = {"events", "organization_ids", "active", "digest"}
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
 BEARER = "bearer-token-that-is-long-enough-1234"

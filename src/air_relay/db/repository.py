@@ -44,9 +44,15 @@ AUDIT_SEALER_LOCK_KEY = 0x6169722D7365616C  # "air-seal"
 
 
 def _as(record_type: type[R], r: asyncpg.Record) -> R:
-    """A model record from a row whose columns are named like its fields (extra ones ignored)."""
+    """A model record from a row whose columns are named like its fields (extra ones ignored;
+    a field with a default may be missing)."""
     fields = dataclasses.fields(record_type)  # type: ignore[arg-type]
-    return record_type(**{f.name: r[f.name] for f in fields})
+    return record_type(
+        **{
+            f.name: r[f.name] if f.default is dataclasses.MISSING else r.get(f.name, f.default)
+            for f in fields
+        }
+    )
 
 
 def _count(status: str) -> int:
@@ -133,6 +139,8 @@ async def claim_deliveries(
             body=r["body"],
             sink_args=r["sink_args"] if r["sink_exists"] else None,
             received_at=r["received_at"],
+            digest_id=r["digest_id"],
+            sink_digest=r["sink_digest"] if r["sink_exists"] else None,
         )
         for r in rows
     ]
@@ -250,6 +258,7 @@ async def insert_sink(
             f.events,
             f.organization_ids,
             f.active,
+            f.digest,
         )
     assert row is not None
     return _as(Sink, row)
@@ -283,6 +292,7 @@ async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.events,
         f.organization_ids,
         f.active,
+        f.digest,
     )
     return _as(Sink, row) if row else None
 

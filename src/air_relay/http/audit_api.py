@@ -79,6 +79,9 @@ def render_entry(e: AuditEntry) -> dict[str, Any]:
         "duration_ms": e.duration_ms,
         "next_attempt_at": rfc3339(e.next_attempt_at),
         "seal_id": e.seal_id,
+        # An attempt to send a storm digest: the digest, and how many deliveries it carried.
+        "digest_id": str(e.digest_id) if e.digest_id else None,
+        "digest_count": e.digest_count,
     }
 
 

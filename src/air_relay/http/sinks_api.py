@@ -35,7 +35,12 @@ from air_relay.http.params import (
 )
 from air_relay.http.state import CONFIG, LOOKUPS, POOL, TEMPLATES
 from air_relay.model import Sink, SinkFields
-from air_relay.sinks.args import parse_active, parse_events, parse_organization_ids
+from air_relay.sinks.args import (
+    parse_active,
+    parse_digest,
+    parse_events,
+    parse_organization_ids,
+)
 from air_relay.sinks.registry import (
     check_destination,
     check_template,
@@ -56,6 +61,7 @@ _CREATE_FIELDS = (
     "events",
     "organization_ids",
     "active",
+    "digest",
 )
 _UPDATE_FIELDS = (*_CREATE_FIELDS, "id")
 NO_SINK = "No event sink with that id."
@@ -73,6 +79,7 @@ def render_sink(sink: Sink) -> dict[str, Any]:
         "events": sink.events,
         "organization_ids": sink.organization_ids,
         "active": sink.active,
+        "digest": sink.digest,
         "created_at": rfc3339_seconds(sink.created_at),
         "updated_at": rfc3339_seconds(sink.updated_at),
     }
@@ -124,6 +131,7 @@ async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -
         events=parse_events(body.get("events")),
         organization_ids=parse_organization_ids(body.get("organization_ids")),
         active=parse_active(body.get("active", True)),
+        digest=parse_digest(body.get("digest")),
     )
 
 
@@ -150,6 +158,7 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
         if "organization_ids" in body
         else sink.organization_ids,
         active=parse_active(body["active"]) if "active" in body else sink.active,
+        digest=parse_digest(body["digest"]) if "digest" in body else sink.digest,
     )
 
 
