@@ -30,9 +30,12 @@ PD_DEDUP_KEY_LIMIT = 255
 PD_NAME_LIMIT = 100
 PD_CLIENT = "air-relay"
 
-# One listed event's line in Slack, and how many lines one section holds (3000 units each).
+# One listed event's line in Slack (before its time), and what one section's text may hold
+# (Slack's limit is 3000).
 LINE_LIMIT = 250
-LINES_PER_SECTION = 10
+SECTION_LIMIT = 2900
+# Fields that tell one event of a storm from another, shown after its summary when present.
+KEY_FIELDS = ("taskName", "endpointName", "caseName", "ruleName", "name")
 
 
 # U+00D7, the multiplication sign, as in the headline "37 (times) TaskProcessingFailedEvent".
@@ -82,11 +85,24 @@ def webhook_body(d: Digest) -> bytes:
 # --- Slack --------------------------------------------------------------------------------
 
 
+def key_text(event_name: str, data: Mapping[str, Any]) -> str:
+    """The event's summary and its other key fields: ``Task processing failed: 42 · Acquire
+    evidence · ws-7``."""
+    parts = [_safe_summary(event_name, data)]
+    for key in KEY_FIELDS:
+        value = data.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            text = str(value)[:LINE_LIMIT]
+            if not any(text in part for part in parts):
+                parts.append(text)
+    return " · ".join(parts)
+
+
 def _line(d: Digest, member: DigestMember) -> str:
     stamp = int(member.received_at.timestamp())
     iso = rfc3339(member.received_at)
     when = f"<!date^{stamp}^{{time_secs}}|{iso}>"
-    return f"• {mrkdwn(_safe_summary(d.event_name, _data(member)), LINE_LIMIT)} · {when}"
+    return f"• {mrkdwn(key_text(d.event_name, _data(member)), LINE_LIMIT)} · {when}"
 
 
 def slack_message(d: Digest) -> SlackMessage:
@@ -98,17 +114,19 @@ def slack_message(d: Digest) -> SlackMessage:
     ]
     budget = BLOCKS_TEXT_BUDGET - units(text) - 200
     lines: list[str] = []
+    size = 0
     shown = 0
     for member in d.listed:
         line = _line(d, member)
+        if size + units(line) + 1 > SECTION_LIMIT:
+            blocks.append(_section(lines))
+            lines, size = [], 0
         if units(line) > budget or len(blocks) >= MAX_BLOCKS - 3:
             break
         budget -= units(line) + 1
         lines.append(line)
+        size += units(line) + 1
         shown += 1
-        if len(lines) == LINES_PER_SECTION:
-            blocks.append(_section(lines))
-            lines = []
     if lines:
         blocks.append(_section(lines))
     footer = (
