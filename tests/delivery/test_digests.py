@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import asyncpg
 from standardwebhooks.webhooks import Webhook
 
+from air_relay.db import digests
+from air_relay.db.pool import create_pool
 from tests.sinks.test_slack import limit_problems
 from tests.support import (
     SLACK_INTEGRATION,
@@ -214,3 +217,31 @@ async def test_the_digest_option_is_validated_stored_and_echoed(
     assert (await resp.json())["event_sink"]["digest"]["window_seconds"] == 3600
     resp = await relay.put(f"/v1/event_sink/{sink['id']}", json={"digest": None}, headers=headers)
     assert (await resp.json())["event_sink"]["digest"] is None
+
+
+async def test_retention_purges_only_old_windows_that_held_nothing(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    async def window(closed_minutes_ago: int, carrier: uuid.UUID | None) -> uuid.UUID:
+        window_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO digest_windows (id, event_sink_id, tenant_id, event_name, org_text,"
+            " organization_id, window_seconds, max_listed, opened_at, closes_at, opener_id,"
+            " carrier_id) VALUES ($1, $2, 't', 'E', '1', '1', 60, 20,"
+            " now() - make_interval(mins => $3 + 1), now() - make_interval(mins => $3), $2, $4)",
+            window_id,
+            uuid.uuid4(),
+            closed_minutes_ago,
+            carrier,
+        )
+        return window_id
+
+    await window(90, None)
+    kept = {await window(90, uuid.uuid4()), await window(10, None)}
+    cutoff = await db.fetchval("SELECT now() - interval '1 hour'")
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        assert await digests.purge_windows(pool, cutoff, 10) == 1
+    finally:
+        await pool.close()
+    assert {r["id"] for r in await db.fetch("SELECT id FROM digest_windows")} == kept

@@ -9,6 +9,7 @@ digest is first claimed, and no member goes out in two digests.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 from typing import cast
 
@@ -119,3 +120,9 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
             completion.next_attempt_at,
         )
     return True, int(status.split()[-1])
+
+
+async def purge_windows(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
+    """Delete one batch of windows that held nothing and closed before ``cutoff``."""
+    status = await pool.execute(QUERIES["purge_digest_windows"], cutoff, limit)
+    return int(status.split()[-1])

@@ -629,6 +629,22 @@ SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
     updated_at = now()
 WHERE digest_id = $1 AND status = 'held';
 
+-- name: purge_digest_windows
+-- Retention of storm digest windows that never held a delivery (most windows: their opener
+-- went out alone and nothing else came) and closed before the cutoff. A window with members
+-- stays: the audit log names its digest through it.
+WITH doomed AS (
+    SELECT id
+    FROM digest_windows
+    WHERE carrier_id IS NULL
+      AND closes_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM digest_windows w
+USING doomed
+WHERE w.id = doomed.id;
+
 -- name: migration_lock
 -- Taken first in each migration's transaction, so several instances starting at once apply
 -- each migration once (the others wait, then find it applied). A transaction-level lock,
