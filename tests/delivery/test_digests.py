@@ -186,7 +186,7 @@ async def test_the_digest_option_is_validated_stored_and_echoed(
     args = {"Webhook": {"url": sink_server.url()}}
     sink = await create_sink(relay, args)
     assert sink["digest"] is None
-    bad = {
+    bad: dict[str, list[Any]] = {
         "digest.window_seconds": [{"window_seconds": 0}, {"window_seconds": 3601},
                                   {"window_seconds": "60"}, {"window_seconds": True}, {}],
         "digest.max_listed": [{"window_seconds": 60, "max_listed": 0},
