@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from standardwebhooks.webhooks import Webhook
 
 from air_relay.db import digests
+from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
 from tests.sinks.test_slack import limit_problems
 from tests.support import (
@@ -246,3 +248,41 @@ async def test_retention_purges_only_old_windows_that_held_nothing(
     finally:
         await pool.close()
     assert {r["id"] for r in await db.fetch("SELECT id FROM digest_windows")} == kept
+
+
+async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_its_window(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    sink_id, event_id = uuid.uuid4(), uuid.uuid4()
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+
+    async def pending(digest_id: uuid.UUID | None, attempts: int) -> uuid.UUID:
+        delivery_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
+            " attempts, digest_id, created_at, updated_at, next_attempt_at) VALUES ($1, $2,"
+            " $3, 't', 'Webhook', $4, $5, now() - interval '1 minute',"
+            " now() - interval '1 minute', now() + interval '1 hour')",
+            delivery_id,
+            event_id,
+            sink_id,
+            attempts,
+            digest_id,
+        )
+        return delivery_id
+
+    backed_off = await pending(None, 3)
+    untried_digest = await pending(uuid.uuid4(), 0)
+    failed_digest = await pending(uuid.uuid4(), 2)
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        assert await repo.wake_sink_backlog(pool, sink_id, datetime.now(UTC)) == 2
+    finally:
+        await pool.close()
+    rows = await db.fetch("SELECT id FROM deliveries WHERE next_attempt_at < now()")
+    assert {r["id"] for r in rows} == {backed_off, failed_digest}
+    assert untried_digest not in {r["id"] for r in rows}
