@@ -322,3 +322,24 @@ class GuardedRelay:
 
 
 GuardedStarter = Callable[..., Awaitable[GuardedRelay]]
+
+
+async def claim_plan(db: asyncpg.Connection) -> str:
+    """The claim query's plan with sequential scans priced out: what the planner can answer
+    from the indexes alone."""
+    from air_relay.db.queries import QUERIES
+
+    await db.execute("SET enable_seqscan = off")
+    sinks, running, held = [uuid.uuid4()], [1], [uuid.uuid4()]
+    plan = await db.fetch(
+        "EXPLAIN " + QUERIES["claim_deliveries"],
+        ["Webhook"],
+        10,
+        30.0,
+        "w",
+        sinks,
+        8,
+        running,
+        held,
+    )
+    return "\n".join(r[0] for r in plan)

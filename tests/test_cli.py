@@ -202,16 +202,25 @@ def test_check_config_reads_secrets_from_systemd_credentials(tmp_path: Path) -> 
     assert printed["ingest"]["tokens"][0]["token"] == "***"
 
 
+def serving(**data: Any) -> dict[str, Any]:
+    """A config check-config accepts: ``data`` plus an ingest token and an API key."""
+    return {
+        "ingest": {"tokens": [{"token": STRONG, "tenant_id": "t"}]},
+        "api": {"keys": [{"key": STRONG[::-1], "tenant_ids": ["*"]}]},
+        **data,
+    }
+
+
 def test_config_from_air_relay_config_env(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "c.yaml", {"server": {"port": 9191}})
+    path = write_config(tmp_path / "c.yaml", serving(server={"port": 9191}))
     result = run("check-config", env=clean_env(AIR_RELAY_CONFIG=str(path)))
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["server"]["port"] == 9191
 
 
 def test_explicit_config_wins_over_env(tmp_path: Path) -> None:
-    from_env = write_config(tmp_path / "env.yaml", {"server": {"port": 1111}})
-    explicit = write_config(tmp_path / "arg.yaml", {"server": {"port": 2222}})
+    from_env = write_config(tmp_path / "env.yaml", serving(server={"port": 1111}))
+    explicit = write_config(tmp_path / "arg.yaml", serving(server={"port": 2222}))
     result = run(
         "check-config", "--config", str(explicit), env=clean_env(AIR_RELAY_CONFIG=str(from_env))
     )
@@ -255,6 +264,71 @@ def test_example_without_its_env_exits_2_naming_the_variable() -> None:
     assert "AIR_RELAY_INGEST_TOKEN" in result.stderr
 
 
+def test_check_config_names_every_missing_variable_at_once() -> None:
+    result = run("check-config", "--config", str(EXAMPLE), env=clean_env())
+    assert result.returncode == 2
+    for variable in ("AIR_RELAY_INGEST_TOKEN", "AIR_RELAY_API_KEY"):  # both, not the first
+        assert f"environment variable {variable} is not set" in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_names_a_bad_variable_and_its_value_but_never_a_secret(
+    tmp_path: Path,
+) -> None:
+    data = serving(server={"port": "${AIR_RELAY_PORT}"})
+    data["api"]["keys"][0]["key"] = "${AIR_RELAY_API_KEY}"
+    path = write_config(tmp_path / "c.yaml", yaml.safe_dump(data))
+    env = clean_env(AIR_RELAY_PORT="abc", AIR_RELAY_API_KEY=STRONG)
+    result = run("check-config", "--config", str(path), env=env)
+    assert result.returncode == 2
+    assert "server.port: ${AIR_RELAY_PORT}='abc' is not an integer" in result.stderr
+    data["api"]["keys"][0]["tenant_ids"] = "${AIR_RELAY_API_KEY}"  # a secret in the wrong place
+    data["server"] = {}
+    path = write_config(tmp_path / "c.yaml", yaml.safe_dump(data))
+    result = run("check-config", "--config", str(path), env=env)
+    assert result.returncode == 2
+    assert "api.keys[0].tenant_ids: ${AIR_RELAY_API_KEY} (value not shown)" in result.stderr
+    assert STRONG not in result.stderr
+
+
+def test_check_config_names_the_full_path_of_a_duplicate_key(tmp_path: Path) -> None:
+    text = yaml.safe_dump(serving()) + "api:\n  keys: []\n"
+    path = write_config(tmp_path / "c.yaml", text)
+    result = run("check-config", "--config", str(path))
+    assert result.returncode == 2
+    line = len(yaml.safe_dump(serving()).splitlines()) + 1
+    assert f"duplicate key api at line {line}" in result.stderr
+    nested = "api:\n  keys: []\n  max_sinks_per_tenant: 3\n  keys: []\n"
+    result = run("check-config", "--config", str(write_config(tmp_path / "d.yaml", nested)))
+    assert result.returncode == 2
+    assert "duplicate key api.keys at line 4 (given twice: first at line 2" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ["the configuration is empty"]),
+        ("# nothing but a comment\n", ["the configuration is empty"]),
+        ("server: {port: 9000}\n", ["ingest.tokens: is empty", "api.keys: is empty"]),
+    ],
+)
+def test_check_config_refuses_a_config_that_cannot_serve(
+    text: str, expected: list[str], tmp_path: Path
+) -> None:
+    result = run("check-config", "--config", str(write_config(tmp_path / "c.yaml", text)))
+    assert result.returncode == 2
+    for message in expected:
+        assert f"air-relay: invalid configuration: {message}" in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_refuses_a_server_host_that_is_not_an_address(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", serving(server={"host": "http://0.0.0.0:8080"}))
+    result = run("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "server.host: 'http://0.0.0.0:8080' is not an address" in result.stderr
+
+
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     result = run("check-config", "--config", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
@@ -268,7 +342,7 @@ def test_version() -> None:
 
 
 def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "c.yaml", {"server": {"port": 9292}})
+    path = write_config(tmp_path / "c.yaml", serving(server={"port": 9292}))
     result = subprocess.run(
         [sys.executable, "-m", "air_relay", "check-config", "--config", str(path)],
         env=clean_env(),

@@ -563,3 +563,109 @@ def test_the_listen_dsn_is_redacted_like_the_dsn() -> None:
     assert "secret" not in yaml.safe_dump(data)
     assert Config().database.prepared_statements is True
     assert Config().database.listen_dsn is None
+
+
+# --- mistakes caught early -------------------------------------------------------------------
+
+SERVING = """\
+ingest:
+  tokens:
+    - token: ${AIR_RELAY_INGEST_TOKEN}
+      tenant_id: ${AIR_RELAY_TENANT}
+api:
+  keys:
+    - key: ${AIR_RELAY_API_KEY}
+      tenant_ids: ["*"]
+"""
+
+
+def test_every_missing_variable_is_reported_at_once() -> None:
+    err = config_error(SERVING + "server:\n  port: ${AIR_RELAY_PORT}${AIR_RELAY_PORT_2}\n")
+    text = str(err)
+    assert text.startswith("4 problems:")
+    for key, name in [
+        ("ingest.tokens[0].token", "AIR_RELAY_INGEST_TOKEN is not set"),
+        ("ingest.tokens[0].tenant_id", "AIR_RELAY_TENANT is not set"),
+        ("api.keys[0].key", "AIR_RELAY_API_KEY is not set"),
+        ("server.port", "AIR_RELAY_PORT and AIR_RELAY_PORT_2 are not set"),
+    ]:
+        assert f"{key}: environment variable" in text and name in text, text
+    assert err.key == "ingest.tokens[0].token"  # the first, for a caller that wants one
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("api:\n  keys: []\n  max_sinks_per_tenant: 5\n  keys: []\n", "api.keys", 4, 2),
+        ("api:\n  keys:\n    - key: a\n      tenant_ids: ['*']\n      key: b\n",
+         "api.keys[0].key", 5, 3),
+        ("slack:\n  integrations:\n    x: {bot_token: a, bot_token: b}\n",
+         "slack.integrations.x.bot_token", 3, 3),
+    ],
+)  # fmt: skip
+def test_a_duplicate_key_is_named_by_its_full_path(
+    text: str, key: str, line: int, first: int
+) -> None:
+    err = config_error(text)
+    assert err.key == key
+    assert str(err).startswith(f"duplicate key {key} at line {line} ")
+    assert f"first at line {first}" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("server:\n  port: ${AIR_RELAY_PORT}\n", {"AIR_RELAY_PORT": "abc"},
+         "server.port: ${AIR_RELAY_PORT}='abc' is not an integer"),
+        ("server:\n  port: ${AIR_RELAY_PORT}\n", {"AIR_RELAY_PORT": "70000"},
+         "server.port: ${AIR_RELAY_PORT}='70000' must be between 1 and 65535"),
+        ("delivery:\n  allow_private_destinations: ${OPEN}\n", {"OPEN": "maybe"},
+         "delivery.allow_private_destinations: ${OPEN}='maybe' is not true or false"),
+        ("delivery:\n  timeout_seconds: ${T:-x}\n", {},
+         "delivery.timeout_seconds: ${T:-x}='x' is not a number"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_from_a_variable_names_the_variable_and_value(
+    text: str, env: dict[str, str], message: str
+) -> None:
+    assert str(config_error(text, **env)) == message
+
+
+def test_a_bad_secret_from_a_variable_is_named_not_shown() -> None:
+    secret = "s3cr3t-but-wrong-\x00"
+    text = "api:\n  keys:\n    - key: ${AIR_RELAY_API_KEY}\n      tenant_ids: ${TENANTS}\n"
+    err = config_error(text, AIR_RELAY_API_KEY="", TENANTS="x")
+    assert str(err) == "api.keys[0].tenant_ids: ${TENANTS}='x' is not a list"
+    err = config_error(text.replace("${TENANTS}", "['*']"), AIR_RELAY_API_KEY="")
+    assert str(err) == "api.keys[0].key: ${AIR_RELAY_API_KEY} (value not shown) must not be empty"
+    # A variable whose name says secret is never shown, whatever key it feeds.
+    err = config_error("server:\n  port: ${PORT_TOKEN}\n", PORT_TOKEN=secret)
+    assert secret not in str(err)
+    assert str(err) == "server.port: ${PORT_TOKEN} (value not shown) is not an integer"
+
+
+@pytest.mark.parametrize(
+    "host", ["http://0.0.0.0", "0.0.0.0:8080", "local host", "999.1.1.1", "[::1]", "-x", "a/b"]
+)
+def test_server_host_must_be_an_address(host: str) -> None:
+    err = config_error(f"server:\n  host: {host!r}\n")
+    assert err.key == "server.host"
+    assert "is not an address" in str(err)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "::1", "localhost", "relay.lan."])
+def test_server_host_may_be_an_ip_or_a_name(host: str) -> None:
+    assert parse(f"server:\n  host: {host!r}\n").server.host == host
+
+
+def test_serving_problems_of_an_empty_or_half_empty_config() -> None:
+    from air_relay.config import serving_problems
+
+    (empty,) = serving_problems(parse(""))
+    assert "empty" in str(empty) and "no ingest tokens and no API keys" in str(empty)
+    tokens_only = parse("ingest:\n  tokens: [{token: t, tenant_id: a}]\n")
+    assert [p.key for p in serving_problems(tokens_only)] == ["api.keys"]
+    keys_only = parse("api:\n  keys: [{key: k, tenant_ids: ['*']}]\nserver: {port: 9}\n")
+    assert [p.key for p in serving_problems(keys_only)] == ["ingest.tokens"]
+    both = parse(SERVING, AIR_RELAY_INGEST_TOKEN="t", AIR_RELAY_TENANT="a", AIR_RELAY_API_KEY="k")
+    assert serving_problems(both) == []

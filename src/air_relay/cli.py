@@ -1,5 +1,6 @@
-"""The ``air-relay`` command line: ``serve``, ``migrate``, ``check-config`` and ``audit
-verify``, their arguments, and their exit codes (0 done, 1 failed, 2 bad configuration)."""
+"""The ``air-relay`` command line: ``serve``, ``migrate``, ``check-config``, ``status`` and
+``audit verify``, their arguments, and their exit codes (0 done, 1 failed, 2 bad
+configuration)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
 import yaml
 
 from air_relay import __version__
-from air_relay.config import Config, ConfigError, credential_warnings, load_config, redacted
+from air_relay.config import (
+    Config,
+    ConfigError,
+    credential_warnings,
+    load_config,
+    redacted,
+    serving_problems,
+)
 from air_relay.logs import configure_logging
+from air_relay.model import SinkHealth
 
 if TYPE_CHECKING:  # asyncpg is imported only by the commands that use it
     import asyncpg
@@ -51,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         _config_argument(cmd)
         if name == "migrate":
             _wait_argument(cmd)
+    status = sub.add_parser(
+        "status",
+        help="print every sink's health from the database",
+        description="Print every sink's health (state, since when, queue, last error) read "
+        "from the database, for when the HTTP port is not reachable. Exits 0 when every "
+        "active sink is healthy or idle, 1 when one is failing or the database cannot be read.",
+    )
+    _config_argument(status)
+    _wait_argument(status)
     audit = sub.add_parser(
         "audit", help="check the sealed audit log", description="Check the sealed audit log."
     )
@@ -185,6 +204,57 @@ async def _audit_verify(cfg: Config, wait_seconds: float) -> int:
     return 0 if report.ok else EXIT_FAILURE
 
 
+async def _status(cfg: Config, wait_seconds: float) -> int:
+    """``status``: the per-sink table on stdout; 0 when no active sink is failing."""
+    from air_relay.db.health import needs_attention, sinks_health
+    from air_relay.db.migrate import current_version, latest_version
+
+    log = structlog.get_logger("air_relay.cli")
+    try:
+        async with _database(cfg, wait_seconds) as conn:
+            if await current_version(conn) < latest_version():
+                log.error("status_failed", error="the database is not fully migrated")
+                return EXIT_FAILURE
+            rows = await sinks_health(conn, None)
+            now: datetime = await conn.fetchval("SELECT now()")
+    except _db_failures() as exc:
+        log.error("status_failed", error=_failure(exc))
+        return EXIT_FAILURE
+    print(status_table(rows, now))
+    return EXIT_FAILURE if needs_attention(rows) else 0
+
+
+def _age(seconds: float) -> str:
+    """A short age: 45s, 12m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+def status_table(rows: Sequence[SinkHealth], now: datetime) -> str:
+    """The sinks as a plain-text table, one line per sink, with a summary line."""
+    header = ("TENANT", "SINK ID", "NAME", "TYPE", "STATE", "SINCE", "PENDING", "OLDEST",
+              "DEAD", "LAST ERROR")  # fmt: skip
+    lines = [header]
+    for r in rows:
+        since = r.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if r.since else "-"
+        oldest = _age((now - r.oldest_pending_at).total_seconds()) if r.oldest_pending_at else "-"
+        error = r.last_error or "-"
+        if r.last_status_code is not None and str(r.last_status_code) not in error:
+            error = f"{error} ({r.last_status_code})"
+        lines.append((r.tenant_id, str(r.event_sink_id), r.name, r.type, r.state.upper(), since,
+                      str(r.pending), oldest, str(r.dead), error))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    text = [
+        "  ".join([*(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)), line[-1]])
+        for line in lines
+    ]
+    failing = sum(1 for r in rows if r.state == "failing")
+    text.append(f"{len(rows)} sinks, {failing} failing")
+    return "\n".join(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.config:
@@ -198,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         from air_relay.runtime import server_tls
 
+        problems = serving_problems(cfg)
         try:
             server_tls(cfg)  # the certificate and key must load, as serve will need them
         except ConfigError as exc:
-            print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
+            problems.append(exc)
+        if problems:
+            for problem in problems:
+                print(f"air-relay: invalid configuration: {problem}", file=sys.stderr)
             return EXIT_CONFIG
         print(yaml.safe_dump(redacted(cfg), sort_keys=False), end="")
         # Valid, so exit 0; on stderr, so stdout stays the YAML of the effective config.
@@ -213,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_migrate(cfg, args.wait))
     if args.command == "audit":
         return asyncio.run(_audit_verify(cfg, args.wait))
+    if args.command == "status":
+        return asyncio.run(_status(cfg, args.wait))
     from air_relay.runtime import loop_factory, serve
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

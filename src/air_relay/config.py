@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -29,9 +30,11 @@ WILDCARD_TENANT = "*"
 class ConfigError(Exception):
     """A configuration problem, with the dotted key it concerns."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
+    def __init__(self, key: str, message: str, *, text: str | None = None) -> None:
+        # ``text``: the whole sentence, when it names the key itself.
+        super().__init__(text or (f"{key}: {message}" if key else message))
         self.key = key
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class ApiConfig:
     max_sinks_per_tenant: int = 100
     max_headers_per_sink: int = 32
     max_header_bytes: int = 8192
+    # How long a status-page sign-in (a session cookie standing for one key) lasts.
+    session_hours: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,13 @@ class DeliveryConfig:
     # Workers one sink may hold while other sinks' deliveries are due; 0 = a quarter of
     # ``concurrency`` (at least 1). With nothing else due, a sink may use them all.
     sink_concurrency: int = 0
+    # Of timeout_seconds, connecting (name lookup, TCP, TLS) may take at most this long: a
+    # connect that runs out is told apart (timeout_connect) from an answer that never came.
+    connect_timeout_seconds: float = 5.0
+    # A sink host that does not resolve (no such name) for every attempt of a claim ends the
+    # delivery as dead at once instead of following the retry schedule. Off by default: a
+    # name may be missing only for a while (DNS being set up, a resolver outage).
+    dns_not_found_is_permanent: bool = False
 
 
 @dataclass(frozen=True)
@@ -234,6 +246,8 @@ def expand_env(text: str, env: typing.Mapping[str, str], key: str) -> str:
     credential of that name (``$CREDENTIALS_DIRECTORY/VAR``): secrets can be given either way.
     """
 
+    missing: list[str] = []
+
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = env.get(name)
@@ -243,26 +257,83 @@ def expand_env(text: str, env: typing.Mapping[str, str], key: str) -> str:
                 value = from_credential
         if value is None or (value == "" and default is not None):
             if default is None:
-                where = (
-                    f" and there is no credential {name} in $CREDENTIALS_DIRECTORY"
-                    if env.get("CREDENTIALS_DIRECTORY")
-                    else ""
-                )
-                raise ConfigError(key, f"environment variable {name} is not set{where}")
+                missing.append(name)
+                return ""
             return default
         return value
 
-    return _VAR.sub(sub, text)
+    expanded = _VAR.sub(sub, text)
+    if missing:
+        where = (
+            " (nor a credential of that name in $CREDENTIALS_DIRECTORY)"
+            if env.get("CREDENTIALS_DIRECTORY")
+            else ""
+        )
+        names = " and ".join(missing)
+        verb = "is" if len(missing) == 1 else "are"
+        plural = "" if len(missing) == 1 else "s"
+        raise ConfigError(key, f"environment variable{plural} {names} {verb} not set{where}")
+    return expanded
 
 
-def _expand_tree(node: Any, env: typing.Mapping[str, str], key: str) -> Any:
+@dataclass
+class _Expansion:
+    """What ``${VAR}`` expansion did to a config tree: the values that came from variables
+    (key -> the text as written, the value it became) and every variable that was missing."""
+
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    errors: list[ConfigError] = field(default_factory=list)
+
+
+def _expand_tree(node: Any, env: typing.Mapping[str, str], key: str, out: _Expansion) -> Any:
     if isinstance(node, str):
-        return expand_env(node, env, key)
+        try:
+            value = expand_env(node, env, key)
+        except ConfigError as exc:
+            out.errors.append(exc)  # go on: every missing variable is reported at once
+            return node
+        if value != node:
+            out.sources[key] = (node, value)
+        return value
     if isinstance(node, dict):
-        return {k: _expand_tree(v, env, _join(key, str(k))) for k, v in node.items()}
+        return {k: _expand_tree(v, env, _join(key, str(k)), out) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_tree(v, env, f"{key}[{i}]") for i, v in enumerate(node)]
+        return [_expand_tree(v, env, f"{key}[{i}]", out) for i, v in enumerate(node)]
     return node
+
+
+def _all_at_once(errors: list[ConfigError]) -> ConfigError:
+    """One error for several: the first one's key, every one's sentence on a line."""
+    if len(errors) == 1:
+        return errors[0]
+    lines = "".join(f"\n  {e}" for e in errors)
+    return ConfigError(errors[0].key, "", text=f"{len(errors)} problems:{lines}")
+
+
+# Variable names that hold secrets whatever key they feed.
+_SECRET_VARIABLE = re.compile(r"TOKEN|KEY|SECRET|PASS|CREDENTIAL|DSN", re.IGNORECASE)
+
+
+def _is_secret(key: str, written: str) -> bool:
+    last = re.sub(r"\[\d+\]$", "", key.rsplit(".", 1)[-1])
+    names = [m.group(1) for m in _VAR.finditer(written)]
+    return (
+        last in SECRET_KEYS
+        or last in ("dsn", "listen_dsn")
+        or any(_SECRET_VARIABLE.search(n) for n in names)
+    )
+
+
+def _with_variable(exc: ConfigError, written: str, value: str) -> ConfigError:
+    """``exc`` about a value that came from ``${VAR}``: the variable and (unless it is a
+    secret) the value it gave, as in ``server.port: ${AIR_RELAY_PORT}='abc' is not an
+    integer``."""
+    shown = " (value not shown)" if _is_secret(exc.key, written) else f"={value!r}"
+    message = exc.message
+    wrong_type = re.fullmatch(r"must be (.+), got \w+", message)
+    if wrong_type:
+        message = f"is not {wrong_type.group(1)}"
+    return ConfigError(exc.key, f"{written}{shown} {message}")
 
 
 def _join(prefix: str, name: str) -> str:
@@ -414,6 +485,7 @@ def _check_credentials(cfg: Config) -> None:
 def _check_delivery(d: DeliveryConfig) -> None:
     _positive("delivery.concurrency", d.concurrency)
     _positive("delivery.timeout_seconds", d.timeout_seconds)
+    _positive("delivery.connect_timeout_seconds", d.connect_timeout_seconds)
     _positive("delivery.batch_size", d.batch_size)
     _positive("delivery.poll_interval_seconds", d.poll_interval_seconds)
     _positive("delivery.lease_seconds", d.lease_seconds)
@@ -439,6 +511,12 @@ def _check_server(server: ServerConfig) -> None:
         raise ConfigError("server.port", "must be between 1 and 65535")
     if not server.host:
         raise ConfigError("server.host", "must not be empty")
+    if not _is_address(server.host):
+        raise ConfigError(
+            "server.host",
+            f"{server.host!r} is not an address to listen on: an IP address (0.0.0.0, ::, "
+            "127.0.0.1 ...) or a host name, without a scheme or a port",
+        )
     _positive("server.max_body_bytes", server.max_body_bytes)
     _positive("server.header_timeout_seconds", server.header_timeout_seconds)
     _positive("server.body_timeout_seconds", server.body_timeout_seconds)
@@ -449,6 +527,26 @@ def _check_server(server: ServerConfig) -> None:
     if bool(tls.cert_file) != bool(tls.key_file):
         missing = "server.tls.key_file" if tls.cert_file else "server.tls.cert_file"
         raise ConfigError(missing, "must be set with the other (both, or neither for plain HTTP)")
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_address(host: str) -> bool:
+    """An IP address, or a host name that could resolve to one (all-digit labels are neither:
+    ``999.1.1.1`` is a mistyped address)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    labels = host.removesuffix(".").split(".")
+    return (
+        len(host) <= 253
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and not all(label.isdigit() for label in labels)
+    )
 
 
 def _check_dsn(key: str, dsn: str | None, empty: str) -> None:
@@ -468,6 +566,7 @@ def _check_values(cfg: Config) -> None:
     _positive("api.max_sinks_per_tenant", cfg.api.max_sinks_per_tenant)
     _not_negative("api.max_headers_per_sink", cfg.api.max_headers_per_sink)
     _not_negative("api.max_header_bytes", cfg.api.max_header_bytes)
+    _positive("api.session_hours", cfg.api.session_hours)
     db = cfg.database
     _not_negative("database.pool_min_size", db.pool_min_size)
     _positive("database.pool_max_size", db.pool_max_size)
@@ -549,16 +648,81 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    """Refuse a key given twice in one mapping, naming its full dotted path and both lines
+    (YAML itself would keep the last one, silently)."""
+    if id(node) in seen:  # an alias: checked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if name is None or name == "<<":
+                continue
+            dotted = _join(path, str(name))
+            line = key_node.start_mark.line + 1
+            if name in lines:
+                raise ConfigError(
+                    dotted,
+                    "is given twice",
+                    text=f"duplicate key {dotted} at line {line} (given twice: first at line "
+                    f"{lines[name]}; YAML would keep only the last)",
+                )
+            lines[name] = line
+            _duplicate_keys(value_node, dotted, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{i}]", seen)
+
+
 def parse_config(text: str, env: typing.Mapping[str, str] | None = None) -> Config:
-    """YAML text to a validated Config; ``env`` (default: ``os.environ``) feeds ``${VAR}``."""
+    """YAML text to a validated Config; ``env`` (default: ``os.environ``) feeds ``${VAR}``.
+
+    Every missing variable is reported at once; an error about a value that came from a
+    variable names the variable (and its value, unless it is a secret)."""
     try:
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        if tree is not None:
+            _duplicate_keys(tree, "", set())
         raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ConfigError("", f"not valid YAML: {exc}") from exc
-    expanded = _expand_tree(raw, os.environ if env is None else env, "")
-    cfg: Config = _build(Config, expanded, "")
-    _check_values(cfg)
+    expansion = _Expansion()
+    expanded = _expand_tree(raw, os.environ if env is None else env, "", expansion)
+    if expansion.errors:
+        raise _all_at_once(expansion.errors)
+    try:
+        cfg: Config = _build(Config, expanded, "")
+        _check_values(cfg)
+    except ConfigError as exc:
+        if exc.key in expansion.sources:
+            raise _with_variable(exc, *expansion.sources[exc.key]) from exc
+        raise
     return cfg
+
+
+def serving_problems(cfg: Config) -> list[ConfigError]:
+    """Why a valid configuration could still not serve anyone: no ingest token (every event
+    from AIR would be refused) or no API key (no sink could be created)."""
+    problems = []
+    if cfg == Config():
+        problems.append(
+            ConfigError(
+                "",
+                "",
+                text="the configuration is empty: it has no ingest tokens and "
+                "no API keys (see config.example.yaml)",
+            )
+        )
+        return problems
+    if not cfg.ingest.tokens:
+        problems.append(
+            ConfigError("ingest.tokens", "is empty: AIR could not deliver a single event")
+        )
+    if not cfg.api.keys:
+        problems.append(ConfigError("api.keys", "is empty: no event sink could be created"))
+    return problems
 
 
 def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -> Config:

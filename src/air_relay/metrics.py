@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -12,6 +15,7 @@ from prometheus_client import (
 )
 
 from air_relay.events import catalog
+from air_relay.model import FAILING, SinkHealth
 
 # The *_created series double the output for no use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -66,6 +70,36 @@ class Metrics:
             "Age of the oldest pending delivery.",
             registry=r,
         )
+        # Per sink, set at each scrape from the sink health the database keeps (db/health.py).
+        # Labels: the sink's id and type only (never its name, URL or credentials).
+        sink = ["sink_id", "sink_type"]
+        self.sink_failing = Gauge(
+            "air_relay_sink_failing",
+            "1 while the sink's latest attempt failed (state failing), else 0.",
+            sink,
+            registry=r,
+        )
+        self.sink_consecutive_failures = Gauge(
+            "air_relay_sink_consecutive_failures",
+            "Failed attempts since the sink's latest success.",
+            sink,
+            registry=r,
+        )
+        self.sink_pending = Gauge(
+            "air_relay_sink_deliveries_pending", "The sink's pending deliveries.", sink, registry=r
+        )
+        self.sink_dead = Gauge(
+            "air_relay_sink_deliveries_dead",
+            "The sink's dead deliveries still in the database.",
+            sink,
+            registry=r,
+        )
+        self.sink_oldest_pending_age = Gauge(
+            "air_relay_sink_oldest_pending_age_seconds",
+            "Age of the sink's oldest pending delivery (0 when none).",
+            sink,
+            registry=r,
+        )
         self.spool_events = Gauge(
             "air_relay_spool_events",
             "Events in the local spool, waiting for the database.",
@@ -96,6 +130,27 @@ class Metrics:
             ["phase"],
             registry=r,
         )
+
+    def set_sink_health(self, rows: Sequence[SinkHealth], now: datetime) -> None:
+        """The per-sink gauges from ``rows`` (every sink): a deleted sink's series go."""
+        gauges = (
+            self.sink_failing,
+            self.sink_consecutive_failures,
+            self.sink_pending,
+            self.sink_dead,
+            self.sink_oldest_pending_age,
+        )
+        for gauge in gauges:
+            gauge.clear()
+        for h in rows:
+            labels = (str(h.event_sink_id), h.type)
+            self.sink_failing.labels(*labels).set(1 if h.state == FAILING else 0)
+            self.sink_consecutive_failures.labels(*labels).set(h.consecutive_failures)
+            self.sink_pending.labels(*labels).set(h.pending)
+            self.sink_dead.labels(*labels).set(h.dead)
+            oldest = h.oldest_pending_at
+            age = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+            self.sink_oldest_pending_age.labels(*labels).set(age)
 
     def event_label(self, event_name: str) -> str:
         # Bounded label set: event names come from outside.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 # AIR sends organizationId as an integer or a string; it is kept as sent.
@@ -22,9 +22,25 @@ HELD = "held"
 # What a replay may requeue: finished deliveries only (a pending one is already queued).
 FINISHED_STATUSES = (DELIVERED, DEAD)
 
+# The sink option ``ordering``: none, or the key whose deliveries go out in arrival order.
+ORDERING_NONE = "none"
+ORDERING_KINDS = ("case", "endpoint", "task")
+ORDERINGS = (ORDERING_NONE, *ORDERING_KINDS)
+# An event's keys, one per ORDERING_KINDS (None: it has no such key).
+OrderKeys = tuple[str | None, str | None, str | None]
+NO_ORDER_KEYS: OrderKeys = (None, None, None)
+
 # Attempt outcomes, as the audit log shows them.
 SUCCESS = "success"
 FAILURE = "failure"
+
+# Sink health states: the latest attempt succeeded, failed, there was none yet, or the sink is
+# switched off (whatever its attempts said).
+HEALTHY = "healthy"
+FAILING = "failing"
+IDLE = "idle"
+INACTIVE = "inactive"
+SINK_STATES = (HEALTHY, FAILING, IDLE, INACTIVE)
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,9 @@ class SinkFields:
     events: list[str] | None
     organization_ids: list[str] | None
     active: bool
+    # Per-sink options; keyword-only so that they sit beside the others' without reshaping.
+    ordering: str = field(default=ORDERING_NONE, kw_only=True)
+    fallback_event_sink_id: uuid.UUID | None = field(default=None, kw_only=True)
     # Storm digests: {"window_seconds": N, "max_listed": M}; None = off.
     digest: dict[str, Any] | None = field(default=None, kw_only=True)
 
@@ -61,6 +80,8 @@ class NewEvent:
     event_name: str
     organization_id: JsonScalar
     body: bytes
+    # Its case, endpoint and task keys (air_relay.ordering), for sinks with ``ordering``.
+    order_keys: OrderKeys = NO_ORDER_KEYS
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,7 @@ class AttemptRecord:
     duration_ms: int
     next_attempt_at: datetime | None
     created_at: datetime
+    error_detail: str | None = None  # why, in a few words, when there was no answer
 
 
 @dataclass(frozen=True)
@@ -176,6 +198,10 @@ class AuditEntry:
     duration_ms: int
     next_attempt_at: datetime | None
     seal_id: int | None = None  # the seal covering this row; None until it is sealed
+    error_detail: str | None = None
+    # Failover: the delivery this row's delivery failed over to, or came from by failover.
+    failed_over_to: uuid.UUID | None = None
+    failed_over_from: uuid.UUID | None = None
     # An attempt to send a storm digest: the digest, and how many deliveries it carries.
     digest_id: uuid.UUID | None = None
     digest_count: int | None = None
@@ -201,6 +227,8 @@ class StoredAttempt:
     duration_ms: int
     next_attempt_at: datetime | None
     created_at: datetime
+    # Added after the first seals: hashed only when set, so rows from before keep their hash.
+    error_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +274,8 @@ class DeliveryEntry:
     next_attempt_at: datetime | None  # pending only; while a send runs, the end of its lease
     created_at: datetime  # when the event arrived (ingest writes both in one statement)
     updated_at: datetime
+    failed_over_to: uuid.UUID | None = None  # the fallback's delivery, once this one died
+    failed_over_from: uuid.UUID | None = None  # the dead delivery this one replaces
     digest_id: uuid.UUID | None = None  # the storm digest it went out in (or waits for)
 
 
@@ -266,3 +296,58 @@ class Replay:
     until: datetime
     actor: str
     params: dict[str, Any]  # what the operator asked for, as recorded
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with ``Z``, full precision, as the audit log writes times."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True)
+class SinkHealth:
+    """One sink's health: its latest attempts' outcome (kept as attempts complete), its queue,
+    and the last hour's counters.
+
+    ``state``: HEALTHY (latest attempt succeeded), FAILING (it failed; ``since`` is the first
+    failure of the current run), IDLE (no attempt yet) or INACTIVE (switched off). ``since``
+    is when the current state began (None for IDLE and INACTIVE). ``last_error`` and
+    ``last_status_code`` are those of the latest failed attempt (kept after a recovery, with
+    ``last_failure_at``); the status code is None when that attempt got no response.
+    """
+
+    event_sink_id: uuid.UUID
+    tenant_id: str
+    name: str
+    type: str
+    active: bool
+    state: str
+    since: datetime | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    last_error: str | None
+    last_status_code: int | None
+    consecutive_failures: int
+    pending: int
+    dead: int
+    oldest_pending_at: datetime | None
+    delivered_last_hour: int
+    failed_attempts_last_hour: int
+
+    def as_json(self) -> dict[str, object]:
+        """The API's health object (``GET /v1/event_sink/{id}/health``)."""
+        return {
+            "event_sink_id": str(self.event_sink_id),
+            "tenant_id": self.tenant_id,
+            "state": self.state,
+            "since": iso_time(self.since),
+            "last_success_at": iso_time(self.last_success_at),
+            "last_failure_at": iso_time(self.last_failure_at),
+            "last_error": self.last_error,
+            "last_status_code": self.last_status_code,
+            "consecutive_failures": self.consecutive_failures,
+            "pending": self.pending,
+            "dead": self.dead,
+            "oldest_pending_at": iso_time(self.oldest_pending_at),
+            "delivered_last_hour": self.delivered_last_hour,
+            "failed_attempts_last_hour": self.failed_attempts_last_hour,
+        }

@@ -89,9 +89,18 @@ def listen_dsn(cfg: Config, dsn: str) -> str | None:
     return dsn if cfg.database.prepared_statements else None
 
 
-def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Application:
+def build_app(
+    cfg: Config,
+    dsn: str,
+    *,
+    run_dispatcher: bool = True,
+    lookups: Callable[[], Lookups] = Lookups,
+) -> web.Application:
     """The HTTP app with the database, client sessions and (unless ``run_dispatcher`` is
-    false) the dispatcher, retention and the audit sealer attached to its lifecycle."""
+    false) the dispatcher, retention and the audit sealer attached to its lifecycle.
+
+    ``lookups`` makes the name lookups of sink hosts (the tests' seam: a name that does not
+    exist without asking any DNS server)."""
     app = make_app(cfg)
     app[METRICS] = Metrics()
 
@@ -141,8 +150,8 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
     async def client_sessions(app: web.Application) -> AsyncIterator[None]:
         limit = cfg.delivery.concurrency
         # API checks and sends resolve on separate threads: neither can starve the other.
-        lookups, send_lookups = Lookups(), Lookups()
-        app[LOOKUPS] = lookups
+        api_lookups, send_lookups = lookups(), lookups()
+        app[LOOKUPS] = api_lookups
         # Processes for custom templates, started on first use (none without templates).
         templates = TemplateWorkers()
         app[TEMPLATES] = templates
@@ -164,7 +173,7 @@ def build_app(cfg: Config, dsn: str, *, run_dispatcher: bool = True) -> web.Appl
                 app[CLIENTS] = Clients(operator=operator, webhook=webhook, templates=templates)
                 yield
         finally:
-            lookups.close()
+            api_lookups.close()
             send_lookups.close()
             await templates.close()
 

@@ -13,17 +13,13 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
-from tests.support import scratch_database
+from tests.support import claim_plan, scratch_database
 
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:
     # With sequential scans priced out, the planner must still be able to answer the claim
     # from deliveries_sink_due_idx: proof that the query's predicates match the index's.
-    await db.execute("SET enable_seqscan = off")
-    plan = await db.fetch(
-        "EXPLAIN " + QUERIES["claim_deliveries"], ["Webhook"], 10, 30.0, "w", [uuid.uuid4()], 8, [1]
-    )
-    text = "\n".join(r[0] for r in plan)
+    text = await claim_plan(db)
     assert "deliveries_sink_due_idx" in text
     assert "Seq Scan on deliveries" not in text
 
@@ -36,12 +32,12 @@ async def test_audit_query_uses_the_tenant_index(db: asyncpg.Connection) -> None
     assert "delivery_attempts_tenant_idx" in "\n".join(r[0] for r in plan)
 
 
-def test_migrations_are_numbered_in_order() -> None:
-    # Numbers are handed out per change before the changes land, so a later number may land
-    # before an earlier one (0010_digests before 0006-0009): unique and increasing, from 1.
+def test_migrations_are_numbered_once_each_in_order() -> None:
+    # Numbers are handed out ahead to work done in parallel, so one may be missing for a
+    # while; each is applied by its number (a set), never by its position.
     versions = [m.version for m in available_migrations()]
-    assert versions[0] == 1
     assert versions == sorted(set(versions))
+    assert versions[:5] == [1, 2, 3, 4, 5]
     assert latest_version() == versions[-1]
 
 
@@ -126,6 +122,28 @@ async def test_expired_lease_is_claimed_again_and_stale_completion_is_refused(
         await pool.close()
 
 
+async def test_a_held_delivery_is_not_claimed_again_by_its_holder(db_dsn: str) -> None:
+    # Its lease lapsed while the holder waited for the database to record its completion:
+    # the holder must not send it a second time; another process may (at-least-once).
+    pool = await create_pool(db_dsn, 1, 4)
+    try:
+        await _seed(pool, 1)
+        (first,) = await repo.claim_deliveries(
+            pool, sink_types=["Webhook"], limit=5, lease_seconds=0.05, worker="w"
+        )
+        await asyncio.sleep(0.1)
+        held = await repo.claim_deliveries(
+            pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="w", held=[first.id]
+        )
+        assert held == []
+        (other,) = await repo.claim_deliveries(
+            pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="other"
+        )
+        assert other.id == first.id
+    finally:
+        await pool.close()
+
+
 async def test_release_makes_a_claim_due_again(db_dsn: str) -> None:
     pool = await create_pool(db_dsn, 1, 4)
     try:
@@ -165,28 +183,40 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                 await conn.execute(QUERIES["record_migration"], m.version, m.name)
             pool = await create_pool(dsn, 1, 2)
             try:
-                # The sink as migration 3 stores it (today's insert_sink writes later columns).
+                # Written with that schema's own columns (today's statements name later ones).
+                sink_id, event_id, delivery_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
                 await conn.execute(
                     "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args)"
-                    " VALUES ($1, 't', 's', '', 'Webhook', '{\"url\": \"http://127.0.0.1:9/\"}')",
-                    uuid.uuid4(),
+                    " VALUES ($1, 't', 's', '', 'Webhook', '{}')",
+                    sink_id,
                 )
-                await repo.ingest_events(
-                    pool, [model.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}")], timeout=5
+                await conn.execute(
+                    "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+                    " VALUES ($1, 't', 'E', '1', '{}')",
+                    event_id,
                 )
-                records = [model.AttemptRecord(n, "failure", 503, "http_503", "", 1, None, _now())
-                           for n in (1, 2)]  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type)"
+                    " VALUES ($1, $2, $3, 't', 'Webhook')",
+                    delivery_id,
+                    event_id,
+                    sink_id,
+                )
                 await conn.execute(
                     "INSERT INTO delivery_attempts (delivery_id, tenant_id, event_id, event_name,"
                     " organization_id, event_sink_id, event_sink_type, attempt, outcome,"
-                    " duration_ms) SELECT id, 't', event_id, 'E', '1', event_sink_id, 'Webhook',"
-                    " 1, 'failure', 1 FROM deliveries"
+                    " duration_ms) VALUES ($1, 't', $2, 'E', '1', $3, 'Webhook', 1, 'failure', 1)",
+                    delivery_id,
+                    event_id,
+                    sink_id,
                 )
                 later = [m.version for m in available_migrations()[3:]]
                 assert await apply_migrations(conn) == later
                 (claimed,) = await repo.claim_deliveries(
                     pool, sink_types=["Webhook"], limit=1, lease_seconds=60, worker="w"
                 )
+                records = [model.AttemptRecord(n, "failure", 503, "http_503", "", 1, None, _now())
+                           for n in (1, 2)]  # fmt: skip
                 await repo.complete_deliveries(
                     pool, [model.Completion(claimed, "dead", None, "x", records)]
                 )

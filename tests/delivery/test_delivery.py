@@ -25,6 +25,7 @@ from tests.support import (
     make_sink_server,
     post_event,
     wait_final,
+    wait_until,
 )
 
 EVENT = CATALOG[3]["example"]  # TaskProcessingFailedEvent
@@ -40,6 +41,11 @@ async def test_404_is_one_attempt_then_dead(
         resp = await post_event(relay, EVENT)
         event_id = (await resp.json())["event_id"]
         await wait_final(db)
+
+        async def dead_logged() -> bool:  # logged just after the state is committed
+            return any(e["event"] == "delivery_dead" for e in logs)
+
+        await wait_until(dead_logged)
     await asyncio.sleep(0.2)  # nothing more may arrive
     assert len(sink_server.received) == 1
     state = await delivery_state(db)
@@ -129,7 +135,7 @@ async def test_timeout_and_connection_refused_are_transient(
     await wait_final(db, count=2)
     rows = await audit_rows(relay)
     by_sink = {r["event_sink_id"]: r for r in rows}
-    assert {r["error"] for r in rows if r["event_sink_id"] == slow["id"]} == {"timeout"}
+    assert {r["error"] for r in rows if r["event_sink_id"] == slow["id"]} == {"timeout_read"}
     assert {r["error"] for r in rows if r["event_sink_id"] == closed["id"]} == {
         "connection_refused"
     }
@@ -289,15 +295,19 @@ async def test_a_slow_sink_cannot_hold_every_worker(
     sink_server.default = Reply(delay=1.0)
     config = {"delivery": {"concurrency": 4, "batch_size": 4, "sink_concurrency": 1}}
     relay = await make_relay(run_dispatcher=False, **config)
-    await create_sink(relay, {"Webhook": {"url": sink_server.url("/slow")}}, events=["Slow"])
+    await create_sink(
+        relay, {"Webhook": {"url": sink_server.url("/slow")}}, events=["CaseFileSavedEvent"]
+    )
     for _ in range(8):
-        await post_event(relay, {"eventName": "Slow", "organizationId": 1, "data": {}})
+        await post_event(
+            relay, {"eventName": "CaseFileSavedEvent", "organizationId": 1, "data": {}}
+        )
     healthy = await make_sink_server(aiohttp_server)
-    await create_sink(relay, {"Webhook": {"url": healthy.url("/ok")}}, events=["Fast"])
+    await create_sink(relay, {"Webhook": {"url": healthy.url("/ok")}}, events=["CaseClosedEvent"])
     await make_relay(**config)
     await sink_server.wait_for(4)  # every worker is now in a slow send
     posted = time.monotonic()
-    await post_event(relay, {"eventName": "Fast", "organizationId": 1, "data": {}})
+    await post_event(relay, {"eventName": "CaseClosedEvent", "organizationId": 1, "data": {}})
     (fast,) = await healthy.wait_for(1)
     # Fair: the next free worker takes it (~1 s). Arrival order alone: after the 4 slow
     # deliveries queued before it, ~2 s.

@@ -39,10 +39,13 @@ ENTRY_KEYS = {
     "outcome",
     "status_code",
     "error",
+    "error_detail",  # an extension: why, when there was no answer
     "response_body",
     "duration_ms",
     "next_attempt_at",
     "seal_id",  # an extension: null until the row is sealed
+    "failed_over_to",  # an extension: failover links, null unless the delivery failed over
+    "failed_over_from",
     "digest_id",  # an extension: the storm digest an attempt sent, else null
     "digest_count",
 }
@@ -325,10 +328,13 @@ async def test_seeded_entry_renders_every_field(relay: Any, db: asyncpg.Connecti
         "outcome": "failure",
         "status_code": None,
         "error": "timeout",
+        "error_detail": None,
         "response_body": None,
         "duration_ms": 10_000,
         "next_attempt_at": "2025-03-01T08:30:45.250000Z",
         "seal_id": None,
+        "failed_over_to": None,
+        "failed_over_from": None,
         "digest_id": None,
         "digest_count": None,
     }

@@ -43,6 +43,8 @@ ENTRY_KEYS = {
     "next_attempt_at",
     "created_at",
     "updated_at",
+    "failed_over_to",
+    "failed_over_from",
     "digest_id",  # an extension: the storm digest it went out in, else null
 }
 BASE_TIME = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)

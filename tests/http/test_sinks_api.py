@@ -37,7 +37,14 @@ SCANNER_KEYS = {
     "created_at",
     "updated_at",
 }
-EXTENSION_KEYS = {"events", "organization_ids", "active", "digest"}
+EXTENSION_KEYS = {
+    "events",
+    "organization_ids",
+    "active",
+    "ordering",
+    "fallback_event_sink_id",
+    "digest",
+}
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
 BEARER = "bearer-token-that-is-long-enough-1234"
@@ -788,6 +795,25 @@ async def test_update_rejects_bad_arguments(relay: Any) -> None:
     assert got == {"event_sink": sink}
 
 
+async def test_events_outside_the_catalog_are_400_listing_the_valid_names(
+    relay: Any, db: asyncpg.Connection
+) -> None:
+    names = sorted(e["eventName"] for e in CATALOG)
+    typo = {"events": ["CaseCreatedEvent", "CaseCreatedEvnt"]}
+    status, body, _ = await call(
+        relay, "POST", "/v1/event_sink", {**new_sink_body(WEBHOOK_ARGS), **typo}
+    )
+    message = assert_error(status, body, 400, "invalid_argument", "events[1]", "'CaseCreatedEvnt'")
+    assert ", ".join(names) in message  # every valid name, so the fix is at hand
+    assert await db.fetchval("SELECT count(*) FROM event_sinks") == 0
+    sink = await create_sink(relay, WEBHOOK_ARGS, events=["CaseCreatedEvent"])
+    path = f"/v1/event_sink/{sink['id']}"
+    status, body, _ = await call(relay, "PUT", path, {"events": ["casecreatedevent"]})
+    assert_error(status, body, 400, "invalid_argument", "events[0]")  # names are exact
+    _, got, _ = await call(relay, "GET", path)
+    assert got["event_sink"]["events"] == ["CaseCreatedEvent"]
+
+
 async def test_invalid_json_is_400(relay: Any, db: asyncpg.Connection) -> None:
     sink = await create_sink(relay, WEBHOOK_ARGS)
     for path, method in (("/v1/event_sink", "POST"), (f"/v1/event_sink/{sink['id']}", "PUT")):
@@ -944,9 +970,11 @@ async def test_put_takes_effect_for_the_next_event(relay: Any, sink_server: Sink
 
     assert (await call(relay, "PUT", path, {"active": False}))[0] == 200
     assert await deliveries_for(relay, event()) == 0
-    assert (await call(relay, "PUT", path, {"active": True, "events": ["Other"]}))[0] == 200
+    assert (await call(relay, "PUT", path, {"active": True, "events": ["CaseClosedEvent"]}))[
+        0
+    ] == 200
     assert await deliveries_for(relay, event()) == 0
-    assert await deliveries_for(relay, event("Other")) == 1
+    assert await deliveries_for(relay, event("CaseClosedEvent")) == 1
     assert (await call(relay, "PUT", path, {"events": None, "organization_ids": [9]}))[0] == 200
     assert await deliveries_for(relay, event(org=1)) == 0
     assert await deliveries_for(relay, event(org=9)) == 1

@@ -8,23 +8,33 @@
 -- sink, and the wake-up for the dispatchers ($7, the notify channel) commit together or not
 -- at all. Batching many concurrent requests into one commit is what keeps ingest fast (one WAL
 -- flush per batch).
+-- $8-$10: each event's case, endpoint and task key; a sink with ``ordering`` stores the one it
+-- orders by (order_key), with the event's place in the batch (order_pos, its tie-breaker).
 WITH input AS (
     SELECT *
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[])
-         AS i(id, tenant_id, event_name, organization_id, org_text, body)
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[],
+                $8::text[], $9::text[], $10::text[]) WITH ORDINALITY
+         AS i(id, tenant_id, event_name, organization_id, org_text, body, case_key,
+              endpoint_key, task_key, pos)
 ), event AS (
     INSERT INTO events (id, tenant_id, event_name, organization_id, body)
     SELECT id, tenant_id, event_name, organization_id, body FROM input
     RETURNING id
 ), routed AS (
-    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type)
-    SELECT gen_random_uuid(), i.id, s.id, s.tenant_id, s.sink_type
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, order_key,
+                            order_pos)
+    SELECT gen_random_uuid(), i.id, s.id, s.tenant_id, s.sink_type, k.key,
+           CASE WHEN k.key IS NOT NULL THEN i.pos END
     FROM input i
     JOIN event_sinks s
       ON s.tenant_id = i.tenant_id
      AND s.active
      AND (s.events IS NULL OR i.event_name = ANY (s.events))
      AND (s.organization_ids IS NULL OR i.org_text = ANY (s.organization_ids))
+    CROSS JOIN LATERAL (
+        SELECT CASE s.ordering WHEN 'case' THEN i.case_key WHEN 'endpoint' THEN i.endpoint_key
+                               WHEN 'task' THEN i.task_key END AS key
+    ) AS k
     RETURNING event_id
 ), counted AS (
     SELECT i.id, count(r.event_id) AS n
@@ -42,12 +52,14 @@ FROM counted c;
 -- it before a crash, or the commit that failed for ingest had in fact gone through) is
 -- skipped with its deliveries: only events inserted here are routed, so a drain repeated any
 -- number of times makes each delivery once. Deliveries are due from, and ordered by, the
--- event's arrival, so the backlog is claimed in arrival order.
+-- event's arrival, so the backlog is claimed in arrival order. $9-$11: the events' keys, as
+-- in ingest_events.
 WITH input AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[],
-                $7::timestamptz[])
-         AS i(id, tenant_id, event_name, organization_id, org_text, body, received_at)
+                $7::timestamptz[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY
+         AS i(id, tenant_id, event_name, organization_id, org_text, body, received_at,
+              case_key, endpoint_key, task_key, pos)
 ), event AS (
     INSERT INTO events (id, tenant_id, event_name, organization_id, body, received_at)
     SELECT id, tenant_id, event_name, organization_id, body, received_at FROM input
@@ -55,9 +67,9 @@ WITH input AS (
     RETURNING id
 ), routed AS (
     INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
-                            next_attempt_at, created_at)
+                            next_attempt_at, created_at, order_key, order_pos)
     SELECT gen_random_uuid(), i.id, s.id, s.tenant_id, s.sink_type, i.received_at,
-           i.received_at
+           i.received_at, k.key, CASE WHEN k.key IS NOT NULL THEN i.pos END
     FROM input i
     JOIN event e ON e.id = i.id
     JOIN event_sinks s
@@ -65,6 +77,10 @@ WITH input AS (
      AND s.active
      AND (s.events IS NULL OR i.event_name = ANY (s.events))
      AND (s.organization_ids IS NULL OR i.org_text = ANY (s.organization_ids))
+    CROSS JOIN LATERAL (
+        SELECT CASE s.ordering WHEN 'case' THEN i.case_key WHEN 'endpoint' THEN i.endpoint_key
+                               WHEN 'task' THEN i.task_key END AS key
+    ) AS k
     RETURNING event_id
 )
 SELECT (SELECT count(*) FROM event) AS inserted,
@@ -78,7 +94,14 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
 -- their running claims). The oldest $2 of those offers are claimed. The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
+-- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
+-- the database to come back): never claimed again here, even when their lease has lapsed,
+-- or an outage longer than a lease would make the process send them a second time.
 -- HTTP is sent.
+-- A keyed delivery (order_key, set for sinks with ``ordering``) is offered only while no
+-- earlier delivery of its key to its sink is pending (due, backing off or in flight): each
+-- key's deliveries go out one at a time, in order of arrival, whichever instance claims them,
+-- and other keys pass it by. An unkeyed row never reaches the subquery.
 WITH RECURSIVE sink AS (
     (SELECT event_sink_id AS id FROM deliveries WHERE status = 'pending'
      ORDER BY event_sink_id LIMIT 1)
@@ -103,6 +126,13 @@ WITH RECURSIVE sink AS (
           AND d.status = 'pending'
           AND d.next_attempt_at <= now()
           AND d.sink_type = ANY ($1::text[])
+          AND d.id <> ALL ($8::uuid[])
+          AND (d.order_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM deliveries p
+                WHERE p.event_sink_id = d.event_sink_id
+                  AND p.order_key = d.order_key
+                  AND p.status = 'pending'
+                  AND (p.created_at, p.order_pos, p.id) < (d.created_at, d.order_pos, d.id)))
         -- created_at breaks ties: a backlog made due at once drains in order of arrival.
         ORDER BY d.next_attempt_at, d.created_at
         LIMIT room.room
@@ -138,10 +168,20 @@ ORDER BY c.created_at;
 -- claim by position (1-based). The attempts are written even if the lease was lost (they
 -- happened); a state only with its claim token. Returns the claims whose state was kept. (A
 -- data-modifying CTE runs to completion whether or not the final SELECT reads it.)
+-- $23: one error_detail per attempt (after the lock key, so the numbering above holds).
 -- $22 is the audit-write lock, taken shared by a one-time filter of the INSERT (so before any
 -- attempt id is drawn) and held to the commit: the sealer's horizon (audit_seal_horizon)
 -- relies on it. The same filter turns synchronous_commit off for this transaction: its
 -- commit does not wait for the WAL flush (see repository.complete_deliveries).
+-- The same statement keeps the sinks' health (sink_health, sink_health_minutes; migration 6)
+-- up to date, so reading it never scans the audit log. Locks: the deliveries first, in id
+-- order (the final SELECT reads "updated"), then the health rows, one per sink, in sink id
+-- order: concurrent batches of other instances take them in the same order.
+-- Failover: a delivery made dead here whose sink names an active fallback gets, once
+-- (failed_over_to was unset), a new delivery of its event to the fallback, due now and
+-- whatever the fallback's filters say; the two name each other (failed_over_to / _from).
+-- A fallback that already has a failover delivery of the event gets no second one, so even a
+-- cycle the API did not see in time (two concurrent updates) cannot go round forever.
 WITH claim AS (
     SELECT *
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
@@ -151,11 +191,23 @@ WITH claim AS (
               event_id, event_name, organization_id, event_sink_id, sink_type, claim_no)
 ), locked AS (
     -- In id order, as renew_leases locks them (different orders can deadlock).
-    SELECT d.id, c.claim_token
+    SELECT d.id, c.claim_token, d.failed_over_to
     FROM deliveries d
     JOIN claim c ON d.id = c.id AND d.claim_token = c.claim_token
     ORDER BY d.id
     FOR UPDATE OF d
+), failover AS MATERIALIZED (
+    SELECT l.id, gen_random_uuid() AS new_id, c.event_id, c.tenant_id, f.id AS sink_id,
+           f.sink_type
+    FROM locked l
+    JOIN claim c ON c.id = l.id AND c.claim_token = l.claim_token
+    JOIN event_sinks s ON s.id = c.event_sink_id
+    JOIN event_sinks f ON f.id = s.fallback_event_sink_id AND f.active
+    WHERE c.status = 'dead'
+      AND l.failed_over_to IS NULL
+      AND NOT EXISTS (SELECT 1 FROM deliveries o
+                      WHERE o.event_id = c.event_id AND o.event_sink_id = f.id
+                        AND o.failed_over_from IS NOT NULL)
 ), updated AS (
     UPDATE deliveries d
     SET status = c.status,
@@ -164,26 +216,117 @@ WITH claim AS (
         last_error = c.last_error,
         claim_token = NULL,
         claimed_by = NULL,
-        updated_at = now()
+        updated_at = now(),
+        failed_over_to = coalesce(fo.new_id, d.failed_over_to)
     FROM locked l
     JOIN claim c ON c.id = l.id AND c.claim_token = l.claim_token
+    LEFT JOIN failover fo ON fo.id = l.id
     WHERE d.id = l.id
-    RETURNING c.id, c.claim_token
+    RETURNING c.id, c.claim_token, c.event_sink_id, c.status
+), failed_over AS (
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
+                            failed_over_from)
+    SELECT fo.new_id, fo.event_id, fo.sink_id, fo.tenant_id, fo.sink_type, fo.id
+    FROM failover fo
+), attempt AS (
+    SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id, c.event_sink_id,
+           c.sink_type, a.*
+    FROM unnest($13::bigint[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[],
+                $19::int[], $20::timestamptz[], $21::timestamptz[], $23::text[])
+         AS a(claim_no, attempt, outcome, status_code, error, response_body, duration_ms,
+              next_attempt_at, created_at, error_detail)
+    JOIN claim c USING (claim_no)
 ), recorded AS (
     INSERT INTO delivery_attempts (
         delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
         event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-        next_attempt_at, created_at)
-    SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id::jsonb,
-           c.event_sink_id, c.sink_type, a.attempt, a.outcome, a.status_code, a.error,
-           a.response_body, a.duration_ms, a.next_attempt_at, a.created_at
-    FROM unnest($13::bigint[], $14::int[], $15::text[], $16::int[], $17::text[], $18::text[],
-                $19::int[], $20::timestamptz[], $21::timestamptz[])
-         AS a(claim_no, attempt, outcome, status_code, error, response_body, duration_ms,
-              next_attempt_at, created_at)
-    JOIN claim c USING (claim_no)
+        next_attempt_at, created_at, error_detail)
+    SELECT id, tenant_id, event_id, event_name, organization_id::jsonb, event_sink_id,
+           sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
+           next_attempt_at, created_at, error_detail
+    FROM attempt
     WHERE (SELECT pg_advisory_xact_lock_shared($22)::text
                   || set_config('synchronous_commit', 'off', true)) IS NOT NULL
+), batch AS (
+    -- Per sink, what this batch saw: its latest attempt, latest success, latest failure.
+    SELECT event_sink_id,
+           max(created_at) AS last_attempt_at,
+           max(created_at) FILTER (WHERE outcome = 'success') AS last_success_at,
+           max(created_at) FILTER (WHERE outcome = 'failure') AS last_failure_at,
+           (array_agg(outcome ORDER BY created_at DESC, claim_no DESC, attempt DESC))[1]
+               AS outcome,
+           (array_agg(error ORDER BY created_at DESC, claim_no DESC, attempt DESC)
+               FILTER (WHERE outcome = 'failure'))[1] AS last_error,
+           (array_agg(status_code ORDER BY created_at DESC, claim_no DESC, attempt DESC)
+               FILTER (WHERE outcome = 'failure'))[1] AS last_status_code
+    FROM attempt
+    GROUP BY event_sink_id
+), run AS (
+    -- The batch's last run of one outcome per sink: when it began and how many attempts.
+    -- A batch of one outcome only has no latest attempt of the other (NULL): the upsert then
+    -- continues the stored run of that outcome rather than starting one.
+    SELECT b.event_sink_id, b.last_attempt_at, b.last_success_at, b.last_failure_at,
+           b.last_error, b.last_status_code,
+           CASE b.outcome WHEN 'success' THEN 'healthy' ELSE 'failing' END AS state,
+           coalesce(min(a.created_at), b.last_attempt_at) AS since,
+           CASE b.outcome WHEN 'success' THEN 0 ELSE greatest(count(a.created_at), 1) END
+               AS consecutive_failures
+    FROM batch b
+    LEFT JOIN attempt a
+      ON a.event_sink_id = b.event_sink_id
+     AND a.outcome = b.outcome
+     AND a.created_at > coalesce(CASE b.outcome WHEN 'success' THEN b.last_failure_at
+                                                ELSE b.last_success_at END, '-infinity')
+    GROUP BY b.event_sink_id, b.last_attempt_at, b.last_success_at, b.last_failure_at,
+             b.last_error, b.last_status_code, b.outcome
+), health AS (
+    INSERT INTO sink_health AS h (
+        event_sink_id, state, since, last_attempt_at, last_success_at, last_failure_at,
+        last_error, last_status_code, consecutive_failures)
+    SELECT event_sink_id, state, since, last_attempt_at, last_success_at, last_failure_at,
+           last_error, last_status_code, consecutive_failures
+    FROM run
+    ORDER BY event_sink_id
+    ON CONFLICT (event_sink_id) DO UPDATE
+    -- A batch whose latest attempt is older than the stored one (another instance's batch
+    -- committed first) adds its times and error only; it does not turn the state back.
+    SET state = CASE WHEN EXCLUDED.last_attempt_at >= h.last_attempt_at
+                     THEN EXCLUDED.state ELSE h.state END,
+        since = CASE WHEN EXCLUDED.last_attempt_at < h.last_attempt_at THEN h.since
+                     WHEN EXCLUDED.state = h.state
+                      AND (CASE EXCLUDED.state WHEN 'failing' THEN EXCLUDED.last_success_at
+                                               ELSE EXCLUDED.last_failure_at END) IS NULL
+                     THEN h.since
+                     ELSE EXCLUDED.since END,
+        consecutive_failures =
+            CASE WHEN EXCLUDED.last_attempt_at < h.last_attempt_at
+                 THEN h.consecutive_failures
+                 WHEN EXCLUDED.state = 'failing' AND h.state = 'failing'
+                  AND EXCLUDED.last_success_at IS NULL
+                 THEN h.consecutive_failures + EXCLUDED.consecutive_failures
+                 ELSE EXCLUDED.consecutive_failures END,
+        last_attempt_at = greatest(h.last_attempt_at, EXCLUDED.last_attempt_at),
+        last_success_at = greatest(h.last_success_at, EXCLUDED.last_success_at),
+        last_failure_at = greatest(h.last_failure_at, EXCLUDED.last_failure_at),
+        last_error = CASE WHEN EXCLUDED.last_failure_at >= coalesce(h.last_failure_at, '-infinity')
+                          THEN EXCLUDED.last_error ELSE h.last_error END,
+        last_status_code =
+            CASE WHEN EXCLUDED.last_failure_at >= coalesce(h.last_failure_at, '-infinity')
+                 THEN EXCLUDED.last_status_code ELSE h.last_status_code END,
+        updated_at = now()
+), minutes AS (
+    -- This minute's counters: deliveries whose "delivered" state was kept, failed attempts.
+    INSERT INTO sink_health_minutes AS m (event_sink_id, minute, delivered, failed_attempts)
+    SELECT event_sink_id, date_trunc('minute', now()),
+           count(*) FILTER (WHERE kind = 'delivered'), count(*) FILTER (WHERE kind = 'failed')
+    FROM (SELECT event_sink_id, 'delivered' AS kind FROM updated WHERE status = 'delivered'
+          UNION ALL
+          SELECT event_sink_id, 'failed' FROM attempt WHERE outcome = 'failure') AS k
+    GROUP BY event_sink_id
+    ORDER BY event_sink_id
+    ON CONFLICT (event_sink_id, minute) DO UPDATE
+    SET delivered = m.delivered + EXCLUDED.delivered,
+        failed_attempts = m.failed_attempts + EXCLUDED.failed_attempts
 )
 SELECT id, claim_token FROM updated;
 
@@ -248,8 +391,8 @@ WHERE claim_token = ANY ($1::uuid[])
 
 -- name: insert_sink
 INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args, events,
-                         organization_ids, active, digest)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                         organization_ids, active, ordering, fallback_event_sink_id, digest)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING *;
 
 -- name: lock_tenant_sinks
@@ -272,22 +415,46 @@ SELECT * FROM event_sinks WHERE id = $1;
 -- name: update_sink
 UPDATE event_sinks
 SET name = $2, description = $3, sink_type = $4, args = $5, events = $6,
-    organization_ids = $7, active = $8, digest = $9, updated_at = now()
+    organization_ids = $7, active = $8, ordering = $9, fallback_event_sink_id = $10,
+    digest = $11, updated_at = now()
 WHERE id = $1
 RETURNING *;
 
 -- name: delete_sink
 DELETE FROM event_sinks WHERE id = $1 RETURNING id, tenant_id;
 
+-- name: fallback_dependents
+-- The sinks that name $1 as their fallback (a delete of $1 is refused while any does).
+SELECT id, name FROM event_sinks WHERE fallback_event_sink_id = $1 ORDER BY created_at, id;
+
+-- name: fallback_chain
+-- The sinks a failover from $1 can reach, $1 first, in chain order (at most $2 of them; a
+-- cycle, which the API refuses to make, ends the walk where it closes).
+WITH RECURSIVE chain AS (
+    SELECT s.id, s.tenant_id, s.fallback_event_sink_id, 1 AS depth, ARRAY[s.id] AS seen
+    FROM event_sinks s
+    WHERE s.id = $1
+    UNION ALL
+    SELECT n.id, n.tenant_id, n.fallback_event_sink_id, c.depth + 1, c.seen || n.id
+    FROM chain c
+    JOIN event_sinks n ON n.id = c.fallback_event_sink_id
+    WHERE c.depth < $2 AND NOT n.id = ANY (c.seen)
+)
+SELECT id, tenant_id FROM chain ORDER BY depth;
+
 -- name: audit_log_page
 -- Keyset pagination on id, newest first; a NULL parameter means "no filter". seal_id is the
--- seal whose id range holds the row (NULL until one does).
+-- seal whose id range holds the row (NULL until one does). failed_over_to / _from link a
+-- dead delivery's rows and its fallback's (read from the delivery while it is kept).
 SELECT a.id, a.created_at, a.tenant_id, a.event_id, a.event_name, a.organization_id,
        a.event_sink_id, a.event_sink_type, a.attempt, a.outcome, a.status_code, a.error,
-       a.response_body, a.duration_ms, a.next_attempt_at,
+       a.response_body, a.duration_ms, a.next_attempt_at, a.error_detail,
        (SELECT s.id FROM audit_seals s
         WHERE s.last_id >= a.id AND s.first_id <= a.id
         ORDER BY s.last_id LIMIT 1) AS seal_id,
+       (SELECT d.failed_over_to FROM deliveries d WHERE d.id = a.delivery_id) AS failed_over_to,
+       (SELECT d.failed_over_from FROM deliveries d WHERE d.id = a.delivery_id)
+           AS failed_over_from,
        w.id AS digest_id, w.member_count AS digest_count
 FROM delivery_attempts a
 -- A digest's attempts are its carrier's: they name the digest and how many it carried.
@@ -321,7 +488,7 @@ SELECT d.id, d.tenant_id, d.event_id, e.event_name, e.organization_id, d.event_s
        CASE WHEN d.status = 'held' THEN 'pending' ELSE d.status END AS status,
        d.attempts, d.last_error,
        CASE WHEN d.status IN ('pending', 'held') THEN d.next_attempt_at END AS next_attempt_at,
-       d.created_at, d.updated_at, d.digest_id
+       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, d.digest_id
 FROM deliveries d
 JOIN events e ON e.id = d.event_id
 WHERE d.tenant_id = $1
@@ -359,7 +526,8 @@ WITH target AS (
     FROM target t
     WHERE d.id = t.id AND t.status = 'dead'
     RETURNING d.id, d.tenant_id, d.event_id, d.event_sink_id, d.sink_type, d.status,
-              d.attempts, d.last_error, d.next_attempt_at, d.created_at, d.updated_at
+              d.attempts, d.last_error, d.next_attempt_at, d.created_at, d.updated_at,
+              d.failed_over_to, d.failed_over_from
 ), recorded AS (
     INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
     SELECT r.tenant_id, 'delivery_retry', $3, r.id,
@@ -370,7 +538,7 @@ WITH target AS (
 SELECT t.status AS previous_status,
        r.id, r.tenant_id, r.event_id, e.event_name, e.organization_id, r.event_sink_id,
        r.sink_type AS event_sink_type, r.status, r.attempts, r.last_error, r.next_attempt_at,
-       r.created_at, r.updated_at,
+       r.created_at, r.updated_at, r.failed_over_to, r.failed_over_from,
        (SELECT id FROM recorded) AS action_id,
        CASE WHEN r.id IS NOT NULL
             THEN pg_notify($4, '')::text END AS notified
@@ -509,7 +677,7 @@ SELECT clock_timestamp();
 -- Rows from $1 up to the horizon $2, in id order, at most $3 of them: one seal's batch.
 SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at, created_at
+       next_attempt_at, created_at, error_detail
 FROM delivery_attempts
 WHERE id >= $1 AND id <= $2
 ORDER BY id
@@ -529,7 +697,7 @@ ORDER BY id;
 -- Verification: every audit row from id $1 on, in id order (read through a cursor).
 SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at, created_at
+       next_attempt_at, created_at, error_detail
 FROM delivery_attempts
 WHERE id >= $1
 ORDER BY id;
@@ -673,3 +841,56 @@ SELECT to_regclass('air_relay_schema_migrations') IS NOT NULL;
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
+
+-- name: sinks_health
+-- The health of the sinks of the tenants $1 (NULL: every tenant), or of sink $2 only: the
+-- stored state (sink_health, kept by complete_deliveries), the last hour's counters (at most
+-- 61 minute rows per sink) and the sink's pending and dead deliveries, each counted from a
+-- partial index on the sink (deliveries_sink_due_idx, deliveries_sink_dead_idx). Nothing
+-- here reads the audit log.
+SELECT s.id AS event_sink_id, s.tenant_id, s.name, s.sink_type AS type, s.active,
+       h.state AS stored_state, h.since, h.last_success_at, h.last_failure_at, h.last_error,
+       h.last_status_code, coalesce(h.consecutive_failures, 0) AS consecutive_failures,
+       p.pending, p.oldest_pending_at, x.dead,
+       coalesce(m.delivered, 0) AS delivered_last_hour,
+       coalesce(m.failed_attempts, 0) AS failed_attempts_last_hour
+FROM event_sinks s
+LEFT JOIN sink_health h ON h.event_sink_id = s.id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS pending, min(d.created_at) AS oldest_pending_at
+    FROM deliveries d
+    WHERE d.event_sink_id = s.id AND d.status = 'pending'
+) AS p
+CROSS JOIN LATERAL (
+    SELECT count(*) AS dead
+    FROM deliveries d
+    WHERE d.event_sink_id = s.id AND d.status = 'dead'
+) AS x
+CROSS JOIN LATERAL (
+    SELECT sum(hm.delivered)::bigint AS delivered, sum(hm.failed_attempts)::bigint AS failed_attempts
+    FROM sink_health_minutes hm
+    WHERE hm.event_sink_id = s.id AND hm.minute > now() - interval '1 hour'
+) AS m
+WHERE ($1::text[] IS NULL OR s.tenant_id = ANY ($1::text[]))
+  AND ($2::uuid IS NULL OR s.id = $2)
+ORDER BY s.tenant_id, s.created_at, s.id;
+
+-- name: prune_sink_health
+-- Retention of the health counters: minutes older than two hours (the read side wants one),
+-- and the health of sinks deleted since. SKIP LOCKED: never waits on a completion.
+WITH old_minutes AS (
+    DELETE FROM sink_health_minutes m
+    USING (SELECT event_sink_id, minute FROM sink_health_minutes
+           WHERE minute < now() - interval '2 hours'
+           FOR UPDATE SKIP LOCKED) AS o
+    WHERE m.event_sink_id = o.event_sink_id AND m.minute = o.minute
+    RETURNING 1
+), gone AS (
+    DELETE FROM sink_health h
+    USING (SELECT event_sink_id FROM sink_health g
+           WHERE NOT EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = g.event_sink_id)
+           FOR UPDATE SKIP LOCKED) AS o
+    WHERE h.event_sink_id = o.event_sink_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM old_minutes) AS minutes, (SELECT count(*) FROM gone) AS sinks;

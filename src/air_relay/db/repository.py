@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -45,13 +45,10 @@ AUDIT_SEALER_LOCK_KEY = 0x6169722D7365616C  # "air-seal"
 
 def _as(record_type: type[R], r: asyncpg.Record) -> R:
     """A model record from a row whose columns are named like its fields (extra ones ignored;
-    a field with a default may be missing)."""
+    a field with a default may be missing from the row)."""
     fields = dataclasses.fields(record_type)  # type: ignore[arg-type]
     return record_type(
-        **{
-            f.name: r[f.name] if f.default is dataclasses.MISSING else r.get(f.name, f.default)
-            for f in fields
-        }
+        **{f.name: r[f.name] for f in fields if f.name in r or f.default is dataclasses.MISSING}
     )
 
 
@@ -75,12 +72,22 @@ def _event_columns(events: Sequence[NewEvent]) -> list[list[Any]]:
     ]
 
 
+def _order_key_columns(events: Sequence[NewEvent]) -> list[list[str | None]]:
+    """The events' case, endpoint and task keys as three column arrays (sink ``ordering``)."""
+    return [[e.order_keys[k] for e in events] for k in range(3)]
+
+
 async def ingest_events(
     pool: asyncpg.Pool, events: Sequence[NewEvent], *, timeout: float
 ) -> dict[uuid.UUID, int]:
     """Commit events and their routed deliveries; returns deliveries made per event id."""
     async with pool.acquire(timeout=timeout) as conn:
-        rows = await conn.fetch(QUERIES["ingest_events"], *_event_columns(events), NOTIFY_CHANNEL)
+        rows = await conn.fetch(
+            QUERIES["ingest_events"],
+            *_event_columns(events),
+            NOTIFY_CHANNEL,
+            *_order_key_columns(events),
+        )
     return {r["id"]: r["n"] for r in rows}
 
 
@@ -96,6 +103,7 @@ async def ingest_spooled_events(
             *_event_columns(events),
             [s.received_at for s in spooled],
             NOTIFY_CHANNEL,
+            *_order_key_columns(events),
         )
     assert row is not None
     return row["inserted"], row["routed"]
@@ -110,9 +118,11 @@ async def claim_deliveries(
     worker: str,
     per_sink: int | None = None,
     running: Mapping[uuid.UUID, int] | None = None,
+    held: Collection[uuid.UUID] = (),
 ) -> list[ClaimedDelivery]:
     """Claim up to ``limit`` due deliveries, oldest first, at most ``per_sink`` (default
-    ``limit``) per sink less what ``running`` says the sink already runs."""
+    ``limit``) per sink less what ``running`` says the sink already runs; never one of
+    ``held`` (the deliveries the caller still runs, whatever their lease says)."""
     running = running or {}
     rows = await pool.fetch(
         QUERIES["claim_deliveries"],
@@ -123,6 +133,7 @@ async def claim_deliveries(
         list(running),
         limit if per_sink is None else per_sink,
         list(running.values()),
+        list(held),
     )
     return [
         ClaimedDelivery(
@@ -191,6 +202,7 @@ async def complete_deliveries(
         [a.next_attempt_at for _, a in attempts],
         [a.created_at for _, a in attempts],
         AUDIT_WRITE_LOCK_KEY,
+        [_storable(a.error_detail) for _, a in attempts],
     )
     return {(r["id"], r["claim_token"]) for r in rows}
 
@@ -258,6 +270,8 @@ async def insert_sink(
             f.events,
             f.organization_ids,
             f.active,
+            f.ordering,
+            f.fallback_event_sink_id,
             f.digest,
         )
     assert row is not None
@@ -292,6 +306,8 @@ async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.events,
         f.organization_ids,
         f.active,
+        f.ordering,
+        f.fallback_event_sink_id,
         f.digest,
     )
     return _as(Sink, row) if row else None
@@ -300,6 +316,36 @@ async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
 async def delete_sink(pool: asyncpg.Pool, sink_id: uuid.UUID) -> bool:
     row = await pool.fetchrow(QUERIES["delete_sink"], sink_id)
     return row is not None
+
+
+async def fallback_dependents(
+    pool: asyncpg.Pool, sink_id: uuid.UUID
+) -> list[tuple[uuid.UUID, str]]:
+    """(id, name) of the sinks naming ``sink_id`` as their fallback."""
+    rows = await pool.fetch(QUERIES["fallback_dependents"], sink_id)
+    return [(r["id"], r["name"]) for r in rows]
+
+
+async def delete_sink_unless_fallback(
+    pool: asyncpg.Pool, sink_id: uuid.UUID
+) -> tuple[bool, list[tuple[uuid.UUID, str]]]:
+    """Delete the sink unless another names it as fallback: (deleted, the dependants).
+
+    The foreign key decides, so a dependant added at the same moment is seen as well.
+    """
+    try:
+        return await delete_sink(pool, sink_id), []
+    except asyncpg.ForeignKeyViolationError:
+        return False, await fallback_dependents(pool, sink_id)
+
+
+async def fallback_chain(
+    pool: asyncpg.Pool, sink_id: uuid.UUID, limit: int
+) -> list[tuple[uuid.UUID, str]]:
+    """(id, tenant) of ``sink_id`` and the sinks its failover reaches, in order, at most
+    ``limit``; [] when there is no such sink."""
+    rows = await pool.fetch(QUERIES["fallback_chain"], sink_id, limit)
+    return [(r["id"], r["tenant_id"]) for r in rows]
 
 
 # --- audit log, dead letters, retry, replay --------------------------------------------------

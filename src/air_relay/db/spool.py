@@ -38,6 +38,7 @@ from air_relay.db import repository as repo
 from air_relay.db.batcher import GroupCommit
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.model import NewEvent, SpooledEvent
+from air_relay.ordering import order_keys_of_body
 
 log = structlog.get_logger(__name__)
 
@@ -96,8 +97,11 @@ def decode(payload: bytes) -> SpooledEvent:
         organization_id = json.loads(org)
         if isinstance(organization_id, bool) or not isinstance(organization_id, int | str):
             raise ValueError("organization id is neither an integer nor a string")
+        event_name = name.decode()
+        # The keys are not in the record: read again from the body, as ingest read them.
+        keys = order_keys_of_body(event_name, body)
         event = NewEvent(
-            uuid.UUID(bytes=raw_id), tenant.decode(), name.decode(), organization_id, body
+            uuid.UUID(bytes=raw_id), tenant.decode(), event_name, organization_id, body, keys
         )
         received_at = datetime.fromtimestamp(micros / 1_000_000, UTC)
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, OverflowError) as exc:

@@ -36,6 +36,7 @@ from air_relay.model import (
     Completion,
 )
 from air_relay.sinks.base import PacedSender, Sender, SendResult, crash_failure
+from air_relay.sinks.failures import DNS_NOT_FOUND
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
@@ -59,7 +60,13 @@ def attempt_record(
         duration_ms=round(duration * 1000),
         next_attempt_at=None,
         created_at=began,
+        error_detail=result.error_detail,
     )
+
+
+def all_not_found(records: list[AttemptRecord]) -> bool:
+    """Whether every attempt of a claim found no such host name."""
+    return bool(records) and all(r.error == DNS_NOT_FOUND for r in records)
 
 
 def log_fields(d: ClaimedDelivery) -> dict[str, Any]:
@@ -125,6 +132,7 @@ class Claim:
             outcome=last.outcome,
             status_code=last.status_code,
             error=last.error,
+            error_detail=last.error_detail,
             response_body=last.response_body,
             duration_ms=last.duration_ms,
             next_attempt_at=rfc3339(last.next_attempt_at),
@@ -161,6 +169,9 @@ class ClaimRunner:
         # Most claims end with their first attempt: tenacity only when another one follows.
         if self._cfg.retry.attempts_per_claim > 1 and retry_in_claim(result, self._cfg.retry):
             result = await self._retry(claim, result)
+        if self._cfg.dns_not_found_is_permanent and all_not_found(claim.records):
+            # The operator's choice: a name that did not resolve for a whole claim is a typo.
+            result = dataclasses.replace(result, transient=False)
         await self._conclude(claim, result)
 
     async def _retry(self, claim: Claim, first: SendResult) -> SendResult:
@@ -307,4 +318,6 @@ class ClaimRunner:
                     "completion_retry", delivery_id=str(delivery.id), error=type(exc).__name__
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # Short: once the database is back, the verdict should land before other
+                # processes see the lease lapse and send the delivery again.
+                delay = min(delay * 2, 1.0)

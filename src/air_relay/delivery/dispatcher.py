@@ -188,6 +188,7 @@ class Dispatcher:
             worker=self.worker,
             per_sink=per_sink,
             running=running,
+            held=[d.id for d in self._inflight.values()],
         )
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:

@@ -7,7 +7,9 @@ not sealed yet, nor part of a sealed batch (``delivery/sealing.py``), nor the ne
 Each batch is one short statement that skips rows someone else holds (SKIP LOCKED), with a
 pause between batches, so the purge never blocks delivery and delivery traffic interleaves
 with it (a sealed batch is one statement too, and waits for a second instance's). A database
-error ends that run only: it is logged and the next interval tries again.
+error ends that run only: it is logged and the next interval tries again. Each run also
+drops the sink-health counters older than the hour they serve, and the health of deleted sinks
+(``db/health.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import structlog
 from air_relay.config import RetentionConfig
 from air_relay.db import digests
 from air_relay.db import repository as repo
+from air_relay.db.health import prune_sink_health
 from air_relay.delivery.background import BackgroundLoop, log_failed_run
 
 log = structlog.get_logger(__name__)
@@ -93,6 +96,8 @@ class RetentionTask(BackgroundLoop):
         events, event_batches = await self._purge(repo.purge_events, cutoff)
         seals, rows, seal_batches = await self._purge_seals(cutoff)
         windows, window_batches = await self._purge(digests.purge_windows, cutoff)
+        # The health counters keep an hour (not retention.days): one small statement.
+        await prune_sink_health(self._pool)
         batches = delivery_batches + event_batches + seal_batches + window_batches
         return PurgeCounts(deliveries, events, batches, seals, rows, windows)
 

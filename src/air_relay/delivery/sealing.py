@@ -14,7 +14,8 @@ A row's canonical form is a JSON object of every stored column of the row, keys 
 written as ``json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``
 writes it: integers as numbers, uuids as lowercase 8-4-4-4-12 strings, text as strings,
 ``organization_id`` as the JSON value stored (a number or a string), timestamps (and the
-header's ``sealed_at``) as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, NULL as ``null``.
+header's ``sealed_at``) as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, NULL as ``null`` -- except
+``error_detail`` (added later), which is left out while NULL, so older rows keep their hash.
 
 **Never skipping a late row.** Rows are inserted by concurrent transactions, so a lower id can
 commit after a higher one. The sealer only seals up to a *horizon* below which every row has
@@ -73,6 +74,11 @@ def canonical_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Columns added after the first seals were made: left out of a row's canonical form while
+# NULL, so a row written before them hashes as it did when it was sealed.
+_OMITTED_WHEN_NULL = frozenset({"error_detail"})
+
+
 def canonical_row(row: StoredAttempt) -> bytes:
     """The bytes of one audit row that its seal hashes."""
     fields: dict[str, object] = {}
@@ -82,6 +88,8 @@ def canonical_row(row: StoredAttempt) -> bytes:
             value = canonical_time(value)
         elif isinstance(value, uuid.UUID):
             value = str(value)
+        if value is None and f.name in _OMITTED_WHEN_NULL:
+            continue
         fields[f.name] = value
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return text.encode("ascii")

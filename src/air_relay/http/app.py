@@ -9,7 +9,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from air_relay.config import Config
-from air_relay.http import audit_api, delivery_api, ops, sinks_api
+from air_relay.http import (
+    audit_api,
+    delivery_api,
+    openapi,
+    ops,
+    sinks_api,
+    status_api,
+    status_page,
+)
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
 from air_relay.http.listener import guard_middleware
@@ -28,5 +36,8 @@ def make_app(cfg: Config) -> web.Application:
     sinks_api.add_routes(app)
     audit_api.add_routes(app)
     delivery_api.add_routes(app)
+    status_api.add_routes(app)
     ops.add_routes(app)
+    openapi.add_routes(app)
+    status_page.add_routes(app)
     return app

@@ -25,6 +25,7 @@ from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import is_json_content_type, read_json
 from air_relay.http.state import CONFIG, DISPATCHER, INGEST_BATCHER, METRICS, SPOOL
 from air_relay.model import NewEvent, SpooledEvent
+from air_relay.ordering import order_keys
 from air_relay.validation import storable
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
         metrics.event_schema_mismatches.labels(metrics.event_label(event_name)).inc()
         log.warning("event_schema_mismatch", event_name=event_name, problems=mismatches)
 
-    event = NewEvent(uuid.uuid4(), tenant_id, event_name, org, raw)
+    keys = order_keys(event_name, value["data"])
+    event = NewEvent(uuid.uuid4(), tenant_id, event_name, org, raw, keys)
     arrived = time.time()
     spool = app.get(SPOOL)
     if spool is not None and spool.spooling and await spool.accepts():

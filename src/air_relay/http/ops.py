@@ -4,11 +4,14 @@ taking events while it is not), ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from air_relay.db import repository as repo
+from air_relay.db.health import sinks_health
 from air_relay.db.migrate import current_version, latest_version
 from air_relay.db.pool import DB_UNAVAILABLE
 from air_relay.http.errors import RETRY_AFTER_SECONDS, error_response
@@ -39,13 +42,21 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "schema_version": version, **spooling})
 
 
+# What leaves the database-backed gauges at their last values (a scrape still answers).
+_SCRAPE_FAILURES: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, asyncpg.PostgresError)
+
+
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
+    pool = request.app[POOL]
     try:
-        pending, oldest = await asyncio.wait_for(repo.pending_stats(request.app[POOL]), timeout=2)
+        pending, oldest = await asyncio.wait_for(repo.pending_stats(pool), timeout=2)
         m.deliveries_pending.set(pending)
         m.oldest_pending_age.set(oldest)
-    except DB_UNAVAILABLE:
+        # One statement over the kept health state and per-sink indexes (db/health.py).
+        sinks = await asyncio.wait_for(sinks_health(pool, None), timeout=2)
+        m.set_sink_health(sinks, datetime.now(UTC))
+    except _SCRAPE_FAILURES:
         pass  # keep the last values; the counters are still worth scraping
     resp = web.Response(body=m.render())
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]

@@ -33,6 +33,14 @@ from air_relay.http.params import (
     path_uuid,
     time_id_cursor,
 )
+from air_relay.http.sink_options import (
+    FALLBACK,
+    OPTION_FIELDS,
+    check_fallback,
+    fallback_gone,
+    render_options,
+    with_options,
+)
 from air_relay.http.state import CONFIG, LOOKUPS, POOL, TEMPLATES
 from air_relay.model import Sink, SinkFields
 from air_relay.sinks.args import (
@@ -61,6 +69,7 @@ _CREATE_FIELDS = (
     "events",
     "organization_ids",
     "active",
+    *OPTION_FIELDS,
     "digest",
 )
 _UPDATE_FIELDS = (*_CREATE_FIELDS, "id")
@@ -79,6 +88,7 @@ def render_sink(sink: Sink) -> dict[str, Any]:
         "events": sink.events,
         "organization_ids": sink.organization_ids,
         "active": sink.active,
+        **render_options(sink),
         "digest": sink.digest,
         "created_at": rfc3339_seconds(sink.created_at),
         "updated_at": rfc3339_seconds(sink.updated_at),
@@ -122,7 +132,7 @@ async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -
         raise InvalidArgument("event_sink_args", "is required")
     sink_type, args = parse_sink_args(body["event_sink_args"], cfg)
     await _check_args(request, sink_type, args)
-    return SinkFields(
+    fields = SinkFields(
         tenant_id=tenant_id,
         name=_require_string(body, "name"),
         description=_require_string(body, "description", allow_empty=True),
@@ -133,6 +143,9 @@ async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -
         active=parse_active(body.get("active", True)),
         digest=parse_digest(body.get("digest")),
     )
+    fields = with_options(fields, body)
+    await check_fallback(request.app[POOL], fields)
+    return fields
 
 
 def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields:
@@ -145,7 +158,7 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
     sink_type, args = sink.sink_type, sink.args
     if "event_sink_args" in body:
         sink_type, args = parse_sink_args(body["event_sink_args"], cfg, sink)
-    return SinkFields(
+    fields = SinkFields(
         tenant_id=sink.tenant_id,
         name=_require_string(body, "name") if "name" in body else sink.name,
         description=_require_string(body, "description", allow_empty=True)
@@ -160,6 +173,7 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
         active=parse_active(body["active"]) if "active" in body else sink.active,
         digest=parse_digest(body["digest"]) if "digest" in body else sink.digest,
     )
+    return with_options(fields, body, sink)
 
 
 async def create_sink(request: web.Request) -> web.Response:
@@ -167,7 +181,8 @@ async def create_sink(request: web.Request) -> web.Response:
     body = await read_api_json(request)
     fields = await _new_fields(request, body, key)
     most = request.app[CONFIG].api.max_sinks_per_tenant
-    sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields, most)
+    with fallback_gone(fields):
+        sink = await repo.insert_sink(request.app[POOL], uuid.uuid4(), fields, most)
     if sink is None:
         raise ApiError(
             409,
@@ -208,9 +223,12 @@ async def update_sink(request: web.Request) -> web.Response:
     body = await read_api_json(request)
     cfg = request.app[CONFIG]
     fields = _updated_fields(body, sink, cfg)
+    if FALLBACK in body:
+        await check_fallback(request.app[POOL], fields, sink.id)
     if "event_sink_args" in body:
         await _check_args(request, fields.sink_type, fields.args)
-    updated = await repo.update_sink(request.app[POOL], sink.id, fields)
+    with fallback_gone(fields):
+        updated = await repo.update_sink(request.app[POOL], sink.id, fields)
     if updated is None:
         raise ApiError(404, "not_found", NO_SINK)
     log.info("sink_updated", event_sink_id=str(sink.id), tenant_id=sink.tenant_id)
@@ -219,7 +237,16 @@ async def update_sink(request: web.Request) -> web.Response:
 
 async def delete_sink(request: web.Request) -> web.Response:
     sink = await visible_sink(request, api_key(request))
-    if not await repo.delete_sink(request.app[POOL], sink.id):
+    deleted, dependents = await repo.delete_sink_unless_fallback(request.app[POOL], sink.id)
+    if dependents:
+        named = ", ".join(f"{name} ({dep_id})" for dep_id, name in dependents)
+        raise ApiError(
+            409,
+            "sink_in_use",
+            f"Event sink {named} names this sink as fallback_event_sink_id; "
+            "change or delete it first.",
+        )
+    if not deleted:
         raise ApiError(404, "not_found", NO_SINK)
     log.info("sink_deleted", event_sink_id=str(sink.id), tenant_id=sink.tenant_id)
     return web.json_response({"id": str(sink.id), "tenant_id": sink.tenant_id})

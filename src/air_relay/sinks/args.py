@@ -22,6 +22,7 @@ from aiohttp.helpers import is_ip_address
 from yarl import URL
 
 from air_relay.config import Config
+from air_relay.events import catalog
 from air_relay.redaction import ELLIPSIS, REDACTED, basic_credentials, mask
 from air_relay.sinks.signing import SIGNING_PREFIX, decode_secret
 from air_relay.sinks.templates import parse_template
@@ -381,7 +382,16 @@ def parse_events(value: Any, field: str = "events") -> list[str] | None:
         return None
     if not isinstance(value, list):
         raise InvalidArgument(field, "must be a list of event names")
-    return [text_field(v, f"{field}[{i}]", limit=256) for i, v in enumerate(value)]
+    names = [text_field(v, f"{field}[{i}]", limit=256) for i, v in enumerate(value)]
+    known = catalog()
+    for i, name in enumerate(names):
+        if name not in known:
+            # A typo would otherwise route nothing to this sink, silently.
+            raise InvalidArgument(
+                f"{field}[{i}]",
+                f"{name!r} is not an AIR event; the events are: {', '.join(sorted(known))}",
+            )
+    return names
 
 
 def parse_organization_ids(value: Any, field: str = "organization_ids") -> list[str] | None:

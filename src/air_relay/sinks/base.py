@@ -4,7 +4,6 @@ and ``post``, the one way a sender sends a request and reads its answer."""
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,10 +11,11 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import aiohttp
+from yarl import URL
 
 from air_relay.model import ClaimedDelivery, Digest
 from air_relay.redaction import redact_forms, redaction_forms
-from air_relay.sinks.egress_guard import refused_in
+from air_relay.sinks.failures import classify
 
 RESPONSE_BODY_LIMIT = 2048
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
@@ -33,6 +33,9 @@ class SendResult:
     transient: bool = False
     response_body: str | None = None
     retry_after: float | None = None
+    # Why, in a few words, when there was no answer to keep: the host and the system's own
+    # words ("certificate verify failed: self-signed certificate"), credentials redacted.
+    error_detail: str | None = None
 
 
 class Sender(Protocol):
@@ -100,33 +103,17 @@ def http_failure(status: int, body: str | None, retry_after: float | None) -> Se
     )
 
 
-# The egress guard refused the address: permanent, the sink's URL must change.
-DESTINATION_NOT_ALLOWED = SendResult(
-    ok=False, error="destination_not_allowed", reason="other", transient=False
-)
-
-
-def exception_failure(exc: BaseException) -> SendResult:
-    """A send that got no HTTP response: transient, unless the URL itself is unusable."""
-    if refused_in(exc) is not None:
-        return DESTINATION_NOT_ALLOWED
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return SendResult(ok=False, error="timeout", reason="timeout", transient=True)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return SendResult(ok=False, error="invalid_url", reason="other", transient=False)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        refused = isinstance(exc.os_error, ConnectionRefusedError)
-        return SendResult(
-            ok=False,
-            error="connection_refused" if refused else "connection_error",
-            reason="connection_error",
-            transient=True,
-        )
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return SendResult(
-            ok=False, error="connection_error", reason="connection_error", transient=True
-        )
-    return SendResult(ok=False, error=type(exc).__name__, reason="other", transient=True)
+def exception_failure(exc: BaseException, forms: Sequence[str] = (), where: str = "") -> SendResult:
+    """A send that got no HTTP response, by its precise cause (``failures.classify``):
+    transient, unless the URL itself is unusable."""
+    failure = classify(exc, forms, where)
+    return SendResult(
+        ok=False,
+        error=failure.error,
+        reason=failure.reason,
+        transient=failure.transient,
+        error_detail=failure.detail,
+    )
 
 
 # Raised while building the request from the sink's arguments and the event: the same input
@@ -191,6 +178,24 @@ def success_or_http_failure(answer: Answer) -> SendResult:
     return http_failure(answer.status, answer.audit_body, answer.retry_after)
 
 
+def send_timeout(total: float, connect: float | None = None) -> aiohttp.ClientTimeout:
+    """A send's timeout: ``total`` for all of it, of which connecting (DNS, TCP, TLS) may take
+    ``connect``. A connect that runs out is ``timeout_connect``, anything later
+    ``timeout_read``."""
+    if connect is None or connect >= total:
+        return aiohttp.ClientTimeout(total=total)
+    return aiohttp.ClientTimeout(total=total, connect=connect)
+
+
+def _where(url: str) -> str:
+    """``host:port`` of a URL, without its user info, path or query (they may hold tokens)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return ""
+    return f"{parsed.raw_host}:{parsed.port}" if parsed.raw_host else ""
+
+
 async def post(
     session: aiohttp.ClientSession,
     url: str,
@@ -226,4 +231,4 @@ async def post(
                 )
             )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return exception_failure(exc)
+        return exception_failure(exc, forms, _where(url))

@@ -17,7 +17,7 @@ from air_relay.config import PagerDutyConfig
 from air_relay.events import event_data, event_links, event_summary, event_title, severity_for
 from air_relay.model import ClaimedDelivery, Digest
 from air_relay.redaction import ELLIPSIS
-from air_relay.sinks.base import Answer, SendResult, http_failure, post
+from air_relay.sinks.base import Answer, SendResult, http_failure, post, send_timeout
 from air_relay.sinks.digest_message import pagerduty_event
 from air_relay.timestamps import rfc3339
 
@@ -177,10 +177,11 @@ class PagerDutySender:
         timeout_seconds: float,
         *,
         console_url: str | None = None,
+        connect_timeout_seconds: float | None = None,
     ) -> None:
         self._session = session
         self._cfg = cfg
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout = send_timeout(timeout_seconds, connect_timeout_seconds)
         self._console_url = console_url
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:

@@ -50,6 +50,7 @@ SINK_TYPES: dict[str, SinkType] = {
             cfg.slack,
             cfg.delivery.timeout_seconds,
             console_url=cfg.air.console_url or None,
+            connect_timeout_seconds=cfg.delivery.connect_timeout_seconds,
         ),
     ),
     "Webhook": SinkType(
@@ -59,6 +60,7 @@ SINK_TYPES: dict[str, SinkType] = {
             cfg.delivery.timeout_seconds,
             templates=clients.templates,
             console_url=cfg.air.console_url or None,
+            connect_timeout_seconds=cfg.delivery.connect_timeout_seconds,
         ),
     ),
     "PagerDuty": SinkType(
@@ -68,6 +70,7 @@ SINK_TYPES: dict[str, SinkType] = {
             cfg.pagerduty,
             cfg.delivery.timeout_seconds,
             console_url=cfg.air.console_url or None,
+            connect_timeout_seconds=cfg.delivery.connect_timeout_seconds,
         ),
     ),
 }

@@ -16,7 +16,7 @@ import aiohttp
 from air_relay import __version__
 from air_relay.config import SlackConfig
 from air_relay.model import ClaimedDelivery, Digest
-from air_relay.sinks.base import Answer, SendResult, http_failure, post
+from air_relay.sinks.base import Answer, SendResult, http_failure, post, send_timeout
 from air_relay.sinks.digest_message import slack_message
 from air_relay.sinks.slack_message import SlackMessage, message_for_body
 
@@ -208,11 +208,12 @@ class SlackSender:
         timeout_seconds: float,
         *,
         console_url: str | None = None,
+        connect_timeout_seconds: float | None = None,
     ) -> None:
         self._session = session
         self._cfg = cfg
         self._console_url = console_url
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout = send_timeout(timeout_seconds, connect_timeout_seconds)
         self._url = cfg.api_base_url.rstrip("/") + "/chat.postMessage"
         self._pacer = ChannelPacer(cfg.min_interval_seconds)
         # Slots reserved for deferred deliveries (monotonic time), used when they come back.

@@ -15,7 +15,7 @@ import aiohttp
 from air_relay import __version__
 from air_relay.model import ClaimedDelivery, Digest
 from air_relay.sinks.args import secret_header, url_credentials
-from air_relay.sinks.base import SendResult, audit_text, post
+from air_relay.sinks.base import SendResult, audit_text, post, send_timeout
 from air_relay.sinks.digest_message import webhook_body
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
 from air_relay.sinks.template_worker import RenderRequest
@@ -47,11 +47,12 @@ class WebhookSender:
         *,
         templates: TemplateWorkers,
         console_url: str | None = None,
+        connect_timeout_seconds: float | None = None,
     ) -> None:
         # The egress guard lives in the session (runtime.client_sessions): its resolver and
         # socket factory check every address connected to, IP literals included.
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout = send_timeout(timeout_seconds, connect_timeout_seconds)
         self._console_url = console_url
         self._templates = templates
 

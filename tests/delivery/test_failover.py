@@ -1,0 +1,135 @@
+"""Failover (sink option ``fallback_event_sink_id``) end to end, with real local receivers: a
+delivery that ends dead hands its event to the fallback once, whatever the fallback's own
+filters, the audit log and the delivery listing link the two, and a fallback's own death
+fails over again along its chain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from tests.support import (
+    ADMIN_KEY,
+    CATALOG,
+    SLACK_INTEGRATION,
+    Reply,
+    api_get,
+    audit_rows,
+    auth,
+    create_sink,
+    make_sink_server,
+    post_event,
+    wait_final,
+    wait_until,
+)
+
+EVENT = CATALOG[3]["example"]  # TaskProcessingFailedEvent
+PD_KEY = "e93facc04764012d7bfb002500d5d1a6"
+SLACK_OK = Reply(
+    status=200,
+    body=json.dumps({"ok": True, "channel": "C0123", "ts": "1700000000.000100"}),
+    headers={"Content-Type": "application/json"},
+)
+
+
+async def deliveries(relay: Any) -> dict[str, dict[str, Any]]:
+    status, body = await api_get(relay, "/v1/delivery", limit=100)
+    assert status == 200, body
+    return {d["event_sink_id"]: d for d in body["data"]["deliveries"]}
+
+
+async def test_a_dead_pagerduty_page_fails_over_to_slack_once(
+    make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    pagerduty = await make_sink_server(aiohttp_server)
+    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = SLACK_OK
+    relay = await make_relay(
+        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
+        slack={"api_base_url": slack.url("/api")},
+    )
+    # The fallback takes only case events: as a fallback it gets this one all the same.
+    to_slack = await create_sink(
+        relay,
+        {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}},
+        events=["CaseCreatedEvent"],
+    )
+    to_pd = await create_sink(
+        relay, {"PagerDuty": {"integration_key": PD_KEY}}, fallback_event_sink_id=to_slack["id"]
+    )
+    resp = await post_event(relay, EVENT)
+    assert (await resp.json())["deliveries"] == 1  # the fallback is no subscriber
+    await wait_final(db, 2)
+
+    (page,) = pagerduty.received
+    assert page.path == "/v2/enqueue"
+    (message,) = await slack.wait_for(1)
+    assert message.path == "/api/chat.postMessage"
+    assert message.json()["channel"] == "C0123"
+
+    listed = await deliveries(relay)
+    dead, saved = listed[to_pd["id"]], listed[to_slack["id"]]
+    assert (dead["status"], saved["status"]) == ("dead", "delivered")
+    assert dead["event_id"] == saved["event_id"]
+    assert (dead["failed_over_to"], dead["failed_over_from"]) == (saved["id"], None)
+    assert (saved["failed_over_from"], saved["failed_over_to"]) == (dead["id"], None)
+
+    rows = {r["event_sink_id"]: r for r in await audit_rows(relay)}
+    assert (rows[to_pd["id"]]["status_code"], rows[to_pd["id"]]["outcome"]) == (404, "failure")
+    assert rows[to_pd["id"]]["failed_over_to"] == saved["id"]
+    assert rows[to_slack["id"]]["outcome"] == "success"
+    assert rows[to_slack["id"]]["failed_over_from"] == dead["id"]
+
+    # An operator retry that ends dead again fails over no second time.
+    resp = await relay.post(f"/v1/delivery/{dead['id']}/retry", headers=auth(ADMIN_KEY))
+    assert resp.status == 202, await resp.text()
+
+    async def dead_again() -> bool:
+        row = await db.fetchrow("SELECT status, attempts FROM deliveries WHERE id = $1::uuid",
+                                dead["id"])  # fmt: skip
+        return row is not None and (row["status"], row["attempts"]) == ("dead", 2)
+
+    await wait_until(dead_again)
+    assert len(pagerduty.received) == 2
+    assert len(slack.received) == 1
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == 2
+
+
+async def test_a_dead_fallback_fails_over_along_its_chain(
+    make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    servers = [await make_sink_server(aiohttp_server) for _ in range(3)]
+    servers[0].default = servers[1].default = Reply(status=410, body="gone")
+    relay = await make_relay()
+    last = await create_sink(relay, {"Webhook": {"url": servers[2].url()}}, active=True)
+    middle = await create_sink(
+        relay,
+        {"Webhook": {"url": servers[1].url()}},
+        fallback_event_sink_id=last["id"],
+        organization_ids=["nobody"],
+    )
+    first = await create_sink(
+        relay,
+        {"Webhook": {"url": servers[0].url()}},
+        fallback_event_sink_id=middle["id"],
+        organization_ids=[str(EVENT["organizationId"])],
+    )
+    # The last sink subscribes too: it gets the event once directly and once as fallback.
+    resp = await post_event(relay, EVENT)
+    assert (await resp.json())["deliveries"] == 2
+    await wait_final(db, 4)
+    assert [len(s.received) for s in servers] == [1, 1, 2]
+    listed = await api_get(relay, "/v1/delivery", limit=100)
+    by_id = {d["id"]: d for d in listed[1]["data"]["deliveries"]}
+    start = next(d for d in by_id.values() if d["event_sink_id"] == first["id"])
+    hop = by_id[start["failed_over_to"]]
+    end = by_id[hop["failed_over_to"]]
+    assert (hop["event_sink_id"], hop["status"]) == (middle["id"], "dead")
+    assert (end["event_sink_id"], end["status"], end["failed_over_from"]) == (
+        last["id"],
+        "delivered",
+        hop["id"],
+    )
