@@ -20,6 +20,8 @@ DEAD = "dead"
 # A dead delivery an operator let go: out of the dead list, never sent again, its attempts
 # still in the audit log.
 DISMISSED = "dismissed"
+# Waiting for its storm digest: never claimed itself, finished with the digest.
+HELD = "held"
 # What a replay may requeue: finished deliveries only (a pending one is already queued).
 FINISHED_STATUSES = (DELIVERED, DEAD)
 
@@ -59,6 +61,8 @@ class SinkFields:
     # Per-sink options; keyword-only so that they sit beside the others' without reshaping.
     ordering: str = field(default=ORDERING_NONE, kw_only=True)
     fallback_event_sink_id: uuid.UUID | None = field(default=None, kw_only=True)
+    # Storm digests: {"window_seconds": N, "max_listed": M}; None = off.
+    digest: dict[str, Any] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,33 @@ class ClaimedDelivery:
     body: bytes
     sink_args: dict[str, Any] | None  # None when the sink was deleted since routing
     received_at: datetime  # when ingest committed the event
+    # Storm digests: the window this delivery carries or went out in, and the sink's option.
+    digest_id: uuid.UUID | None = None
+    sink_digest: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DigestMember:
+    """One event listed in a digest: the envelope as AIR sent it."""
+
+    event_id: uuid.UUID
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A storm digest: ``count`` deliveries of one (eventName, organizationId) to one sink,
+    held during a window, sent as one message listing the first ``max_listed``."""
+
+    id: uuid.UUID
+    event_name: str
+    organization_id: JsonScalar
+    count: int
+    window_seconds: int
+    window_start: datetime
+    window_end: datetime
+    listed: Sequence[DigestMember]
 
 
 @dataclass(frozen=True)
@@ -174,6 +205,9 @@ class AuditEntry:
     # Failover: the delivery this row's delivery failed over to, or came from by failover.
     failed_over_to: uuid.UUID | None = None
     failed_over_from: uuid.UUID | None = None
+    # An attempt to send a storm digest: the digest, and how many deliveries it carries.
+    digest_id: uuid.UUID | None = None
+    digest_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +279,7 @@ class DeliveryEntry:
     updated_at: datetime
     failed_over_to: uuid.UUID | None = None  # the fallback's delivery, once this one died
     failed_over_from: uuid.UUID | None = None  # the dead delivery this one replaces
+    digest_id: uuid.UUID | None = None  # the storm digest it went out in (or waits for)
 
 
 @dataclass(frozen=True)

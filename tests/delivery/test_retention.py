@@ -109,10 +109,10 @@ async def test_old_finished_rows_are_purged_in_batches(
     with capture_logs() as logs:
         counts = await RetentionTask(pool, cfg, batch_pause=0).run_logged()
     # 13 old finished deliveries (3 already gone), 12 + 1 events; 4 + 5 batches, and one
-    # statement that finds no sealed batch of the audit log to purge.
-    assert counts == PurgeCounts(deliveries=10, events=13, batches=10)
+    # statement each that finds no sealed batch of the audit log, no digest window to purge.
+    assert counts == PurgeCounts(deliveries=10, events=13, batches=11)
     (line,) = [e for e in logs if e["event"] == "retention_purged"]
-    assert (line["deliveries"], line["events"], line["batches"]) == (10, 13, 10)
+    assert (line["deliveries"], line["events"], line["batches"]) == (10, 13, 11)
     assert isinstance(line["duration_ms"], int)
 
     assert await ids(db, "deliveries") == {recent, pending, shared_pending}
@@ -121,7 +121,7 @@ async def test_old_finished_rows_are_purged_in_batches(
     # The attempts are the audit log: they go by sealed batch only, and none is sealed here.
     assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 2 * 16
     # A second run finds nothing.
-    assert await RetentionTask(pool, cfg).run_once() == PurgeCounts(0, 0, 3)
+    assert await RetentionTask(pool, cfg).run_once() == PurgeCounts(0, 0, 4)
 
 
 async def test_exactly_full_batches_and_the_days_setting(
@@ -132,8 +132,9 @@ async def test_exactly_full_batches_and_the_days_setting(
         await add_delivery(db, event_id, "delivered", NOW - timedelta(days=age))
     cfg = RetentionConfig(days=2, interval_seconds=3600, batch_size=3)
     counts = await RetentionTask(pool, cfg, batch_pause=0).run_once()
-    # Two full batches, then one that finds nothing, for each table; no sealed batch.
-    assert counts == PurgeCounts(deliveries=6, events=6, batches=7)
+    # Two full batches, then one that finds nothing, for each table; no sealed batch, no
+    # digest window.
+    assert counts == PurgeCounts(deliveries=6, events=6, batches=8)
     assert await db.fetchval("SELECT count(*) FROM deliveries") == 1
 
 

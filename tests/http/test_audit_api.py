@@ -46,6 +46,8 @@ ENTRY_KEYS = {
     "seal_id",  # an extension: null until the row is sealed
     "failed_over_to",  # an extension: failover links, null unless the delivery failed over
     "failed_over_from",
+    "digest_id",  # an extension: the storm digest an attempt sent, else null
+    "digest_count",
 }
 BASE_TIME = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"audit-signing-key-0123456789abcd").decode()
@@ -333,6 +335,8 @@ async def test_seeded_entry_renders_every_field(relay: Any, db: asyncpg.Connecti
         "seal_id": None,
         "failed_over_to": None,
         "failed_over_from": None,
+        "digest_id": None,
+        "digest_count": None,
     }
 
 

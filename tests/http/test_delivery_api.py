@@ -45,6 +45,7 @@ ENTRY_KEYS = {
     "updated_at",
     "failed_over_to",
     "failed_over_from",
+    "digest_id",  # an extension: the storm digest it went out in, else null
 }
 BASE_TIME = datetime(2025, 1, 28, 12, 0, 0, tzinfo=UTC)
 ADMIN_ACTOR = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()[:12]

@@ -43,6 +43,7 @@ EXTENSION_KEYS = {
     "active",
     "ordering",
     "fallback_event_sink_id",
+    "digest",
 }
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()

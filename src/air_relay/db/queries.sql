@@ -150,12 +150,13 @@ WITH RECURSIVE sink AS (
     FROM due
     WHERE d.id = due.id
     RETURNING d.id, d.event_id, d.event_sink_id, d.tenant_id, d.sink_type, d.attempts,
-              d.claims, d.claim_token, d.created_at
+              d.claims, d.claim_token, d.created_at, d.digest_id
 )
 SELECT c.id, c.event_id, c.event_sink_id, c.tenant_id, c.sink_type, c.attempts, c.claims,
        c.claim_token, c.created_at, e.event_name, e.organization_id, e.body, e.received_at,
        s.args AS sink_args,
-       s.id IS NOT NULL AS sink_exists
+       s.id IS NOT NULL AS sink_exists,
+       c.digest_id, s.digest AS sink_digest
 FROM claimed c
 JOIN events e ON e.id = c.event_id
 LEFT JOIN event_sinks s ON s.id = c.event_sink_id
@@ -361,7 +362,9 @@ WHERE d.event_sink_id = $1
   AND d.status = 'pending'
   AND d.claim_token IS NULL
   AND d.next_attempt_at > d.created_at
-  AND d.updated_at <= $2;
+  AND d.updated_at <= $2
+  -- A digest's carrier not yet tried waits for its window to close, not for the sink.
+  AND (d.digest_id IS NULL OR d.attempts > 0);
 
 -- name: defer_delivery
 -- The sender says this delivery's turn is later (Slack pacing): back to the queue, due then.
@@ -388,8 +391,8 @@ WHERE claim_token = ANY ($1::uuid[])
 
 -- name: insert_sink
 INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args, events,
-                         organization_ids, active, ordering, fallback_event_sink_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         organization_ids, active, ordering, fallback_event_sink_id, digest)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING *;
 
 -- name: lock_tenant_sinks
@@ -413,7 +416,7 @@ SELECT * FROM event_sinks WHERE id = $1;
 UPDATE event_sinks
 SET name = $2, description = $3, sink_type = $4, args = $5, events = $6,
     organization_ids = $7, active = $8, ordering = $9, fallback_event_sink_id = $10,
-    updated_at = now()
+    digest = $11, updated_at = now()
 WHERE id = $1
 RETURNING *;
 
@@ -443,25 +446,28 @@ SELECT id, tenant_id FROM chain ORDER BY depth;
 -- Keyset pagination on id, newest first; a NULL parameter means "no filter". seal_id is the
 -- seal whose id range holds the row (NULL until one does). failed_over_to / _from link a
 -- dead delivery's rows and its fallback's (read from the delivery while it is kept).
-SELECT id, created_at, tenant_id, event_id, event_name, organization_id, event_sink_id,
-       event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
-       next_attempt_at, error_detail,
+SELECT a.id, a.created_at, a.tenant_id, a.event_id, a.event_name, a.organization_id,
+       a.event_sink_id, a.event_sink_type, a.attempt, a.outcome, a.status_code, a.error,
+       a.response_body, a.duration_ms, a.next_attempt_at, a.error_detail,
        (SELECT s.id FROM audit_seals s
         WHERE s.last_id >= a.id AND s.first_id <= a.id
         ORDER BY s.last_id LIMIT 1) AS seal_id,
        (SELECT d.failed_over_to FROM deliveries d WHERE d.id = a.delivery_id) AS failed_over_to,
        (SELECT d.failed_over_from FROM deliveries d WHERE d.id = a.delivery_id)
-           AS failed_over_from
+           AS failed_over_from,
+       w.id AS digest_id, w.member_count AS digest_count
 FROM delivery_attempts a
-WHERE tenant_id = $1
-  AND ($2::uuid IS NULL OR event_sink_id = $2)
-  AND ($3::text IS NULL OR event_name = $3)
-  AND ($4::int IS NULL OR status_code = $4)
-  AND ($5::text IS NULL OR outcome = $5)
-  AND ($6::timestamptz IS NULL OR created_at >= $6)
-  AND ($7::timestamptz IS NULL OR created_at <= $7)
-  AND ($8::bigint IS NULL OR id < $8)
-ORDER BY id DESC
+-- A digest's attempts are its carrier's: they name the digest and how many it carried.
+LEFT JOIN digest_windows w ON w.carrier_id = a.delivery_id
+WHERE a.tenant_id = $1
+  AND ($2::uuid IS NULL OR a.event_sink_id = $2)
+  AND ($3::text IS NULL OR a.event_name = $3)
+  AND ($4::int IS NULL OR a.status_code = $4)
+  AND ($5::text IS NULL OR a.outcome = $5)
+  AND ($6::timestamptz IS NULL OR a.created_at >= $6)
+  AND ($7::timestamptz IS NULL OR a.created_at <= $7)
+  AND ($8::bigint IS NULL OR a.id < $8)
+ORDER BY a.id DESC
 LIMIT $9;
 
 -- name: pending_stats
@@ -475,14 +481,18 @@ WHERE status = 'pending';
 -- "no filter". The bounds are written with coalesce, never "$n IS NULL OR ...", so they stay
 -- index conditions on deliveries_tenant_idx and a deep page costs what the first one does.
 -- created_at is when the event arrived (ingest writes event and deliveries in one statement).
+-- A delivery held for a digest is shown pending (it is, until the digest goes), with its
+-- digest_id; held ones are listed under status=pending too.
 SELECT d.id, d.tenant_id, d.event_id, e.event_name, e.organization_id, d.event_sink_id,
-       d.sink_type AS event_sink_type, d.status, d.attempts, d.last_error,
-       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
-       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from
+       d.sink_type AS event_sink_type,
+       CASE WHEN d.status = 'held' THEN 'pending' ELSE d.status END AS status,
+       d.attempts, d.last_error,
+       CASE WHEN d.status IN ('pending', 'held') THEN d.next_attempt_at END AS next_attempt_at,
+       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, d.digest_id
 FROM deliveries d
 JOIN events e ON e.id = d.event_id
 WHERE d.tenant_id = $1
-  AND ($2::text IS NULL OR d.status = $2)
+  AND ($2::text IS NULL OR d.status = $2 OR (d.status = 'held' AND $2 = 'pending'))
   AND ($3::uuid IS NULL OR d.event_sink_id = $3)
   AND ($4::text IS NULL OR e.event_name = $4)
   AND d.created_at >= coalesce($5::timestamptz, '-infinity')
@@ -852,6 +862,113 @@ ORDER BY id;
 -- name: audit_rows_before
 -- Verification: rows below the oldest seal's range (retention leaves none).
 SELECT count(*) FROM delivery_attempts WHERE id < $1;
+
+-- name: digest_lock
+-- Storm digests (air_relay.delivery.digests): routing a delivery into a window and sealing a
+-- window take this lock of the (sink $1, eventName $2, organizationId as text $3) pair for
+-- the rest of the transaction, so a delivery never joins a window being sealed.
+SELECT pg_advisory_xact_lock(
+    hashtextextended('air-relay:digest:' || $1::text || ':' || $2 || ':' || $3, 0));
+
+-- name: digest_opened_by
+-- The window a delivery opened, if any: claimed again (a retry, or after a crash), it is
+-- sent again on its own, never held in its own window.
+SELECT id FROM digest_windows WHERE opener_id = $1 LIMIT 1;
+
+-- name: digest_open_window
+-- The unsealed window of the pair ($1-$3) that an event received at $4 falls in: received
+-- before it closes, and at most its length ($5 seconds) before it opened (deliveries are
+-- claimed roughly, not strictly, in arrival order). Only windows opened within $5 seconds of
+-- $4 are read, so windows left without members cost nothing later.
+SELECT id, carrier_id, closes_at
+FROM digest_windows
+WHERE event_sink_id = $1 AND event_name = $2 AND org_text = $3
+  AND sealed_at IS NULL
+  AND opened_at > $4::timestamptz - make_interval(secs => $5::float8)
+  AND opened_at < $4::timestamptz + make_interval(secs => $5::float8)
+  AND closes_at > $4::timestamptz
+ORDER BY opened_at
+LIMIT 1;
+
+-- name: digest_open
+-- A new window, opened by delivery $9 (which goes out at once), received at $8.
+INSERT INTO digest_windows (id, event_sink_id, tenant_id, event_name, org_text,
+                            organization_id, window_seconds, max_listed, opened_at,
+                            closes_at, opener_id)
+VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6::int, $7, $8::timestamptz,
+        $8::timestamptz + make_interval(secs => $6::int), $9);
+
+-- name: digest_hold
+-- Claimed delivery $1 (claim token $2) joins window $3, due with it at $4: held, or with $5
+-- the window's carrier (pending, due at $4; its claims send the digest). Nothing was sent,
+-- so the claim does not count. held = 0 when the claim was no longer ours.
+WITH held AS (
+    UPDATE deliveries
+    SET status = CASE WHEN $5::boolean THEN 'pending' ELSE 'held' END,
+        digest_id = $3,
+        next_attempt_at = $4,
+        claims = greatest(claims - 1, 0),
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now()
+    WHERE id = $1 AND claim_token = $2 AND status = 'pending'
+    RETURNING id
+), carrier AS (
+    UPDATE digest_windows w
+    SET carrier_id = held.id
+    FROM held
+    WHERE w.id = $3 AND $5::boolean
+    RETURNING w.id
+)
+SELECT (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM carrier) AS carried;
+
+-- name: digest_seal
+-- Window $1, claimed through its carrier $2: sealed (once; no delivery joins it after this)
+-- with its member count. No row when $2 is not the window's carrier.
+UPDATE digest_windows w
+SET sealed_at = coalesce(w.sealed_at, now()),
+    member_count = coalesce(w.member_count,
+                            (SELECT count(*) FROM deliveries d WHERE d.digest_id = w.id))
+WHERE w.id = $1 AND w.carrier_id = $2
+RETURNING w.id, w.event_name, w.organization_id, w.window_seconds, w.max_listed,
+          w.opened_at, w.closes_at, w.member_count;
+
+-- name: digest_members
+-- The first $2 members of digest $1, in order of arrival.
+SELECT e.id AS event_id, e.body, e.received_at
+FROM deliveries d
+JOIN events e ON e.id = d.event_id
+WHERE d.digest_id = $1
+ORDER BY e.received_at, d.created_at, d.id
+LIMIT $2;
+
+-- name: digest_finish_members
+-- The digest's verdict for its held members, written in its carrier's completion: delivered
+-- or dead with the digest's attempts ($2 status, $3 attempts, $4 last error), or still held,
+-- due with the carrier's retry ($5).
+UPDATE deliveries
+SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
+    attempts = $3,
+    last_error = $4,
+    next_attempt_at = coalesce($5, now()),
+    updated_at = now()
+WHERE digest_id = $1 AND status = 'held';
+
+-- name: purge_digest_windows
+-- Retention of storm digest windows that never held a delivery (most windows: their opener
+-- went out alone and nothing else came) and closed before the cutoff. A window with members
+-- stays: the audit log names its digest through it.
+WITH doomed AS (
+    SELECT id
+    FROM digest_windows
+    WHERE carrier_id IS NULL
+      AND closes_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM digest_windows w
+USING doomed
+WHERE w.id = doomed.id;
 
 -- name: migration_lock
 -- Taken first in each migration's transaction, so several instances starting at once apply

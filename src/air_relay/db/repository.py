@@ -153,6 +153,8 @@ async def claim_deliveries(
             body=r["body"],
             sink_args=r["sink_args"] if r["sink_exists"] else None,
             received_at=r["received_at"],
+            digest_id=r["digest_id"],
+            sink_digest=r["sink_digest"] if r["sink_exists"] else None,
         )
         for r in rows
     ]
@@ -273,6 +275,7 @@ async def insert_sink(
             f.active,
             f.ordering,
             f.fallback_event_sink_id,
+            f.digest,
         )
     assert row is not None
     return _as(Sink, row)
@@ -308,6 +311,7 @@ async def update_sink(pool: asyncpg.Pool, sink_id: uuid.UUID, f: SinkFields) -> 
         f.active,
         f.ordering,
         f.fallback_event_sink_id,
+        f.digest,
     )
     return _as(Sink, row) if row else None
 

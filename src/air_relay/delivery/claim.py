@@ -23,6 +23,7 @@ from air_relay.config import DeliveryConfig
 from air_relay.db import repository as repo
 from air_relay.db.batcher import CompletionBatcher
 from air_relay.db.pool import DB_UNAVAILABLE, error_hint
+from air_relay.delivery.digests import Digests, is_digest_claim
 from air_relay.delivery.retry_policy import InClaimWait, Verdict, retry_in_claim, verdict
 from air_relay.metrics import Metrics
 from air_relay.model import (
@@ -148,6 +149,7 @@ class ClaimRunner:
         self._wait = InClaimWait(cfg.retry)
         # Completions of concurrent claims share one statement and one commit.
         self._completions = CompletionBatcher(pool)
+        self._digests = Digests(pool, metrics)
         self._paced: dict[type, bool] = {}
         # Per sink, when this process last woke its backlog, saw it fail, saw it succeed.
         self._woken_at: dict[uuid.UUID, float] = {}
@@ -155,6 +157,11 @@ class ClaimRunner:
         self._ok_at: dict[uuid.UUID, float] = {}
 
     async def run(self, sender: Sender, delivery: ClaimedDelivery) -> None:
+        if is_digest_claim(delivery):
+            routed = await self._digests.prepare(sender, delivery)
+            if routed is None:
+                return  # held for a digest
+            sender = routed
         if await self._deferred(sender, delivery):
             return
         claim = Claim(delivery, sender, self._metrics)
@@ -292,7 +299,10 @@ class ClaimRunner:
         deadline = time.monotonic() + COMPLETION_DEADLINE_SECONDS
         while True:
             try:
-                kept = await self._completions.submit(completion)
+                if delivery.digest_id is None:
+                    kept = await self._completions.submit(completion)
+                else:
+                    kept = await self._digests.complete(completion)
                 if not kept:
                     log.warning("lease_lost", delivery_id=str(delivery.id))
                 return

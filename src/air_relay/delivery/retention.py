@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 
 from air_relay.config import RetentionConfig
+from air_relay.db import digests
 from air_relay.db import repository as repo
 from air_relay.db.health import prune_sink_health
 from air_relay.delivery.background import BackgroundLoop, log_failed_run
@@ -45,6 +46,7 @@ class PurgeCounts:
     batches: int  # statements run, so an operator sees the purge was split as configured
     audit_seals: int = 0  # sealed batches of the audit log purged
     audit_rows: int = 0  # the audit rows they covered
+    digest_windows: int = 0  # storm digest windows that held nothing
 
 
 class RetentionTask(BackgroundLoop):
@@ -81,6 +83,7 @@ class RetentionTask(BackgroundLoop):
             batches=counts.batches,
             audit_seals=counts.audit_seals,
             audit_rows=counts.audit_rows,
+            digest_windows=counts.digest_windows,
             duration_ms=round((time.monotonic() - started) * 1000),
             retention_days=self._cfg.days,
         )
@@ -92,10 +95,11 @@ class RetentionTask(BackgroundLoop):
         deliveries, delivery_batches = await self._purge(repo.purge_deliveries, cutoff)
         events, event_batches = await self._purge(repo.purge_events, cutoff)
         seals, rows, seal_batches = await self._purge_seals(cutoff)
+        windows, window_batches = await self._purge(digests.purge_windows, cutoff)
         # The health counters keep an hour (not retention.days): one small statement.
         await prune_sink_health(self._pool)
-        batches = delivery_batches + event_batches + seal_batches
-        return PurgeCounts(deliveries, events, batches, seals, rows)
+        batches = delivery_batches + event_batches + seal_batches + window_batches
+        return PurgeCounts(deliveries, events, batches, seals, rows, windows)
 
     async def _purge_seals(self, cutoff: datetime) -> tuple[int, int, int]:
         """Sealed batches of the audit log, oldest first, one per statement (a batch goes

@@ -82,6 +82,9 @@ def render_entry(e: AuditEntry) -> dict[str, Any]:
         "seal_id": e.seal_id,
         "failed_over_to": str(e.failed_over_to) if e.failed_over_to else None,
         "failed_over_from": str(e.failed_over_from) if e.failed_over_from else None,
+        # An attempt to send a storm digest: the digest, and how many deliveries it carried.
+        "digest_id": str(e.digest_id) if e.digest_id else None,
+        "digest_count": e.digest_count,
     }
 
 

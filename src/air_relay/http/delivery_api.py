@@ -124,6 +124,8 @@ def render_entry(d: DeliveryEntry) -> dict[str, Any]:
         "updated_at": rfc3339(d.updated_at),
         "failed_over_to": str(d.failed_over_to) if d.failed_over_to else None,
         "failed_over_from": str(d.failed_over_from) if d.failed_over_from else None,
+        # The storm digest this delivery went out in (or waits for), if any.
+        "digest_id": str(d.digest_id) if d.digest_id else None,
     }
 
 

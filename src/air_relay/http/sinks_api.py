@@ -43,7 +43,12 @@ from air_relay.http.sink_options import (
 )
 from air_relay.http.state import CONFIG, LOOKUPS, POOL, TEMPLATES
 from air_relay.model import Sink, SinkFields
-from air_relay.sinks.args import parse_active, parse_events, parse_organization_ids
+from air_relay.sinks.args import (
+    parse_active,
+    parse_digest,
+    parse_events,
+    parse_organization_ids,
+)
 from air_relay.sinks.registry import (
     check_destination,
     check_template,
@@ -65,6 +70,7 @@ _CREATE_FIELDS = (
     "organization_ids",
     "active",
     *OPTION_FIELDS,
+    "digest",
 )
 _UPDATE_FIELDS = (*_CREATE_FIELDS, "id")
 NO_SINK = "No event sink with that id."
@@ -83,6 +89,7 @@ def render_sink(sink: Sink) -> dict[str, Any]:
         "organization_ids": sink.organization_ids,
         "active": sink.active,
         **render_options(sink),
+        "digest": sink.digest,
         "created_at": rfc3339_seconds(sink.created_at),
         "updated_at": rfc3339_seconds(sink.updated_at),
     }
@@ -134,6 +141,7 @@ async def _new_fields(request: web.Request, body: dict[str, Any], key: ApiKey) -
         events=parse_events(body.get("events")),
         organization_ids=parse_organization_ids(body.get("organization_ids")),
         active=parse_active(body.get("active", True)),
+        digest=parse_digest(body.get("digest")),
     )
     fields = with_options(fields, body)
     await check_fallback(request.app[POOL], fields)
@@ -163,6 +171,7 @@ def _updated_fields(body: dict[str, Any], sink: Sink, cfg: Config) -> SinkFields
         if "organization_ids" in body
         else sink.organization_ids,
         active=parse_active(body["active"]) if "active" in body else sink.active,
+        digest=parse_digest(body["digest"]) if "digest" in body else sink.digest,
     )
     return with_options(fields, body, sink)
 

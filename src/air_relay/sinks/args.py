@@ -411,3 +411,39 @@ def parse_active(value: Any, field: str = "active") -> bool:
     if not isinstance(value, bool):
         raise InvalidArgument(field, "must be true or false")
     return value
+
+
+# Storm digests: how long a window may last, and how many events one digest lists.
+DIGEST_WINDOW_SECONDS = (1, 3600)
+DIGEST_MAX_LISTED = (1, 100)
+DIGEST_DEFAULT_MAX_LISTED = 20
+
+
+def _bounded_int(value: Any, field: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(field, f"must be an integer from {low} to {high}")
+    return value
+
+
+def parse_digest(value: Any, field: str = "digest") -> dict[str, int] | None:
+    """``{"window_seconds": N, "max_listed": M}`` (M defaults to 20); null turns it off."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidArgument(field, "must be an object with window_seconds and max_listed")
+    for key in value:
+        if key not in ("window_seconds", "max_listed"):
+            raise InvalidArgument(f"{field}.{key}", "is not a digest option")
+    if "window_seconds" not in value:
+        raise InvalidArgument(f"{field}.window_seconds", "is required")
+    return {
+        "window_seconds": _bounded_int(
+            value["window_seconds"], f"{field}.window_seconds", DIGEST_WINDOW_SECONDS
+        ),
+        "max_listed": _bounded_int(
+            value.get("max_listed", DIGEST_DEFAULT_MAX_LISTED),
+            f"{field}.max_listed",
+            DIGEST_MAX_LISTED,
+        ),
+    }

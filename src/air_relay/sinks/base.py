@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 from yarl import URL
 
-from air_relay.model import ClaimedDelivery
+from air_relay.model import ClaimedDelivery, Digest
 from air_relay.redaction import redact_forms, redaction_forms
 from air_relay.sinks.failures import classify
 
@@ -40,6 +40,14 @@ class SendResult:
 
 class Sender(Protocol):
     async def send(self, delivery: ClaimedDelivery) -> SendResult: ...
+
+
+@runtime_checkable
+class DigestSender(Protocol):
+    """A sender that can send a storm digest (many held deliveries as one message) for the
+    delivery that carries it: every sink type's sender."""
+
+    async def send_digest(self, delivery: ClaimedDelivery, digest: Digest) -> SendResult: ...
 
 
 @runtime_checkable

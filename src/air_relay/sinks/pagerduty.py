@@ -15,9 +15,10 @@ import aiohttp
 from air_relay import __version__
 from air_relay.config import PagerDutyConfig
 from air_relay.events import event_data, event_links, event_summary, event_title, severity_for
-from air_relay.model import ClaimedDelivery
+from air_relay.model import ClaimedDelivery, Digest
 from air_relay.redaction import ELLIPSIS
 from air_relay.sinks.base import Answer, SendResult, http_failure, post, send_timeout
+from air_relay.sinks.digest_message import pagerduty_event
 from air_relay.timestamps import rfc3339
 
 # PagerDuty's documented limits.
@@ -185,10 +186,18 @@ class PagerDutySender:
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         key = str((delivery.sink_args or {}).get("integration_key") or "")
+        return await self._post(key, render(delivery, key, self._console_url))
+
+    async def send_digest(self, delivery: ClaimedDelivery, digest: Digest) -> SendResult:
+        """One trigger for the storm digest (its dedup_key names the group and the window)."""
+        key = str((delivery.sink_args or {}).get("integration_key") or "")
+        return await self._post(key, fit(pagerduty_event(digest, key)))
+
+    async def _post(self, key: str, body: bytes) -> SendResult:
         return await post(
             self._session,
             self._cfg.events_url,
-            body=render(delivery, key, self._console_url),
+            body=body,
             headers={"Content-Type": "application/json", "User-Agent": f"air-relay/{__version__}"},
             timeout=self._timeout,
             # PagerDuty may quote the routing_key back in an error message.

@@ -15,8 +15,9 @@ import aiohttp
 
 from air_relay import __version__
 from air_relay.config import SlackConfig
-from air_relay.model import ClaimedDelivery
+from air_relay.model import ClaimedDelivery, Digest
 from air_relay.sinks.base import Answer, SendResult, http_failure, post, send_timeout
+from air_relay.sinks.digest_message import slack_message
 from air_relay.sinks.slack_message import SlackMessage, message_for_body
 
 TRANSIENT_ERRORS = frozenset(
@@ -255,7 +256,6 @@ class SlackSender:
         key = self._destination(delivery)
         if isinstance(key, SendResult):
             return key
-        token, channel = key
         message = message_for_body(
             delivery.event_name,
             delivery.organization_id,
@@ -263,7 +263,17 @@ class SlackSender:
             delivery.received_at,
             self._console_url,
         )
-        body = request_body(channel, message)
+        return await self._post(delivery, key, request_body(key[1], message))
+
+    async def send_digest(self, delivery: ClaimedDelivery, digest: Digest) -> SendResult:
+        """The storm digest as one message to the sink's channel, paced like any other."""
+        key = self._destination(delivery)
+        if isinstance(key, SendResult):
+            return key
+        return await self._post(delivery, key, request_body(key[1], slack_message(digest)))
+
+    async def _post(self, delivery: ClaimedDelivery, key: PaceKey, body: bytes) -> SendResult:
+        token = key[0]
         await self._pacer.wait_turn(key, self._promised.pop(delivery.id, None))
         result = await post(
             self._session,

@@ -13,9 +13,10 @@ from typing import Any
 import aiohttp
 
 from air_relay import __version__
-from air_relay.model import ClaimedDelivery
+from air_relay.model import ClaimedDelivery, Digest
 from air_relay.sinks.args import secret_header, url_credentials
 from air_relay.sinks.base import SendResult, audit_text, post, send_timeout
+from air_relay.sinks.digest_message import webhook_body
 from air_relay.sinks.signing import SIGNING_PREFIX, sign
 from air_relay.sinks.template_worker import RenderRequest
 from air_relay.sinks.template_workers import TemplateWorkers, WorkersUnavailable
@@ -111,6 +112,20 @@ class WebhookSender:
             headers=self.build_headers(delivery, body=body),
             timeout=self._timeout,
             secrets=secrets,
+        )
+
+    async def send_digest(self, delivery: ClaimedDelivery, digest: Digest) -> SendResult:
+        """The digest's JSON body, signed like any other (a ``template`` shapes single events
+        only); ``webhook-id`` is the carrying delivery's, the same on every retry."""
+        args = delivery.sink_args or {}
+        body = webhook_body(digest)
+        return await post(
+            self._session,
+            args["url"],
+            body=body,
+            headers=self.build_headers(delivery, body=body),
+            timeout=self._timeout,
+            secrets=credentials(args),
         )
 
     async def _render(self, template: Any, delivery: ClaimedDelivery) -> bytes:

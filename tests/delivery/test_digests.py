@@ -1,0 +1,288 @@
+"""Storm digests (the sink option ``digest``) end to end, with real local receivers: the first
+event of a (eventName, organizationId) goes out at once, the rest of its window as one digest
+per sink type; pairs are never merged; members finish with their digest; the audit log and the
+delivery listing name the digest."""
+
+# ruff: noqa: RUF001 (the digest headline has U+00D7, the multiplication sign)
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from standardwebhooks.webhooks import Webhook
+
+from air_relay.db import digests
+from air_relay.db import repository as repo
+from air_relay.db.pool import create_pool
+from tests.sinks.test_slack import limit_problems
+from tests.support import (
+    SLACK_INTEGRATION,
+    Reply,
+    SinkServer,
+    api_get,
+    audit_rows,
+    create_sink,
+    make_sink_server,
+    post_event,
+    wait_final,
+)
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def failed_task(
+    org: Any = 1, n: int = 0, name: str = "TaskProcessingFailedEvent"
+) -> dict[str, Any]:
+    return {
+        "eventName": name,
+        "organizationId": org,
+        "data": {"taskId": f"task-{n}", "taskName": "Acquire evidence", "endpointName": "ws-7"},
+    }
+
+
+async def post_all(relay: Any, events: list[dict[str, Any]]) -> None:
+    answers = await asyncio.gather(*(post_event(relay, e) for e in events))
+    assert [a.status for a in answers] == [202] * len(events)
+
+
+async def post_each(relay: Any, events: list[dict[str, Any]]) -> None:
+    """One after the other: the events arrive in this order."""
+    for event in events:
+        assert (await post_event(relay, event)).status == 202
+
+
+async def test_a_burst_reaches_slack_as_the_first_message_then_one_digest(
+    make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = Reply(body='{"ok": true}', headers={"Content-Type": "application/json"})
+    relay = await make_relay(slack={"api_base_url": slack.url("/api")})
+    sink = await create_sink(
+        relay,
+        {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}},
+        digest={"window_seconds": 2},
+    )
+    assert sink["digest"] == {"window_seconds": 2, "max_listed": 20}
+    await post_all(relay, [failed_task()])  # the first, then 199 more of the same at once
+    await post_all(relay, [failed_task()] * 199)
+    await wait_final(db, 200)
+    first, digest = slack.received
+    assert len(slack.received) == 2
+    assert first.json()["text"].startswith("Task processing failed")
+    message = digest.json()
+    assert message["text"] == "199 × TaskProcessingFailedEvent in org 1 during the last 2 s"
+    assert limit_problems(message) == []
+    shown = json.dumps(message["blocks"], ensure_ascii=False)
+    assert shown.count("• ") == 20 and "…and 179 more" in shown
+    # Every member went out in the digest, delivered with its attempts.
+    rows = await db.fetch("SELECT status, attempts, digest_id FROM deliveries")
+    assert {(r["status"], r["attempts"]) for r in rows} == {("delivered", 1)}
+    digest_ids = [r["digest_id"] for r in rows if r["digest_id"] is not None]
+    assert len(digest_ids) == 199 and len(set(digest_ids)) == 1
+    # The audit row of the digest names it and its member count; the listing shows it.
+    (sent,) = [r for r in await audit_rows(relay) if r["digest_id"] is not None]
+    assert (sent["digest_id"], sent["digest_count"], sent["outcome"]) == (
+        str(digest_ids[0]),
+        199,
+        "success",
+    )
+    status, body = await api_get(relay, "/v1/delivery", limit=300)
+    assert status == 200
+    listed = body["data"]["deliveries"]
+    assert sum(d["digest_id"] == str(digest_ids[0]) for d in listed) == 199
+    assert sum(d["digest_id"] is None for d in listed) == 1
+
+
+async def test_pairs_are_not_merged_and_a_webhook_digest_is_signed(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    await create_sink(
+        relay,
+        {"Webhook": {"url": sink_server.url(), "secret": SECRET}},
+        # 2 s: room for the three firsts to go out before their pairs' next events arrive.
+        digest={"window_seconds": 2, "max_listed": 2},
+    )
+    firsts = [failed_task(1), failed_task(1, name="TaskCompletedEvent"), failed_task("org-2")]
+    await post_all(relay, firsts)
+    await sink_server.wait_for(3)
+    # The digest of (TaskProcessingFailedEvent, 1) fails once: it is retried as one.
+    sink_server.script.append(Reply(status=503))
+    await post_each(relay, [failed_task(1, n) for n in range(1, 4)])
+    await post_all(relay, [failed_task(1, 9, "TaskCompletedEvent"), failed_task("org-2", 9)])
+    await wait_final(db, 8)
+    singles = [r.json() for r in sink_server.received[:3]]
+    assert sorted(str((e["eventName"], e["organizationId"])) for e in singles) == sorted(
+        str((e["eventName"], e["organizationId"])) for e in firsts
+    )
+    digests = [r for r in sink_server.received[3:] if "digest" in r.json()]
+    by_pair: dict[tuple[str, Any], list[Any]] = {}
+    for r in digests:
+        by_pair.setdefault((r.json()["eventName"], r.json()["organizationId"]), []).append(r)
+    assert set(by_pair) == {
+        ("TaskProcessingFailedEvent", 1),
+        ("TaskCompletedEvent", 1),
+        ("TaskProcessingFailedEvent", "org-2"),
+    }
+    storm = by_pair[("TaskProcessingFailedEvent", 1)][-1]
+    body = Webhook(SECRET).verify(storm.body, storm.headers)
+    assert set(body) == {"eventName", "organizationId", "digest"}
+    assert set(body["digest"]) == {"count", "window_start", "window_end", "events"}
+    assert body["digest"]["count"] == 3
+    assert body["digest"]["window_start"] < body["digest"]["window_end"]
+    assert [e["data"]["taskId"] for e in body["digest"]["events"]] == ["task-1", "task-2"]
+    assert by_pair[("TaskCompletedEvent", 1)][-1].json()["digest"]["count"] == 1
+    # The first digest to arrive failed once: its retry is the same delivery (same
+    # webhook-id), and its members end delivered with the digest's two attempts.
+    (retried,) = [tries for tries in by_pair.values() if len(tries) == 2]
+    assert retried[0].headers["webhook-id"] == retried[1].headers["webhook-id"]
+    assert retried[0].body == retried[1].body
+    count = retried[1].json()["digest"]["count"]
+    rows = await db.fetch(
+        "SELECT status, attempts FROM deliveries WHERE digest_id IS NOT NULL ORDER BY attempts"
+    )
+    assert [(r["status"], r["attempts"]) for r in rows] == [("delivered", 1)] * (5 - count) + [
+        ("delivered", 2)
+    ] * count
+
+
+async def test_a_pagerduty_digest_is_one_trigger_naming_the_group(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(status=202, body='{"status": "success"}')
+    relay = await make_relay(pagerduty={"events_url": sink_server.url("/v2/enqueue")})
+    await create_sink(
+        relay,
+        {"PagerDuty": {"integration_key": "pd-routing-key-0123456789abcdef"}},
+        digest={"window_seconds": 1, "max_listed": 2},
+    )
+    await post_all(relay, [failed_task(1, 0)])
+    await post_each(relay, [failed_task(1, n) for n in range(1, 4)])
+    await wait_final(db, 4)
+    single, digest = (r.json() for r in sink_server.received)
+    assert single["dedup_key"] != digest["dedup_key"]
+    (window,) = await db.fetch("SELECT id FROM digest_windows WHERE member_count = 3")
+    assert digest["dedup_key"] == (
+        f"air-relay:digest:TaskProcessingFailedEvent:org-1:{window['id'].hex}"
+    )
+    assert digest["event_action"] == "trigger"
+    payload = digest["payload"]
+    assert payload["summary"] == (
+        "[AIR] 3 × TaskProcessingFailedEvent in org 1 during the last 1 s"
+    )
+    assert (payload["class"], payload["group"], payload["severity"]) == (
+        "TaskProcessingFailedEvent",
+        "1",
+        "error",
+    )
+    details = payload["custom_details"]
+    assert (details["count"], details["more"]) == (3, 1)
+    assert [e["data"]["taskId"] for e in details["events"]] == ["task-1", "task-2"]
+
+
+async def test_the_digest_option_is_validated_stored_and_echoed(
+    relay: Any, sink_server: SinkServer
+) -> None:
+    args = {"Webhook": {"url": sink_server.url()}}
+    sink = await create_sink(relay, args)
+    assert sink["digest"] is None
+    bad: dict[str, list[Any]] = {
+        "digest.window_seconds": [{"window_seconds": 0}, {"window_seconds": 3601},
+                                  {"window_seconds": "60"}, {"window_seconds": True}, {}],
+        "digest.max_listed": [{"window_seconds": 60, "max_listed": 0},
+                              {"window_seconds": 60, "max_listed": 101}],
+        "digest.every": [{"window_seconds": 60, "every": 1}],
+        "digest": [[60], "60"],
+    }  # fmt: skip
+    headers = {"Authorization": "Bearer admin-api-key"}
+    for field, values in bad.items():
+        for value in values:
+            resp = await relay.put(
+                f"/v1/event_sink/{sink['id']}", json={"digest": value}, headers=headers
+            )
+            assert resp.status == 400, value
+            assert field in (await resp.json())["error"]["message"], value
+    resp = await relay.put(
+        f"/v1/event_sink/{sink['id']}",
+        json={"digest": {"window_seconds": 3600, "max_listed": 100}},
+        headers=headers,
+    )
+    assert (await resp.json())["event_sink"]["digest"] == {
+        "window_seconds": 3600,
+        "max_listed": 100,
+    }
+    _, body = await api_get(relay, f"/v1/event_sink/{sink['id']}")
+    assert body["event_sink"]["digest"] == {"window_seconds": 3600, "max_listed": 100}
+    resp = await relay.put(f"/v1/event_sink/{sink['id']}", json={"name": "x"}, headers=headers)
+    assert (await resp.json())["event_sink"]["digest"]["window_seconds"] == 3600
+    resp = await relay.put(f"/v1/event_sink/{sink['id']}", json={"digest": None}, headers=headers)
+    assert (await resp.json())["event_sink"]["digest"] is None
+
+
+async def test_retention_purges_only_old_windows_that_held_nothing(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    async def window(closed_minutes_ago: int, carrier: uuid.UUID | None) -> uuid.UUID:
+        window_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO digest_windows (id, event_sink_id, tenant_id, event_name, org_text,"
+            " organization_id, window_seconds, max_listed, opened_at, closes_at, opener_id,"
+            " carrier_id) VALUES ($1, $2, 't', 'E', '1', '1', 60, 20,"
+            " now() - make_interval(mins => $3 + 1), now() - make_interval(mins => $3), $2, $4)",
+            window_id,
+            uuid.uuid4(),
+            closed_minutes_ago,
+            carrier,
+        )
+        return window_id
+
+    await window(90, None)
+    kept = {await window(90, uuid.uuid4()), await window(10, None)}
+    cutoff = await db.fetchval("SELECT now() - interval '1 hour'")
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        assert await digests.purge_windows(pool, cutoff, 10) == 1
+    finally:
+        await pool.close()
+    assert {r["id"] for r in await db.fetch("SELECT id FROM digest_windows")} == kept
+
+
+async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_its_window(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    sink_id, event_id = uuid.uuid4(), uuid.uuid4()
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+
+    async def pending(digest_id: uuid.UUID | None, attempts: int) -> uuid.UUID:
+        delivery_id = uuid.uuid4()
+        await db.execute(
+            "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
+            " attempts, digest_id, created_at, updated_at, next_attempt_at) VALUES ($1, $2,"
+            " $3, 't', 'Webhook', $4, $5, now() - interval '1 minute',"
+            " now() - interval '1 minute', now() + interval '1 hour')",
+            delivery_id,
+            event_id,
+            sink_id,
+            attempts,
+            digest_id,
+        )
+        return delivery_id
+
+    backed_off = await pending(None, 3)
+    untried_digest = await pending(uuid.uuid4(), 0)
+    failed_digest = await pending(uuid.uuid4(), 2)
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        assert await repo.wake_sink_backlog(pool, sink_id, datetime.now(UTC)) == 2
+    finally:
+        await pool.close()
+    rows = await db.fetch("SELECT id FROM deliveries WHERE next_attempt_at < now()")
+    assert {r["id"] for r in rows} == {backed_off, failed_digest}
+    assert untried_digest not in {r["id"] for r in rows}
