@@ -29,6 +29,7 @@ from tests.support import (
     make_sink_server,
     post_event,
     wait_final,
+    wait_until,
 )
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -286,3 +287,59 @@ async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_i
     rows = await db.fetch("SELECT id FROM deliveries WHERE next_attempt_at < now()")
     assert {r["id"] for r in rows} == {backed_off, failed_digest}
     assert untried_digest not in {r["id"] for r in rows}
+
+
+async def test_a_dead_digest_fails_every_member_over_to_the_fallback(
+    make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    pagerduty = await make_sink_server(aiohttp_server)
+    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = Reply(body='{"ok": true}', headers={"Content-Type": "application/json"})
+    relay = await make_relay(
+        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
+        slack={"api_base_url": slack.url("/api")},
+    )
+    # Slack subscribes to case events only: what it gets here, it gets as the fallback.
+    to_slack = await create_sink(
+        relay,
+        {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}},
+        events=["CaseCreatedEvent"],
+    )
+    to_pd = await create_sink(
+        relay,
+        {"PagerDuty": {"integration_key": "pd-routing-key-0123456789abcdef"}},
+        digest={"window_seconds": 2},
+        fallback_event_sink_id=to_slack["id"],
+    )
+    await post_all(relay, [failed_task(1, 0)])
+    await post_each(relay, [failed_task(1, n) for n in range(1, 6)])
+    # The first page dies alone, then the digest of the other five: all six reach Slack.
+    await slack.wait_for(6)
+    pd_rows = await db.fetch(
+        "SELECT id, event_id, status, failed_over_to FROM deliveries WHERE event_sink_id = $1",
+        uuid.UUID(to_pd["id"]),
+    )
+    assert len(pd_rows) == 6 and {r["status"] for r in pd_rows} == {"dead"}
+    assert all(r["failed_over_to"] is not None for r in pd_rows)
+    _, digest = (r.json() for r in pagerduty.received)
+    assert digest["dedup_key"].startswith("air-relay:digest:")
+    assert digest["payload"]["custom_details"]["count"] == 5
+
+    async def all_delivered() -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM deliveries WHERE event_sink_id = $1 AND status = 'delivered'",
+            uuid.UUID(to_slack["id"]),
+        )
+        return bool(n == 6)
+
+    await wait_until(all_delivered)
+    slack_rows = await db.fetch(
+        "SELECT id, event_id, failed_over_from FROM deliveries WHERE event_sink_id = $1",
+        uuid.UUID(to_slack["id"]),
+    )
+    assert len(slack.received) == 6
+    assert {r["event_id"] for r in slack_rows} == {r["event_id"] for r in pd_rows}
+    assert {(r["failed_over_from"], r["id"]) for r in slack_rows} == {
+        (r["id"], r["failed_over_to"]) for r in pd_rows
+    }

@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from air_relay.db.queries import QUERIES
 from air_relay.db.repository import complete_deliveries
-from air_relay.model import ClaimedDelivery, Completion, Digest, DigestMember
+from air_relay.model import DEAD, ClaimedDelivery, Completion, Digest, DigestMember
 
 
 class Route(Enum):
@@ -103,8 +103,9 @@ async def seal(pool: asyncpg.Pool, d: ClaimedDelivery) -> Digest | None:
 
 async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, int]:
     """A digest carrier's completion and, in the same transaction, its held members': they
-    end as it ends (delivered or dead, with its attempts), or stay held while it retries.
-    Returns (whether the carrier's state was kept, members finished)."""
+    end as it ends (delivered or dead, with its attempts), or stay held while it retries;
+    dead, each fails over to the sink's fallback as the carrier did. Returns (whether the
+    carrier's state was kept, members finished)."""
     d = completion.delivery
     assert d.digest_id is not None
     async with pool.acquire() as conn, conn.transaction():
@@ -119,6 +120,9 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
             completion.last_error,
             completion.next_attempt_at,
         )
+        if completion.status == DEAD:
+            # The failover complete_deliveries gave the carrier, for every member too.
+            await conn.execute(QUERIES["digest_fail_over_members"], d.digest_id)
     return True, int(status.split()[-1])
 
 

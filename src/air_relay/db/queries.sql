@@ -954,6 +954,36 @@ SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
     updated_at = now()
 WHERE digest_id = $1 AND status = 'held';
 
+-- name: digest_fail_over_members
+-- A dead digest's members fail over as complete_deliveries fails over the delivery it makes
+-- dead (their carrier did there): run in the carrier's completion, after
+-- digest_finish_members. Each member of digest $1 that is dead and not yet failed over, of a
+-- sink naming an active fallback, gets a new delivery of its event to the fallback, due now,
+-- unless the fallback already has a failover delivery of that event; the two name each other
+-- (failed_over_to / _from). The members are already locked (digest_finish_members wrote
+-- them in this transaction). Returns how many failed over.
+WITH member AS MATERIALIZED (
+    SELECT d.id, gen_random_uuid() AS new_id, d.event_id, d.tenant_id, f.id AS sink_id,
+           f.sink_type
+    FROM deliveries d
+    JOIN event_sinks s ON s.id = d.event_sink_id
+    JOIN event_sinks f ON f.id = s.fallback_event_sink_id AND f.active
+    WHERE d.digest_id = $1
+      AND d.status = 'dead'
+      AND d.failed_over_to IS NULL
+      AND NOT EXISTS (SELECT 1 FROM deliveries o
+                      WHERE o.event_id = d.event_id AND o.event_sink_id = f.id
+                        AND o.failed_over_from IS NOT NULL)
+), linked AS (
+    UPDATE deliveries d
+    SET failed_over_to = m.new_id
+    FROM member m
+    WHERE d.id = m.id
+)
+INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, failed_over_from)
+SELECT new_id, event_id, sink_id, tenant_id, sink_type, id
+FROM member;
+
 -- name: purge_digest_windows
 -- Retention of storm digest windows that never held a delivery (most windows: their opener
 -- went out alone and nothing else came) and closed before the cutoff. A window with members
