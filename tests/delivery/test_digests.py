@@ -343,3 +343,73 @@ async def test_a_dead_digest_fails_every_member_over_to_the_fallback(
     assert {(r["failed_over_from"], r["id"]) for r in slack_rows} == {
         (r["id"], r["failed_over_to"]) for r in pd_rows
     }
+
+
+def task_ids(received: Any) -> list[Any]:
+    """What each request carried: a single event's taskId, or a digest's list of them."""
+    out: list[Any] = []
+    for r in received:
+        body = r.json()
+        if "digest" in body:
+            out.append([e["data"]["taskId"] for e in body["digest"]["events"]])
+        else:
+            out.append(body["data"]["taskId"])
+    return out
+
+
+async def test_a_retried_dead_digest_sends_each_event_once(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    sink_server.default = Reply(status=404)
+    sink = await create_sink(
+        relay, {"Webhook": {"url": sink_server.url()}}, digest={"window_seconds": 2}
+    )
+    sink_id = uuid.UUID(sink["id"])
+    await post_all(relay, [failed_task(1, 0)])
+    await sink_server.wait_for(1)
+    await post_each(relay, [failed_task(1, n) for n in range(1, 4)])
+
+    async def settled(status: str, n: int = 4) -> bool:
+        rows = await db.fetch("SELECT status FROM deliveries WHERE event_sink_id = $1", sink_id)
+        return [r["status"] for r in rows] == [status] * n
+
+    await wait_until(lambda: settled("dead"))
+    assert task_ids(sink_server.received) == ["task-0", ["task-1", "task-2", "task-3"]]
+    headers = {"Authorization": "Bearer admin-api-key"}
+
+    # The receiver is back: a bulk retry of every dead delivery sends each event once.
+    sink_server.default = Reply(status=200)
+    resp = await relay.post(
+        "/v1/delivery/retry",
+        json={"tenant_id": sink["tenant_id"], "event_sink_id": sink["id"]},
+        headers=headers,
+    )
+    assert resp.status == 202, await resp.text()
+    await wait_until(lambda: settled("delivered"))
+    retried = task_ids(sink_server.received[2:])
+    assert sorted(map(str, retried)) == sorted(map(str, ["task-0", ["task-1", "task-2", "task-3"]]))
+
+    # Only the carrier retried (its digest dead again): its members go with it, none stays
+    # dead.
+    carrier = await db.fetchval("SELECT carrier_id FROM digest_windows WHERE member_count = 3")
+    await db.execute(
+        "UPDATE deliveries SET status = 'dead' WHERE digest_id IS NOT NULL AND event_sink_id = $1",
+        sink_id,
+    )
+    resp = await relay.post(f"/v1/delivery/{carrier}/retry", headers=headers)
+    assert resp.status == 202, await resp.text()
+    await wait_until(lambda: settled("delivered"))
+    assert task_ids(sink_server.received[4:]) == [["task-1", "task-2", "task-3"]]
+
+    # A member retried alone goes out on its own and leaves its digest.
+    member = await db.fetchval(
+        "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.digest_id IS NOT NULL AND d.id <> $1 ORDER BY e.received_at DESC LIMIT 1",
+        carrier,
+    )
+    await db.execute("UPDATE deliveries SET status = 'dead' WHERE id = $1", member)
+    resp = await relay.post(f"/v1/delivery/{member}/retry", headers=headers)
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["data"]["delivery"]["digest_id"] is None
+    await wait_until(lambda: settled("delivered"))
+    assert task_ids(sink_server.received[5:]) == ["task-3"]

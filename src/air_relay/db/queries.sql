@@ -511,14 +511,36 @@ LIMIT $9;
 -- none when it is not.
 -- A dead delivery whose sink was deleted is not requeued (sink_exists tells): it could only
 -- die again.
+-- Storm digests: a requeued digest carrier takes its digest's dead members back to 'held'
+-- (they finish with the digest again, as when it first went); a member requeued alone drops
+-- its digest_id and goes out on its own (its digest is not sent again). Locks: the target,
+-- then the members in id order, as a carrier's completion takes them.
 WITH target AS (
-    SELECT id, status,
-           EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = deliveries.event_sink_id)
-               AS sink_exists
-    FROM deliveries
-    WHERE id = $1
-      AND ($2::text[] IS NULL OR tenant_id = ANY ($2::text[]))
-    FOR UPDATE
+    SELECT d.id, d.status, d.digest_id,
+           EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = d.event_sink_id) AS sink_exists,
+           coalesce(w.carrier_id = d.id, false) AS carrier
+    FROM deliveries d
+    LEFT JOIN digest_windows w ON w.id = d.digest_id
+    WHERE d.id = $1
+      AND ($2::text[] IS NULL OR d.tenant_id = ANY ($2::text[]))
+    FOR UPDATE OF d
+), member AS (
+    SELECT m.id
+    FROM target t
+    JOIN deliveries m ON m.digest_id = t.digest_id AND m.id <> t.id
+    WHERE t.carrier AND t.status = 'dead' AND t.sink_exists AND m.status = 'dead'
+    ORDER BY m.id
+    FOR UPDATE OF m
+), rejoined AS (
+    UPDATE deliveries d
+    SET status = 'held',
+        claims = 0,
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now()
+    FROM member m
+    WHERE d.id = m.id AND d.status = 'dead'
+    RETURNING d.id
 ), requeued AS (
     UPDATE deliveries d
     SET status = 'pending',
@@ -526,7 +548,8 @@ WITH target AS (
         claims = 0,
         claim_token = NULL,
         claimed_by = NULL,
-        updated_at = now()
+        updated_at = now(),
+        digest_id = CASE WHEN t.carrier THEN d.digest_id END
     FROM target t
     WHERE d.id = t.id AND t.status = 'dead' AND t.sink_exists
     RETURNING d.id, d.tenant_id, d.event_id, d.event_sink_id, d.sink_type, d.status,
@@ -535,8 +558,12 @@ WITH target AS (
 ), recorded AS (
     INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
     SELECT r.tenant_id, 'delivery_retry', $3, r.id,
-           jsonb_build_object('attempts_before', r.attempts), 1
+           jsonb_build_object('attempts_before', r.attempts)
+               || CASE WHEN j.n > 0 THEN jsonb_build_object('digest_members', j.n)
+                       ELSE '{}'::jsonb END,
+           1 + j.n
     FROM requeued r
+    CROSS JOIN (SELECT count(*) AS n FROM rejoined) j
     RETURNING id
 )
 SELECT t.status AS previous_status, t.sink_exists,
@@ -554,22 +581,54 @@ LEFT JOIN events e ON e.id = r.event_id;
 -- Requeue a sink's finished deliveries that arrived in [$4, $5] (statuses $3, only ever
 -- delivered or dead: a pending delivery is never touched), record the operator action and
 -- wake the dispatchers ($8, the notify channel), in one statement. Same reset as
--- retry_delivery.
-WITH requeued AS (
-    UPDATE deliveries
-    SET status = 'pending',
-        next_attempt_at = now(),
-        claims = 0,
-        claim_token = NULL,
-        claimed_by = NULL,
-        updated_at = now()
+-- retry_delivery, and the same rule for storm digests: a requeued carrier takes its digest's
+-- members (of those statuses, arrived when they may) back to 'held', so its events go out
+-- once, in the digest; a member whose carrier is not requeued drops its digest_id and goes
+-- out on its own. Rows are locked in id order, as complete_deliveries locks them.
+WITH chosen AS (
+    SELECT id
+    FROM deliveries
     WHERE tenant_id = $1
       AND event_sink_id = $2
       AND status IN ('delivered', 'dead')
       AND status = ANY ($3::text[])
       AND created_at >= $4
       AND created_at <= $5
-    RETURNING id
+), scope AS (
+    SELECT id FROM chosen
+    UNION
+    SELECT m.id
+    FROM chosen c
+    JOIN digest_windows w ON w.carrier_id = c.id
+    JOIN deliveries m ON m.digest_id = w.id
+    WHERE m.status IN ('delivered', 'dead') AND m.status = ANY ($3::text[])
+), locked AS (
+    SELECT d.id, d.digest_id
+    FROM deliveries d
+    JOIN scope s ON s.id = d.id
+    WHERE d.status IN ('delivered', 'dead') AND d.status = ANY ($3::text[])
+    ORDER BY d.id
+    FOR UPDATE OF d
+), role AS (
+    SELECT l.id,
+           coalesce(w.carrier_id = l.id, false) AS carrier,
+           EXISTS (SELECT 1 FROM locked c WHERE c.id = w.carrier_id AND c.id <> l.id)
+               AS with_carrier,
+           EXISTS (SELECT 1 FROM chosen c WHERE c.id = l.id) AS chosen
+    FROM locked l
+    LEFT JOIN digest_windows w ON w.id = l.digest_id
+), requeued AS (
+    UPDATE deliveries d
+    SET status = CASE WHEN r.with_carrier THEN 'held' ELSE 'pending' END,
+        next_attempt_at = now(),
+        claims = 0,
+        claim_token = NULL,
+        claimed_by = NULL,
+        updated_at = now(),
+        digest_id = CASE WHEN r.carrier OR r.with_carrier THEN d.digest_id END
+    FROM role r
+    WHERE d.id = r.id AND (r.chosen OR r.with_carrier)
+    RETURNING d.id
 ), recorded AS (
     INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
     SELECT $1, 'sink_replay', $6, $2, $7::jsonb, count(*) FROM requeued
@@ -621,6 +680,10 @@ LIMIT $2;
 -- remains; sink_deleted: matching dead deliveries of deleted sinks, counted up to $6. No
 -- action is recorded when nothing was retryable but some matched a deleted sink (a 409).
 -- The candidates come from deliveries_dead_idx, oldest first.
+-- Storm digests, as retry_delivery: a requeued carrier takes its digest's dead members back
+-- to 'held' (counted in affected, chosen or not), a chosen member whose carrier is requeued
+-- too is held, never sent alone, and a member requeued without its carrier drops its
+-- digest_id and goes out on its own.
 WITH candidate AS (
     SELECT d.id, d.created_at
     FROM deliveries d
@@ -651,23 +714,43 @@ WITH candidate AS (
     ) g
 ), chosen AS (
     SELECT id FROM candidate ORDER BY created_at, id LIMIT $6
+), scope AS (
+    -- Storm digests (as retry_delivery): a chosen carrier brings its digest's dead members.
+    SELECT id FROM chosen
+    UNION
+    SELECT m.id
+    FROM chosen c
+    JOIN digest_windows w ON w.carrier_id = c.id
+    JOIN deliveries m ON m.digest_id = w.id
+    WHERE m.status = 'dead'
 ), locked AS (
-    SELECT d.id
+    SELECT d.id, d.digest_id
     FROM deliveries d
-    JOIN chosen c ON c.id = d.id
+    JOIN scope s ON s.id = d.id
     WHERE d.status = 'dead'
     ORDER BY d.id
     FOR UPDATE OF d
+), role AS (
+    SELECT l.id,
+           coalesce(w.carrier_id = l.id, false) AS carrier,
+           EXISTS (SELECT 1 FROM locked c WHERE c.id = w.carrier_id AND c.id <> l.id)
+               AS with_carrier,
+           EXISTS (SELECT 1 FROM chosen c WHERE c.id = l.id) AS chosen
+    FROM locked l
+    LEFT JOIN digest_windows w ON w.id = l.digest_id
 ), requeued AS (
+    -- A member whose carrier is requeued here waits for the digest again ('held'); one
+    -- requeued without it drops its digest_id and goes out on its own.
     UPDATE deliveries d
-    SET status = 'pending',
+    SET status = CASE WHEN r.with_carrier THEN 'held' ELSE 'pending' END,
         next_attempt_at = now(),
         claims = 0,
         claim_token = NULL,
         claimed_by = NULL,
-        updated_at = now()
-    FROM locked l
-    WHERE d.id = l.id
+        updated_at = now(),
+        digest_id = CASE WHEN r.carrier OR r.with_carrier THEN d.digest_id END
+    FROM role r
+    WHERE d.id = r.id AND (r.chosen OR r.with_carrier)
     RETURNING d.id
 ), recorded AS (
     INSERT INTO operator_actions (tenant_id, action, actor, target_id, params, affected)
