@@ -401,6 +401,18 @@ async def test_a_retried_dead_digest_sends_each_event_once(
     await wait_until(lambda: settled("delivered"))
     assert task_ids(sink_server.received[4:]) == [["task-1", "task-2", "task-3"]]
 
+    # A replay of everything delivered sends each event once again, the digest as one.
+    resp = await relay.post(
+        f"/v1/event_sink/{sink_id}/replay",
+        json={"since": "2000-01-01T00:00:00Z", "status": "delivered"},
+        headers=headers,
+    )
+    assert (resp.status, await resp.json()) == (202, {"data": {"requeued": 4}})
+    await wait_until(lambda: settled("delivered"))
+    assert sorted(map(str, task_ids(sink_server.received[5:]))) == sorted(
+        map(str, ["task-0", ["task-1", "task-2", "task-3"]])
+    )
+
     # A member retried alone goes out on its own and leaves its digest.
     member = await db.fetchval(
         "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id"
@@ -412,4 +424,4 @@ async def test_a_retried_dead_digest_sends_each_event_once(
     assert resp.status == 202, await resp.text()
     assert (await resp.json())["data"]["delivery"]["digest_id"] is None
     await wait_until(lambda: settled("delivered"))
-    assert task_ids(sink_server.received[5:]) == ["task-3"]
+    assert task_ids(sink_server.received[7:]) == ["task-3"]

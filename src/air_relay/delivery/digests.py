@@ -65,7 +65,8 @@ class Digests:
             return sender  # the sink is gone: the claim ends dead, and its members with it
         digest = await store.seal(self._pool, delivery)
         if digest is None:
-            # Not its window's carrier (a finished member retried or replayed): on its own.
+            # Not its window's carrier: on its own. (A member requeued without its carrier
+            # leaves its digest, so it does not come here; this is a safety net.)
             return sender
         if not isinstance(sender, DigestSender):
             log.error("digest_not_supported", sink_type=delivery.sink_type)
