@@ -539,7 +539,9 @@ WITH target AS (
     FROM requeued r
     RETURNING id
 )
-SELECT t.status AS previous_status, t.sink_exists,
+-- A delivery held for a digest is pending to the API (as delivery_page shows it).
+SELECT CASE WHEN t.status = 'held' THEN 'pending' ELSE t.status END AS previous_status,
+       t.sink_exists,
        r.id, r.tenant_id, r.event_id, e.event_name, e.organization_id, r.event_sink_id,
        r.sink_type AS event_sink_type, r.status, r.attempts, r.last_error, r.next_attempt_at,
        r.created_at, r.updated_at, r.failed_over_to, r.failed_over_from,
@@ -582,11 +584,15 @@ FROM recorded;
 
 -- name: delivery_detail
 -- One delivery of a tenant in $2 (NULL = any tenant), with its event as stored (the exact
--- bytes AIR sent) and whether its sink still exists.
+-- bytes AIR sent) and whether its sink still exists. A delivery held for a digest is shown
+-- as delivery_page shows it: pending, due with its digest, naming it (digest_id).
 SELECT d.id, d.tenant_id, d.event_id, e.event_name, e.organization_id, d.event_sink_id,
-       d.sink_type AS event_sink_type, d.status, d.attempts, d.last_error,
-       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
-       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, e.body, e.received_at,
+       d.sink_type AS event_sink_type,
+       CASE WHEN d.status = 'held' THEN 'pending' ELSE d.status END AS status,
+       d.attempts, d.last_error,
+       CASE WHEN d.status IN ('pending', 'held') THEN d.next_attempt_at END AS next_attempt_at,
+       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, d.digest_id,
+       e.body, e.received_at,
        EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = d.event_sink_id) AS sink_exists
 FROM deliveries d
 JOIN events e ON e.id = d.event_id
