@@ -123,6 +123,7 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
 
 
 async def purge_windows(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
-    """Delete one batch of windows that held nothing and closed before ``cutoff``."""
+    """Delete one batch of windows that closed before ``cutoff`` and held nothing, or whose
+    digest is gone (its carrier delivery and the carrier's audit rows purged)."""
     status = await pool.execute(QUERIES["purge_digest_windows"], cutoff, limit)
     return int(status.split()[-1])

@@ -961,16 +961,22 @@ SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
 WHERE digest_id = $1 AND status = 'held';
 
 -- name: purge_digest_windows
--- Retention of storm digest windows that never held a delivery (most windows: their opener
--- went out alone and nothing else came) and closed before the cutoff. A window with members
--- stays: the audit log names its digest through it.
+-- Retention of storm digest windows that closed before the cutoff and that nothing names any
+-- more: those that never held a delivery (most windows: their opener went out alone and
+-- nothing else came), and those whose digest is gone (its carrier delivery purged, and its
+-- attempts too: while an audit row of the carrier is kept, the audit log names its digest
+-- through the window). Both lookups are by index (the deliveries' key,
+-- delivery_attempts_delivery_idx).
 WITH doomed AS (
-    SELECT id
-    FROM digest_windows
-    WHERE carrier_id IS NULL
-      AND closes_at < $1
+    SELECT w.id
+    FROM digest_windows w
+    WHERE w.closes_at < $1
+      AND (w.carrier_id IS NULL
+           OR (NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = w.carrier_id)
+               AND NOT EXISTS (SELECT 1 FROM delivery_attempts a
+                               WHERE a.delivery_id = w.carrier_id)))
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF w SKIP LOCKED
 )
 DELETE FROM digest_windows w
 USING doomed
