@@ -111,7 +111,7 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
         kept = await complete_deliveries(cast(asyncpg.Connection, conn), [completion])
         if (d.id, d.claim_token) not in kept:
             return False, 0
-        status = await conn.execute(
+        finished = await conn.fetchval(
             QUERIES["digest_finish_members"],
             d.digest_id,
             completion.status,
@@ -119,7 +119,7 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
             completion.last_error,
             completion.next_attempt_at,
         )
-    return True, int(status.split()[-1])
+    return True, int(finished)
 
 
 async def purge_windows(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:

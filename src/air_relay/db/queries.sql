@@ -471,10 +471,20 @@ ORDER BY a.id DESC
 LIMIT $9;
 
 -- name: pending_stats
-SELECT count(*) AS pending,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
-FROM deliveries
-WHERE status = 'pending';
+-- Deliveries waiting to go out (a held one too: it waits for its digest) and the age of the
+-- oldest, counted as sinks_health counts its oldest_pending_at: a storm digest's delivery from
+-- its window's end, none while the window is open.
+SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending')
+       + (SELECT count(*) FROM deliveries WHERE status = 'held') AS pending,
+       coalesce(extract(epoch FROM now() - min(p.since)), 0)::float8 AS oldest_age_seconds
+FROM (
+    SELECT CASE WHEN d.digest_id IS NULL THEN d.created_at
+                ELSE (SELECT CASE WHEN max(w.closes_at) > now() THEN NULL
+                                  ELSE greatest(d.created_at, max(w.closes_at)) END
+                      FROM digest_windows w WHERE w.id = d.digest_id) END AS since
+    FROM deliveries d
+    WHERE d.status = 'pending'
+) AS p;
 
 -- name: delivery_page
 -- Deliveries of one tenant, newest first, keyset on (created_at, id); a NULL filter means
@@ -951,14 +961,30 @@ LIMIT $2;
 -- name: digest_finish_members
 -- The digest's verdict for its held members, written in its carrier's completion: delivered
 -- or dead with the digest's attempts ($2 status, $3 attempts, $4 last error), or still held,
--- due with the carrier's retry ($5).
-UPDATE deliveries
-SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
-    attempts = $3,
-    last_error = $4,
-    next_attempt_at = coalesce($5, now()),
-    updated_at = now()
-WHERE digest_id = $1 AND status = 'held';
+-- due with the carrier's retry ($5). Returns how many were finished or kept held.
+-- Members delivered count in this minute's sink health (delivered_last_hour) as the carrier
+-- does (complete_deliveries, earlier in the same transaction, counted it and locked the same
+-- minute row: now() is the transaction's time).
+WITH finished AS (
+    UPDATE deliveries
+    SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
+        attempts = $3,
+        last_error = $4,
+        next_attempt_at = coalesce($5, now()),
+        updated_at = now()
+    WHERE digest_id = $1 AND status = 'held'
+    RETURNING event_sink_id, status
+), minutes AS (
+    INSERT INTO sink_health_minutes AS m (event_sink_id, minute, delivered)
+    SELECT event_sink_id, date_trunc('minute', now()), count(*)
+    FROM finished
+    WHERE status = 'delivered'
+    GROUP BY event_sink_id
+    ORDER BY event_sink_id
+    ON CONFLICT (event_sink_id, minute) DO UPDATE
+    SET delivered = m.delivered + EXCLUDED.delivered
+)
+SELECT count(*) FROM finished;
 
 -- name: purge_digest_windows
 -- Retention of storm digest windows that closed before the cutoff and that nothing names any
@@ -1014,9 +1040,12 @@ SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
 -- name: sinks_health
 -- The health of the sinks of the tenants $1 (NULL: every tenant), or of sink $2 only: the
 -- stored state (sink_health, kept by complete_deliveries), the last hour's counters (at most
--- 61 minute rows per sink) and the sink's pending and dead deliveries, each counted from a
--- partial index on the sink (deliveries_sink_due_idx, deliveries_sink_dead_idx). Nothing
--- here reads the audit log.
+-- 61 minute rows per sink) and the sink's pending (held for a digest too) and dead
+-- deliveries, each counted from a partial index on the sink (deliveries_sink_due_idx,
+-- deliveries_sink_held_idx, deliveries_sink_dead_idx). Nothing here reads the audit log.
+-- A storm digest waits for its window by design: its deliveries count towards the oldest
+-- pending one from the window's end (looked up by key), and not at all while it is open;
+-- a held delivery is not counted there, its digest's carrier (pending) stands for it.
 SELECT s.id AS event_sink_id, s.tenant_id, s.name, s.sink_type AS type, s.active,
        h.state AS stored_state, h.since, h.last_success_at, h.last_failure_at, h.last_error,
        h.last_status_code, coalesce(h.consecutive_failures, 0) AS consecutive_failures,
@@ -1026,9 +1055,17 @@ SELECT s.id AS event_sink_id, s.tenant_id, s.name, s.sink_type AS type, s.active
 FROM event_sinks s
 LEFT JOIN sink_health h ON h.event_sink_id = s.id
 CROSS JOIN LATERAL (
-    SELECT count(*) AS pending, min(d.created_at) AS oldest_pending_at
-    FROM deliveries d
-    WHERE d.event_sink_id = s.id AND d.status = 'pending'
+    SELECT count(*) + (SELECT count(*) FROM deliveries d
+                       WHERE d.event_sink_id = s.id AND d.status = 'held') AS pending,
+           min(q.since) AS oldest_pending_at
+    FROM (
+        SELECT CASE WHEN d.digest_id IS NULL THEN d.created_at
+                    ELSE (SELECT CASE WHEN max(w.closes_at) > now() THEN NULL
+                                      ELSE greatest(d.created_at, max(w.closes_at)) END
+                          FROM digest_windows w WHERE w.id = d.digest_id) END AS since
+        FROM deliveries d
+        WHERE d.event_sink_id = s.id AND d.status = 'pending'
+    ) AS q
 ) AS p
 CROSS JOIN LATERAL (
     SELECT count(*) AS dead
