@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from air_relay import model
-from air_relay.db import health
+from air_relay.db import digests, health
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
 from air_relay.db.queries import QUERIES
@@ -187,6 +187,64 @@ async def test_prune_drops_old_minutes_and_deleted_sinks(pool: asyncpg.Pool) -> 
     assert await health.prune_sink_health(pool) == (0, 1)
 
 
+async def test_a_storm_digest_is_queued_and_counted_but_not_old_while_its_window_is_open(
+    pool: asyncpg.Pool,
+) -> None:
+    """A digest sink 30 minutes into an hour-long window: its carrier (pending, due at the
+    window's end) and two held events are all pending, none of them old. Once the window has
+    closed the digest counts from its end, not from its events' arrival; when it is delivered,
+    the hour's count has every event it carried."""
+    sink_id = await _sink(pool)
+    window_id, carrier_id, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+    await pool.execute(
+        "INSERT INTO digest_windows (id, event_sink_id, tenant_id, event_name, org_text,"
+        " organization_id, window_seconds, max_listed, opened_at, closes_at, opener_id,"
+        " carrier_id) VALUES ($1, $2, 't', 'E', '1', '1', 3600, 20,"
+        " now() - interval '31 minutes', now() + interval '29 minutes', $3, $4)",
+        window_id,
+        sink_id,
+        uuid.uuid4(),
+        carrier_id,
+    )
+    await pool.executemany(
+        "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, status,"
+        " digest_id, created_at, next_attempt_at) VALUES ($1, $2, $3, 't', 'Webhook', $4, $5,"
+        " now() - make_interval(mins => $6), now() + interval '29 minutes')",
+        [
+            (carrier_id, event_id, sink_id, "pending", window_id, 30),
+            (uuid.uuid4(), event_id, sink_id, "held", window_id, 20),
+            (uuid.uuid4(), event_id, sink_id, "held", window_id, 10),
+        ],
+    )
+    h = await _one(pool, sink_id)
+    assert (h.pending, h.oldest_pending_at) == (3, None)
+    assert await repo.pending_stats(pool) == (3, 0.0)
+
+    # The window closed 5 minutes ago and the digest has not gone yet: 5 minutes old.
+    closed = await pool.fetchval(
+        "UPDATE digest_windows SET closes_at = now() - interval '5 minutes' RETURNING closes_at"
+    )
+    await pool.execute("UPDATE deliveries SET next_attempt_at = $1", closed)
+    h = await _one(pool, sink_id)
+    assert (h.pending, h.oldest_pending_at) == (3, closed)
+    pending, age = await repo.pending_stats(pool)
+    assert pending == 3 and 300 <= age < 20 * 60
+
+    (carrier,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=10, lease_seconds=60, worker="w"
+    )
+    assert carrier.id == carrier_id
+    done = _done(carrier, model.DELIVERED, _attempt(1, True, datetime.now(UTC)))
+    assert await digests.complete(pool, done) == (True, 2)
+    h = await _one(pool, sink_id)
+    assert (h.pending, h.oldest_pending_at, h.delivered_last_hour) == (0, None, 3)
+
+
 async def test_the_read_never_scans_deliveries_or_the_audit_log(pool: asyncpg.Pool) -> None:
     """On a database with many sinks, 50,000 audit rows and 40,000 deliveries (statistics
     up to date), the planner answers one tenant's health from the indexes per sink: no
@@ -206,7 +264,7 @@ async def test_the_read_never_scans_deliveries_or_the_audit_log(pool: asyncpg.Po
             SELECT gen_random_uuid(), '00000000-0000-0000-0000-0000000000e1',
                    ($1::uuid[])[1 + i % 40], 't0', 'Webhook',
                    CASE WHEN i % 50 = 0 THEN 'pending' WHEN i % 50 = 1 THEN 'dead'
-                        ELSE 'delivered' END,
+                        WHEN i % 50 = 2 THEN 'held' ELSE 'delivered' END,
                    now() - make_interval(secs => i)
             FROM generate_series(1, 40000) AS i
             """,
@@ -227,13 +285,15 @@ async def test_the_read_never_scans_deliveries_or_the_audit_log(pool: asyncpg.Po
         text = json.dumps(plan)
         assert "deliveries_sink_due_idx" in text
         assert "deliveries_sink_dead_idx" in text
+        assert "deliveries_sink_held_idx" in text
         assert "delivery_attempts" not in text
         for node in _nodes(json.loads(text)[0]["Plan"]):
             assert not (
                 node["Node Type"] == "Seq Scan" and node.get("Relation Name") == "deliveries"
             ), node
         counted = await conn.fetch(
-            "SELECT event_sink_id, count(*) FILTER (WHERE status = 'pending') AS pending,"
+            "SELECT event_sink_id,"
+            " count(*) FILTER (WHERE status IN ('pending', 'held')) AS pending,"
             " count(*) FILTER (WHERE status = 'dead') AS dead FROM deliveries"
             " GROUP BY event_sink_id"
         )

@@ -223,7 +223,7 @@ async def test_the_digest_option_is_validated_stored_and_echoed(
     assert (await resp.json())["event_sink"]["digest"] is None
 
 
-async def test_retention_purges_only_old_windows_that_held_nothing(
+async def test_retention_purges_old_windows_that_held_nothing_or_whose_digest_is_gone(
     db_dsn: str, db: asyncpg.Connection
 ) -> None:
     async def window(closed_minutes_ago: int, carrier: uuid.UUID | None) -> uuid.UUID:
@@ -240,12 +240,42 @@ async def test_retention_purges_only_old_windows_that_held_nothing(
         )
         return window_id
 
+    event_id, kept_carrier, audited_carrier = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+    await db.execute(
+        "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, status)"
+        " VALUES ($1, $2, $3, 't', 'Webhook', 'delivered')",
+        kept_carrier,
+        event_id,
+        uuid.uuid4(),
+    )
+    # A purged carrier whose attempts are still in the audit log (they go by sealed batch).
+    await db.execute(
+        "INSERT INTO delivery_attempts (delivery_id, tenant_id, event_id, event_name,"
+        " organization_id, event_sink_id, event_sink_type, attempt, outcome, duration_ms)"
+        " VALUES ($1, 't', $2, 'E', '1', $3, 'Webhook', 1, 'success', 1)",
+        audited_carrier,
+        event_id,
+        uuid.uuid4(),
+    )
+    # Gone: an old window that held nothing, and one whose digest was purged.
     await window(90, None)
-    kept = {await window(90, uuid.uuid4()), await window(10, None)}
+    await window(90, uuid.uuid4())
+    kept = {
+        await window(90, kept_carrier),  # its carrier delivery is still kept
+        await window(90, audited_carrier),  # the audit log still names its digest
+        await window(10, None),  # closed after the cutoff
+        await window(10, uuid.uuid4()),
+    }
     cutoff = await db.fetchval("SELECT now() - interval '1 hour'")
     pool = await create_pool(db_dsn, 1, 2)
     try:
-        assert await digests.purge_windows(pool, cutoff, 10) == 1
+        assert await digests.purge_windows(pool, cutoff, 10) == 2
+        assert await digests.purge_windows(pool, cutoff, 10) == 0
     finally:
         await pool.close()
     assert {r["id"] for r in await db.fetch("SELECT id FROM digest_windows")} == kept

@@ -37,6 +37,7 @@ from tests.support import (
     auth,
     create_sink,
     post_event,
+    wait_until,
 )
 
 DETAIL_KEYS = {"delivery", "event", "attempts", "more_attempts"}
@@ -152,6 +153,45 @@ async def test_inspect_by_uuid_and_by_webhook_id_then_retry_in_bulk(
     assert body["data"]["delivery"]["status"] == "delivered"
     newest, oldest = body["data"]["attempts"]  # newest first
     assert (newest["attempt"], newest["outcome"], oldest["attempt"]) == (2, "success", 1)
+
+
+async def test_a_delivery_held_for_a_digest_is_inspected_as_pending(
+    relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    """A digest sink's burst: the first event goes out, the second carries the window's
+    digest (pending, due at the window's end), the third is held. Inspected, the held one is
+    pending (the document's enum), due with its digest and naming it, as the listing shows
+    it; a retry answers for it as for a pending delivery."""
+    await create_sink(
+        relay, {"Webhook": {"url": sink_server.url()}}, digest={"window_seconds": 600}
+    )
+    for n in range(3):
+        event = {"eventName": "TaskProcessingFailedEvent", "organizationId": 1, "data": {"n": n}}
+        assert (await post_event(relay, event)).status == 202
+        if n == 0:
+            await sink_server.wait_for(1)
+
+    async def routed() -> bool:
+        rows = await db.fetch("SELECT status FROM deliveries")
+        return sorted(r["status"] for r in rows) == ["delivered", "held", "pending"]
+
+    await wait_until(routed)
+    carrier = await db.fetchrow("SELECT * FROM deliveries WHERE status = 'pending'")
+    held = await db.fetchrow("SELECT * FROM deliveries WHERE status = 'held'")
+    assert carrier is not None and held is not None
+    listed = {d["id"]: d for d in await deliveries(relay)}
+    for row in (carrier, held):
+        status, body = await detail(relay, str(row["id"]))
+        assert status == 200, body
+        conforms("DeliveryDetail", body)
+        shown = body["data"]["delivery"]
+        assert (shown["status"], shown["digest_id"]) == ("pending", str(row["digest_id"]))
+        assert shown["next_attempt_at"] is not None
+        assert shown["next_attempt_at"] == listed[str(row["id"])]["next_attempt_at"]
+        # Only a dead delivery is retried: the held one is refused as a pending one is.
+        status, out = await post(relay, f"/v1/delivery/{row['id']}/retry")
+        assert_error(status, out, 409, "delivery_not_dead", "pending")
+    assert await statuses(db, [carrier["id"], held["id"]]) == ["pending", "held"]
 
 
 async def test_inspect_is_tenant_scoped_and_bounded(

@@ -112,7 +112,7 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
         kept = await complete_deliveries(cast(asyncpg.Connection, conn), [completion])
         if (d.id, d.claim_token) not in kept:
             return False, 0
-        status = await conn.execute(
+        finished = await conn.fetchval(
             QUERIES["digest_finish_members"],
             d.digest_id,
             completion.status,
@@ -123,10 +123,11 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
         if completion.status == DEAD:
             # The failover complete_deliveries gave the carrier, for every member too.
             await conn.execute(QUERIES["digest_fail_over_members"], d.digest_id)
-    return True, int(status.split()[-1])
+    return True, int(finished)
 
 
 async def purge_windows(pool: asyncpg.Pool, cutoff: datetime, limit: int) -> int:
-    """Delete one batch of windows that held nothing and closed before ``cutoff``."""
+    """Delete one batch of windows that closed before ``cutoff`` and held nothing, or whose
+    digest is gone (its carrier delivery and the carrier's audit rows purged)."""
     status = await pool.execute(QUERIES["purge_digest_windows"], cutoff, limit)
     return int(status.split()[-1])

@@ -471,10 +471,20 @@ ORDER BY a.id DESC
 LIMIT $9;
 
 -- name: pending_stats
-SELECT count(*) AS pending,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
-FROM deliveries
-WHERE status = 'pending';
+-- Deliveries waiting to go out (a held one too: it waits for its digest) and the age of the
+-- oldest, counted as sinks_health counts its oldest_pending_at: a storm digest's delivery from
+-- its window's end, none while the window is open.
+SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending')
+       + (SELECT count(*) FROM deliveries WHERE status = 'held') AS pending,
+       coalesce(extract(epoch FROM now() - min(p.since)), 0)::float8 AS oldest_age_seconds
+FROM (
+    SELECT CASE WHEN d.digest_id IS NULL THEN d.created_at
+                ELSE (SELECT CASE WHEN max(w.closes_at) > now() THEN NULL
+                                  ELSE greatest(d.created_at, max(w.closes_at)) END
+                      FROM digest_windows w WHERE w.id = d.digest_id) END AS since
+    FROM deliveries d
+    WHERE d.status = 'pending'
+) AS p;
 
 -- name: delivery_page
 -- Deliveries of one tenant, newest first, keyset on (created_at, id); a NULL filter means
@@ -566,7 +576,9 @@ WITH target AS (
     CROSS JOIN (SELECT count(*) AS n FROM rejoined) j
     RETURNING id
 )
-SELECT t.status AS previous_status, t.sink_exists,
+-- A delivery held for a digest is pending to the API (as delivery_page shows it).
+SELECT CASE WHEN t.status = 'held' THEN 'pending' ELSE t.status END AS previous_status,
+       t.sink_exists,
        r.id, r.tenant_id, r.event_id, e.event_name, e.organization_id, r.event_sink_id,
        r.sink_type AS event_sink_type, r.status, r.attempts, r.last_error, r.next_attempt_at,
        r.created_at, r.updated_at, r.failed_over_to, r.failed_over_from,
@@ -641,11 +653,15 @@ FROM recorded;
 
 -- name: delivery_detail
 -- One delivery of a tenant in $2 (NULL = any tenant), with its event as stored (the exact
--- bytes AIR sent) and whether its sink still exists.
+-- bytes AIR sent) and whether its sink still exists. A delivery held for a digest is shown
+-- as delivery_page shows it: pending, due with its digest, naming it (digest_id).
 SELECT d.id, d.tenant_id, d.event_id, e.event_name, e.organization_id, d.event_sink_id,
-       d.sink_type AS event_sink_type, d.status, d.attempts, d.last_error,
-       CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
-       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, e.body, e.received_at,
+       d.sink_type AS event_sink_type,
+       CASE WHEN d.status = 'held' THEN 'pending' ELSE d.status END AS status,
+       d.attempts, d.last_error,
+       CASE WHEN d.status IN ('pending', 'held') THEN d.next_attempt_at END AS next_attempt_at,
+       d.created_at, d.updated_at, d.failed_over_to, d.failed_over_from, d.digest_id,
+       e.body, e.received_at,
        EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = d.event_sink_id) AS sink_exists
 FROM deliveries d
 JOIN events e ON e.id = d.event_id
@@ -1028,14 +1044,30 @@ LIMIT $2;
 -- name: digest_finish_members
 -- The digest's verdict for its held members, written in its carrier's completion: delivered
 -- or dead with the digest's attempts ($2 status, $3 attempts, $4 last error), or still held,
--- due with the carrier's retry ($5).
-UPDATE deliveries
-SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
-    attempts = $3,
-    last_error = $4,
-    next_attempt_at = coalesce($5, now()),
-    updated_at = now()
-WHERE digest_id = $1 AND status = 'held';
+-- due with the carrier's retry ($5). Returns how many were finished or kept held.
+-- Members delivered count in this minute's sink health (delivered_last_hour) as the carrier
+-- does (complete_deliveries, earlier in the same transaction, counted it and locked the same
+-- minute row: now() is the transaction's time).
+WITH finished AS (
+    UPDATE deliveries
+    SET status = CASE WHEN $2 = 'pending' THEN 'held' ELSE $2 END,
+        attempts = $3,
+        last_error = $4,
+        next_attempt_at = coalesce($5, now()),
+        updated_at = now()
+    WHERE digest_id = $1 AND status = 'held'
+    RETURNING event_sink_id, status
+), minutes AS (
+    INSERT INTO sink_health_minutes AS m (event_sink_id, minute, delivered)
+    SELECT event_sink_id, date_trunc('minute', now()), count(*)
+    FROM finished
+    WHERE status = 'delivered'
+    GROUP BY event_sink_id
+    ORDER BY event_sink_id
+    ON CONFLICT (event_sink_id, minute) DO UPDATE
+    SET delivered = m.delivered + EXCLUDED.delivered
+)
+SELECT count(*) FROM finished;
 
 -- name: digest_fail_over_members
 -- A dead digest's members fail over as complete_deliveries fails over the delivery it makes
@@ -1068,16 +1100,22 @@ SELECT new_id, event_id, sink_id, tenant_id, sink_type, id
 FROM member;
 
 -- name: purge_digest_windows
--- Retention of storm digest windows that never held a delivery (most windows: their opener
--- went out alone and nothing else came) and closed before the cutoff. A window with members
--- stays: the audit log names its digest through it.
+-- Retention of storm digest windows that closed before the cutoff and that nothing names any
+-- more: those that never held a delivery (most windows: their opener went out alone and
+-- nothing else came), and those whose digest is gone (its carrier delivery purged, and its
+-- attempts too: while an audit row of the carrier is kept, the audit log names its digest
+-- through the window). Both lookups are by index (the deliveries' key,
+-- delivery_attempts_delivery_idx).
 WITH doomed AS (
-    SELECT id
-    FROM digest_windows
-    WHERE carrier_id IS NULL
-      AND closes_at < $1
+    SELECT w.id
+    FROM digest_windows w
+    WHERE w.closes_at < $1
+      AND (w.carrier_id IS NULL
+           OR (NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = w.carrier_id)
+               AND NOT EXISTS (SELECT 1 FROM delivery_attempts a
+                               WHERE a.delivery_id = w.carrier_id)))
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF w SKIP LOCKED
 )
 DELETE FROM digest_windows w
 USING doomed
@@ -1115,9 +1153,12 @@ SELECT coalesce(max(version), 0) FROM air_relay_schema_migrations;
 -- name: sinks_health
 -- The health of the sinks of the tenants $1 (NULL: every tenant), or of sink $2 only: the
 -- stored state (sink_health, kept by complete_deliveries), the last hour's counters (at most
--- 61 minute rows per sink) and the sink's pending and dead deliveries, each counted from a
--- partial index on the sink (deliveries_sink_due_idx, deliveries_sink_dead_idx). Nothing
--- here reads the audit log.
+-- 61 minute rows per sink) and the sink's pending (held for a digest too) and dead
+-- deliveries, each counted from a partial index on the sink (deliveries_sink_due_idx,
+-- deliveries_sink_held_idx, deliveries_sink_dead_idx). Nothing here reads the audit log.
+-- A storm digest waits for its window by design: its deliveries count towards the oldest
+-- pending one from the window's end (looked up by key), and not at all while it is open;
+-- a held delivery is not counted there, its digest's carrier (pending) stands for it.
 SELECT s.id AS event_sink_id, s.tenant_id, s.name, s.sink_type AS type, s.active,
        h.state AS stored_state, h.since, h.last_success_at, h.last_failure_at, h.last_error,
        h.last_status_code, coalesce(h.consecutive_failures, 0) AS consecutive_failures,
@@ -1127,9 +1168,17 @@ SELECT s.id AS event_sink_id, s.tenant_id, s.name, s.sink_type AS type, s.active
 FROM event_sinks s
 LEFT JOIN sink_health h ON h.event_sink_id = s.id
 CROSS JOIN LATERAL (
-    SELECT count(*) AS pending, min(d.created_at) AS oldest_pending_at
-    FROM deliveries d
-    WHERE d.event_sink_id = s.id AND d.status = 'pending'
+    SELECT count(*) + (SELECT count(*) FROM deliveries d
+                       WHERE d.event_sink_id = s.id AND d.status = 'held') AS pending,
+           min(q.since) AS oldest_pending_at
+    FROM (
+        SELECT CASE WHEN d.digest_id IS NULL THEN d.created_at
+                    ELSE (SELECT CASE WHEN max(w.closes_at) > now() THEN NULL
+                                      ELSE greatest(d.created_at, max(w.closes_at)) END
+                          FROM digest_windows w WHERE w.id = d.digest_id) END AS since
+        FROM deliveries d
+        WHERE d.event_sink_id = s.id AND d.status = 'pending'
+    ) AS q
 ) AS p
 CROSS JOIN LATERAL (
     SELECT count(*) AS dead

@@ -46,7 +46,7 @@ class PurgeCounts:
     batches: int  # statements run, so an operator sees the purge was split as configured
     audit_seals: int = 0  # sealed batches of the audit log purged
     audit_rows: int = 0  # the audit rows they covered
-    digest_windows: int = 0  # storm digest windows that held nothing
+    digest_windows: int = 0  # storm digest windows that held nothing or whose digest is gone
 
 
 class RetentionTask(BackgroundLoop):
