@@ -5,6 +5,7 @@ or idle, 1 one failing or the database unreadable)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 
 from air_relay import model
+from air_relay.cli import status_table
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
 from tests.test_cli import run, write_config
@@ -114,3 +116,35 @@ def test_status_help_is_plain_text() -> None:
     assert result.returncode == 0, result.stderr
     assert "usage: air-relay status" in result.stdout and "--config PATH" in result.stdout
     assert "``" not in result.stdout
+
+
+def test_status_table_escapes_what_a_tenant_wrote() -> None:
+    """A sink's name and error are the tenant's text: an escape sequence or a newline in them
+    must not reach the operator's terminal (it could forge or erase rows)."""
+    now = datetime.now(UTC)
+    health = model.SinkHealth(
+        event_sink_id=uuid.uuid4(),
+        tenant_id="tenant\u202ea",
+        name="a\x1b[2Kb\nc",
+        type="Webhook",
+        active=True,
+        state=model.FAILING,
+        since=now,
+        last_success_at=None,
+        last_failure_at=now,
+        last_error="bad\r\n" + "x" * 1000,
+        last_status_code=None,
+        consecutive_failures=1,
+        pending=0,
+        dead=0,
+        oldest_pending_at=None,
+        delivered_last_hour=0,
+        failed_attempts_last_hour=1,
+    )
+    table = status_table([health, dataclasses.replace(health, name="n" * 500)], now)
+    assert "\x1b" not in table and "\r" not in table and "\u202e" not in table
+    lines = table.split("\n")
+    assert len(lines) == 4  # header, two sinks, summary
+    assert "a\\x1b[2Kb\\nc" in lines[1]
+    assert "tenant\\u202ea" in lines[1]
+    assert all(len(line) < 600 for line in lines)

@@ -81,3 +81,17 @@ def test_readme_is_a_page_and_maps_the_docs() -> None:
     assert len(readme.splitlines()) <= 200
     for doc in DOCS.glob("*.md"):
         assert f"(docs/{doc.name})" in readme, f"README does not point to docs/{doc.name}"
+
+
+def test_migrations_do_not_promise_a_short_lock_they_cannot_keep() -> None:
+    """Each migration file is one transaction, so NOT VALID + VALIDATE keeps the exclusive lock
+    through the scan; the comments say so, and the upgrade section warns of it."""
+    migrations = sorted((ROOT / "src/air_relay/db/migrations").glob("*.sql"))
+    for path in migrations:
+        text = path.read_text()
+        assert "without holding an exclusive lock" not in text, path.name
+        if "VALIDATE CONSTRAINT" in text:
+            assert "held through VALIDATE" in text, path.name
+    operations = (DOCS / "operations.md").read_text()
+    upgrade = operations[operations.index("**Upgrade.**") :]
+    assert "quiet moment" in upgrade.split("\n## ")[0]

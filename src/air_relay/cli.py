@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -232,19 +233,37 @@ def _age(seconds: float) -> str:
     return f"{max(0, int(seconds))}s"
 
 
+# Tenant-controlled text (names, errors) must not reach the operator's terminal raw: control
+# and format characters (escape sequences, newlines, bidi overrides) could forge rows.
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+# A cell longer than this is cut (ending in "..."): one sink's row stays one line.
+MAX_CELL = 60
+MAX_LAST_CELL = 200
+
+
+def printable(text: str, limit: int = MAX_CELL) -> str:
+    """``text`` with control and format characters (newline and tab among them) escaped as
+    Python writes them (``\\x1b``, ``\\n``, ``\\u202e``) and cut to ``limit`` characters."""
+    shown = "".join(
+        ascii(ch)[1:-1] if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text
+    )
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def status_table(rows: Sequence[SinkHealth], now: datetime) -> str:
     """The sinks as a plain-text table, one line per sink, with a summary line."""
     header = ("TENANT", "SINK ID", "NAME", "TYPE", "STATE", "SINCE", "PENDING", "OLDEST",
               "DEAD", "LAST ERROR")  # fmt: skip
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         since = r.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if r.since else "-"
         oldest = _age((now - r.oldest_pending_at).total_seconds()) if r.oldest_pending_at else "-"
         error = r.last_error or "-"
         if r.last_status_code is not None and str(r.last_status_code) not in error:
             error = f"{error} ({r.last_status_code})"
-        lines.append((r.tenant_id, str(r.event_sink_id), r.name, r.type, r.state.upper(), since,
-                      str(r.pending), oldest, str(r.dead), error))  # fmt: skip
+        cells = (r.tenant_id, str(r.event_sink_id), r.name, r.type, r.state.upper(), since,
+                 str(r.pending), oldest, str(r.dead))  # fmt: skip
+        lines.append((*(printable(c) for c in cells), printable(error, MAX_LAST_CELL)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     text = [
         "  ".join([*(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)), line[-1]])

@@ -15,14 +15,16 @@ from prometheus_client import (
 )
 
 from air_relay.events import catalog
-from air_relay.model import FAILING, SinkHealth
+from air_relay.model import DEAD, DELIVERED, FAILING, SinkHealth
 
 # The *_created series double the output for no use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, sink_types: Sequence[str] = ()) -> None:
+        """``sink_types``: the sink types whose delivery outcomes are exported from the
+        start (see below)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_received = Counter(
@@ -49,6 +51,12 @@ class Metrics:
             ["sink_type", "outcome"],
             registry=r,
         )
+        # Exported at 0 from the start: a labelled series that first appears at 1 (the first
+        # dead delivery after a restart) has no increase() in Prometheus, so the dead-delivery
+        # alert (contrib/prometheus/rules.yaml) would miss it.
+        for sink_type in sink_types:
+            for outcome in (DELIVERED, DEAD):
+                self.deliveries.labels(sink_type, outcome)
         self.attempts_failed = Counter(
             "air_relay_delivery_attempts_failed",
             "Failed delivery attempts, by reason.",

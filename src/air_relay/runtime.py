@@ -52,7 +52,7 @@ from air_relay.http.state import (
 from air_relay.http.tls import ServerTLS
 from air_relay.metrics import Metrics
 from air_relay.sinks.egress_guard import GuardedResolver, Lookups, guarded_socket
-from air_relay.sinks.registry import Clients, build_senders
+from air_relay.sinks.registry import SINK_TYPES, Clients, build_senders
 from air_relay.sinks.template_workers import TemplateWorkers
 
 log = structlog.get_logger(__name__)
@@ -102,7 +102,7 @@ def build_app(
     ``lookups`` makes the name lookups of sink hosts (the tests' seam: a name that does not
     exist without asking any DNS server)."""
     app = make_app(cfg)
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(tuple(SINK_TYPES))
 
     prepared = cfg.database.prepared_statements
 

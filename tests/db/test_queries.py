@@ -231,3 +231,68 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                 await pool.close()
         finally:
             await conn.close()
+
+
+async def test_upgrade_to_sink_health_fills_it_from_the_audit_log(server_dsn: str) -> None:
+    """A sink already failing before the upgrade shows failing at once, not idle; one whose
+    latest attempt succeeded shows healthy, with its earlier failure kept."""
+    from datetime import timedelta
+
+    from air_relay.db.health import sinks_health
+
+    async with scratch_database(server_dsn) as dsn:
+        conn = await connect(dsn)
+        try:
+            # The schema of migration 5, with two sinks' attempts written under it.
+            await conn.execute(QUERIES["create_migrations_table"])
+            for m in available_migrations()[:5]:
+                await conn.execute(m.sql)
+                await conn.execute(QUERIES["record_migration"], m.version, m.name)
+            failing, healthy, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+            for sink_id, name in ((failing, "failing"), (healthy, "healthy")):
+                await conn.execute(
+                    "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args)"
+                    " VALUES ($1, 't', $2, '', 'Webhook', '{}')",
+                    sink_id,
+                    name,
+                )
+            t0 = _now() - timedelta(minutes=10)
+            attempts = [  # (sink, outcome, status code, error, minutes after t0)
+                (failing, "success", 200, None, 0),
+                (failing, "failure", 500, "http_500", 1),
+                (failing, "failure", 503, "http_503", 2),
+                (healthy, "failure", 404, "http_404", 1),
+                (healthy, "success", 200, None, 3),
+            ]
+            for sink_id, outcome, code, error, minutes in attempts:
+                await conn.execute(
+                    "INSERT INTO delivery_attempts (delivery_id, tenant_id, event_id, event_name,"
+                    " organization_id, event_sink_id, event_sink_type, attempt, outcome,"
+                    " status_code, error, duration_ms, created_at)"
+                    " VALUES ($1, 't', $2, 'E', '1', $3, 'Webhook', 1, $4, $5, $6, 1, $7)",
+                    uuid.uuid4(),
+                    event_id,
+                    sink_id,
+                    outcome,
+                    code,
+                    error,
+                    t0 + timedelta(minutes=minutes),
+                )
+            assert await apply_migrations(conn) == [m.version for m in available_migrations()[5:]]
+            health = {h.event_sink_id: h for h in await sinks_health(conn, None)}
+            bad, good = health[failing], health[healthy]
+            assert (bad.state, bad.since, bad.consecutive_failures) == (
+                "failing",
+                t0 + timedelta(minutes=2),
+                1,
+            )
+            assert (bad.last_error, bad.last_status_code) == ("http_503", 503)
+            assert (bad.last_success_at, bad.last_failure_at) == (t0, t0 + timedelta(minutes=2))
+            assert (good.state, good.since, good.consecutive_failures) == (
+                "healthy",
+                t0 + timedelta(minutes=3),
+                0,
+            )
+            assert (good.last_error, good.last_status_code) == ("http_404", 404)
+        finally:
+            await conn.close()

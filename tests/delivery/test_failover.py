@@ -6,10 +6,17 @@ fails over again along its chain."""
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
+from air_relay import model
+from air_relay.db import repository as repo
+from air_relay.db.pool import create_pool
 from tests.support import (
     ADMIN_KEY,
     CATALOG,
@@ -133,3 +140,76 @@ async def test_a_dead_fallback_fails_over_along_its_chain(
         "delivered",
         hop["id"],
     )
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(db_dsn, 1, 2)
+    yield pool
+    await pool.close()
+
+
+async def _webhook_sink(
+    pool: asyncpg.Pool, name: str, fallback: uuid.UUID | None = None
+) -> uuid.UUID:
+    fields = model.SinkFields(
+        "tenant-a", name, "", "Webhook", {"url": "http://127.0.0.1:9/"}, None, None, True,
+        fallback_event_sink_id=fallback,
+    )  # fmt: skip
+    sink = await repo.insert_sink(pool, uuid.uuid4(), fields, max_per_tenant=10)
+    assert sink is not None
+    return sink.id
+
+
+def _dead(claim: model.ClaimedDelivery) -> model.Completion:
+    now = datetime.now(UTC)
+    attempt = model.AttemptRecord(1, model.FAILURE, 404, "http_404", "", 1, None, now)
+    return model.Completion(claim, model.DEAD, None, "http_404", [attempt])
+
+
+async def test_sinks_sharing_a_fallback_fail_an_event_over_to_it_once(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    """Two dead deliveries of one event whose sinks share a fallback: one delivery to the
+    fallback, named by both, whether they die in one batch or one after the other."""
+    fallback = await _webhook_sink(pool, "f")
+    sinks = [await _webhook_sink(pool, name, fallback) for name in ("a", "b")]
+
+    async def claim_both() -> list[model.ClaimedDelivery]:
+        claims = await repo.claim_deliveries(
+            pool, sink_types=["Webhook"], limit=10, lease_seconds=60, worker="w"
+        )
+        assert {c.event_sink_id for c in claims} == set(sinks)
+        return list(claims)
+
+    async def failover_rows(event_id: uuid.UUID) -> tuple[list[Any], set[Any]]:
+        to_fallback = await db.fetch(
+            "SELECT id FROM deliveries WHERE event_id = $1 AND event_sink_id = $2",
+            event_id,
+            fallback,
+        )
+        linked = await db.fetch(
+            "SELECT failed_over_to FROM deliveries WHERE event_id = $1 AND status = 'dead'",
+            event_id,
+        )
+        return [r["id"] for r in to_fallback], {r["failed_over_to"] for r in linked}
+
+    for one_batch in (True, False):
+        # The fallback is switched off while the event is routed: it is no subscriber.
+        await db.execute("UPDATE event_sinks SET active = (id <> $1)", fallback)
+        event_id = uuid.uuid4()
+        await repo.ingest_events(
+            pool, [model.NewEvent(event_id, "tenant-a", "E", 1, b"{}")], timeout=5
+        )
+        await db.execute("UPDATE event_sinks SET active = true")
+        claims = await claim_both()
+        if one_batch:
+            await repo.complete_deliveries(pool, [_dead(c) for c in claims])
+        else:
+            for claim in claims:
+                await repo.complete_deliveries(pool, [_dead(claim)])
+        ids, linked = await failover_rows(event_id)
+        assert len(ids) == 1, (one_batch, ids)
+        assert linked == {ids[0]}, (one_batch, linked)
+        # The failover delivery is due now: claim it out of the way of the next round.
+        await db.execute("UPDATE deliveries SET status = 'delivered' WHERE id = $1", ids[0])

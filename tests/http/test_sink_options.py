@@ -108,3 +108,36 @@ async def test_deleting_a_named_fallback_is_409_naming_the_dependant(relay: Any)
     assert status == 200, body
     status, _, _ = await call(relay, "DELETE", f"/v1/event_sink/{fallback['id']}")
     assert status == 200
+
+
+async def test_ordering_and_digest_are_refused_together(relay: Any) -> None:
+    """A digest's held deliveries would not hold back later events of their key."""
+    digest = {"window_seconds": 60}
+    base = {"tenant_id": TENANT, "name": "n", "description": "", "event_sink_args": HOOK}
+    status, body, _ = await call(
+        relay, "POST", "/v1/event_sink", {**base, "ordering": "task", "digest": digest}
+    )
+    message = assert_error(status, body, 400, "invalid_argument", "digest")
+    assert message.startswith("digest cannot be combined"), message
+
+    ordered = await create_sink(relay, HOOK, ordering="task", name="ordered")
+    status, body, _ = await call(
+        relay, "PUT", f"/v1/event_sink/{ordered['id']}", {"digest": digest}
+    )
+    message = assert_error(status, body, 400, "invalid_argument", "digest")
+    assert message.startswith("digest cannot"), message
+    digested = await create_sink(relay, HOOK, digest=digest, name="digested")
+    status, body, _ = await call(
+        relay, "PUT", f"/v1/event_sink/{digested['id']}", {"ordering": "case"}
+    )
+    message = assert_error(status, body, 400, "invalid_argument", "ordering")
+    assert message.startswith("ordering cannot"), message
+    # Turning one off while setting the other is fine.
+    status, body, _ = await call(
+        relay,
+        "PUT",
+        f"/v1/event_sink/{digested['id']}",
+        {"ordering": "case", "digest": None},
+    )
+    assert status == 200, body
+    assert (body["event_sink"]["ordering"], body["event_sink"]["digest"]) == ("case", None)

@@ -128,3 +128,13 @@ async def test_inactive_sink_and_tenant_rules(relay: Any) -> None:
     for path in (f"/v1/event_sink/{mine['id']}/health", f"/v1/status?tenant_id={TENANT}"):
         status, _, headers = await call(relay, "GET", path, key=None)
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_delivery_outcomes_are_exported_at_zero_from_the_start(relay: Any) -> None:
+    """A series first seen at 1 has no increase() in Prometheus: the first dead delivery after
+    a restart would not fire the dead-delivery alert."""
+    scraped = await _metrics(relay)
+    for sink_type in ("Webhook", "Slack", "PagerDuty"):
+        for outcome in ("delivered", "dead"):
+            line = f'air_relay_deliveries_total{{outcome="{outcome}",sink_type="{sink_type}"}} 0.0'
+            assert line in scraped.splitlines(), (line, scraped)

@@ -180,8 +180,14 @@ ORDER BY c.created_at;
 -- Failover: a delivery made dead here whose sink names an active fallback gets, once
 -- (failed_over_to was unset), a new delivery of its event to the fallback, due now and
 -- whatever the fallback's filters say; the two name each other (failed_over_to / _from).
--- A fallback that already has a failover delivery of the event gets no second one, so even a
--- cycle the API did not see in time (two concurrent updates) cannot go round forever.
+-- A fallback gets at most one failover delivery of an event, so even a cycle the API did not
+-- see in time (two concurrent updates) cannot go round forever: deliveries of one event dead
+-- in this batch whose sinks share a fallback make one (DISTINCT ON), one that already exists
+-- (an earlier batch) is not made again, and every such dead delivery names that one in
+-- failed_over_to. Another instance's batch failing the same event over to the same fallback
+-- at the same moment is stopped by the unique index deliveries_failover_once_idx (ON CONFLICT
+-- DO NOTHING); the losing delivery then keeps failed_over_to unset (its statement cannot see
+-- the winner's row).
 WITH claim AS (
     SELECT *
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
@@ -196,18 +202,38 @@ WITH claim AS (
     JOIN claim c ON d.id = c.id AND d.claim_token = c.claim_token
     ORDER BY d.id
     FOR UPDATE OF d
-), failover AS MATERIALIZED (
-    SELECT l.id, gen_random_uuid() AS new_id, c.event_id, c.tenant_id, f.id AS sink_id,
-           f.sink_type
+), fails_over AS MATERIALIZED (
+    -- Every delivery made dead here that fails over, with the failover delivery its event
+    -- already has at the fallback, if any.
+    SELECT l.id, c.event_id, c.tenant_id, f.id AS sink_id, f.sink_type,
+           (SELECT o.id FROM deliveries o
+            WHERE o.event_id = c.event_id AND o.event_sink_id = f.id
+              AND o.failed_over_from IS NOT NULL) AS existing_id
     FROM locked l
     JOIN claim c ON c.id = l.id AND c.claim_token = l.claim_token
     JOIN event_sinks s ON s.id = c.event_sink_id
     JOIN event_sinks f ON f.id = s.fallback_event_sink_id AND f.active
     WHERE c.status = 'dead'
       AND l.failed_over_to IS NULL
-      AND NOT EXISTS (SELECT 1 FROM deliveries o
-                      WHERE o.event_id = c.event_id AND o.event_sink_id = f.id
-                        AND o.failed_over_from IS NOT NULL)
+), failover AS MATERIALIZED (
+    -- The new failover deliveries: one per event and fallback, from its first dead delivery.
+    SELECT DISTINCT ON (event_id, sink_id)
+           id, gen_random_uuid() AS new_id, event_id, tenant_id, sink_id, sink_type
+    FROM fails_over
+    WHERE existing_id IS NULL
+    ORDER BY event_id, sink_id, id
+), failed_over AS (
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
+                            failed_over_from)
+    SELECT fo.new_id, fo.event_id, fo.sink_id, fo.tenant_id, fo.sink_type, fo.id
+    FROM failover fo
+    ON CONFLICT (event_id, event_sink_id) WHERE failed_over_from IS NOT NULL DO NOTHING
+    RETURNING id, event_id, event_sink_id
+), linked AS (
+    -- Each failing-over delivery and the one failover delivery of its event at its fallback.
+    SELECT fs.id, coalesce(fs.existing_id, n.id) AS failed_over_to
+    FROM fails_over fs
+    LEFT JOIN failed_over n ON n.event_id = fs.event_id AND n.event_sink_id = fs.sink_id
 ), updated AS (
     UPDATE deliveries d
     SET status = c.status,
@@ -217,17 +243,12 @@ WITH claim AS (
         claim_token = NULL,
         claimed_by = NULL,
         updated_at = now(),
-        failed_over_to = coalesce(fo.new_id, d.failed_over_to)
+        failed_over_to = coalesce(lk.failed_over_to, d.failed_over_to)
     FROM locked l
     JOIN claim c ON c.id = l.id AND c.claim_token = l.claim_token
-    LEFT JOIN failover fo ON fo.id = l.id
+    LEFT JOIN linked lk ON lk.id = l.id
     WHERE d.id = l.id
     RETURNING c.id, c.claim_token, c.event_sink_id, c.status
-), failed_over AS (
-    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
-                            failed_over_from)
-    SELECT fo.new_id, fo.event_id, fo.sink_id, fo.tenant_id, fo.sink_type, fo.id
-    FROM failover fo
 ), attempt AS (
     SELECT c.id, c.tenant_id, c.event_id, c.event_name, c.organization_id, c.event_sink_id,
            c.sink_type, a.*

@@ -4,6 +4,10 @@ body, checked (400 naming the field), and shown in the sink object.
 Absent options keep today's behaviour: no ordering, no failover. A fallback must be a sink of
 the same tenant, not the sink itself, and must not lead back to it along the fallbacks'
 chain (a cycle would fail a dead event over for ever).
+
+``ordering`` and ``digest`` are refused together: the claim's ordering check waits only on a
+key's pending deliveries, so a delivery held in a digest would not block the later events of
+its key, and they would be sent before it.
 """
 
 from __future__ import annotations
@@ -55,7 +59,23 @@ def with_options(
         ordering = parse_ordering(body["ordering"])
     if FALLBACK in body:
         fallback = parse_fallback(body[FALLBACK])
+    check_ordering_and_digest(ordering, fields.digest, body)
     return dataclasses.replace(fields, ordering=ordering, fallback_event_sink_id=fallback)
+
+
+def check_ordering_and_digest(ordering: str, digest: object, body: dict[str, Any]) -> None:
+    """A 400 when the sink would have both ``ordering`` and ``digest``; it names the option
+    the body sets (``digest`` when it sets both)."""
+    if ordering == ORDERING_NONE or digest is None:
+        return
+    field = "ordering" if "digest" not in body else "digest"
+    raise InvalidArgument(
+        field,
+        "cannot be combined with "
+        + ("digest" if field == "ordering" else "ordering")
+        + " yet: a delivery held in a digest would not hold back the later events of its key;"
+        " turn the other option off first",
+    )
 
 
 def _no_such_sink(fields: SinkFields) -> InvalidArgument:

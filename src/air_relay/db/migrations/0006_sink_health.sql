@@ -20,6 +20,41 @@ CREATE TABLE sink_health (
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
 
+-- Filled once from the audit log, so that a sink that was already failing before the upgrade
+-- shows failing at once, not idle until its next attempt: per sink (that still exists), its
+-- latest attempt gives the state and since, the latest attempt of each outcome gives
+-- last_success_at / last_failure_at, the latest failure gives last_error and
+-- last_status_code. Approximate where the log cannot say cheaply: since is the latest
+-- attempt's time (not the start of its run), and consecutive_failures is 1 when failing.
+-- One pass over delivery_attempts, at the upgrade only.
+WITH latest AS (
+    SELECT DISTINCT ON (event_sink_id) event_sink_id, outcome, created_at
+    FROM delivery_attempts
+    ORDER BY event_sink_id, created_at DESC, id DESC
+), latest_failure AS (
+    SELECT DISTINCT ON (event_sink_id) event_sink_id, error, status_code
+    FROM delivery_attempts
+    WHERE outcome = 'failure'
+    ORDER BY event_sink_id, created_at DESC, id DESC
+), per_outcome AS (
+    SELECT event_sink_id,
+           max(created_at) FILTER (WHERE outcome = 'success') AS last_success_at,
+           max(created_at) FILTER (WHERE outcome = 'failure') AS last_failure_at
+    FROM delivery_attempts
+    GROUP BY event_sink_id
+)
+INSERT INTO sink_health (event_sink_id, state, since, last_attempt_at, last_success_at,
+                         last_failure_at, last_error, last_status_code, consecutive_failures)
+SELECT l.event_sink_id,
+       CASE l.outcome WHEN 'success' THEN 'healthy' ELSE 'failing' END,
+       l.created_at, l.created_at, p.last_success_at, p.last_failure_at,
+       f.error, f.status_code,
+       CASE l.outcome WHEN 'success' THEN 0 ELSE 1 END
+FROM latest l
+JOIN per_outcome p USING (event_sink_id)
+LEFT JOIN latest_failure f USING (event_sink_id)
+WHERE EXISTS (SELECT 1 FROM event_sinks s WHERE s.id = l.event_sink_id);
+
 -- Per sink and minute: deliveries that became delivered and attempts that failed. The last
 -- hour's figures are the sum of at most 61 rows per sink; retention drops older minutes.
 CREATE TABLE sink_health_minutes (

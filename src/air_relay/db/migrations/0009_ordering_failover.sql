@@ -29,3 +29,9 @@ ALTER TABLE deliveries
 -- out of it.
 CREATE INDEX deliveries_order_idx ON deliveries (event_sink_id, order_key, created_at, order_pos, id)
     WHERE status = 'pending' AND order_key IS NOT NULL;
+
+-- A fallback gets at most one failover delivery of an event (complete_deliveries), even when
+-- two instances fail the event over to it at the same moment. It is also the lookup of that
+-- delivery.
+CREATE UNIQUE INDEX deliveries_failover_once_idx ON deliveries (event_id, event_sink_id)
+    WHERE failed_over_from IS NOT NULL;

@@ -6,7 +6,9 @@
 ALTER TABLE event_sinks ADD COLUMN digest jsonb;
 
 -- A held delivery waits for its window's digest: never claimed itself, finished with it.
--- (The statuses of migration 7, dead letters, stay: 'dismissed'.)
+-- (The statuses of migration 7, dead letters, stay: 'dismissed'.) As in migration 7, this file
+-- is one transaction, so the ACCESS EXCLUSIVE lock of DROP/ADD CONSTRAINT is
+-- held through VALIDATE's scan of deliveries to the commit: NOT VALID does not shorten it.
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_status_check;
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check
     CHECK (status IN ('pending', 'delivered', 'dead', 'dismissed', 'held')) NOT VALID;
