@@ -111,6 +111,25 @@ def test_status_exits_1_when_the_database_is_unreachable(tmp_path: Path) -> None
     assert result.stdout == ""
 
 
+def test_status_needs_no_ingest_token_or_api_key(tmp_path: Path) -> None:
+    # A monitoring check reads the database only: the secrets of AIR and the API clients may
+    # be unset for it (check-config, like serve, still insists on them).
+    path = write_config(
+        tmp_path / "monitor.yaml",
+        {
+            "database": {"dsn": "postgresql://relay:pw@127.0.0.1:9/air"},
+            "ingest": {"tokens": [{"token": "${AIR_RELAY_INGEST_TOKEN}", "tenant_id": "t"}]},
+            "api": {"keys": [{"key": "${AIR_RELAY_API_KEY}", "tenant_ids": ["*"]}]},
+        },
+    )
+    result = run("status", "--config", str(path), "--wait", "1", timeout=60)
+    assert result.returncode == 1, result.stderr  # the database, not the config (exit 2)
+    assert '"status_failed"' in result.stderr and "not set" not in result.stderr
+    refused = run("check-config", "--config", str(path))
+    assert refused.returncode == 2
+    assert "AIR_RELAY_INGEST_TOKEN" in refused.stderr and "AIR_RELAY_API_KEY" in refused.stderr
+
+
 def test_status_help_is_plain_text() -> None:
     result = run("status", "--help")
     assert result.returncode == 0, result.stderr

@@ -669,3 +669,19 @@ def test_serving_problems_of_an_empty_or_half_empty_config() -> None:
     assert [p.key for p in serving_problems(keys_only)] == ["ingest.tokens"]
     both = parse(SERVING, AIR_RELAY_INGEST_TOKEN="t", AIR_RELAY_TENANT="a", AIR_RELAY_API_KEY="k")
     assert serving_problems(both) == []
+
+
+def test_commands_that_only_read_the_database_need_no_serving_credentials() -> None:
+    text = (
+        "database:\n  dsn: ${AIR_RELAY_DATABASE_DSN}\n"
+        "ingest:\n  tokens:\n    - token: ${AIR_RELAY_INGEST_TOKEN}\n      tenant_id: t\n"
+        "api:\n  keys:\n    - key: ${AIR_RELAY_API_KEY}\n      tenant_ids: ['*']\n"
+    )
+    dsn = {"AIR_RELAY_DATABASE_DSN": "postgresql://127.0.0.1:9/air"}
+    cfg = parse_config(text, env=dsn, serving_credentials=False)
+    assert cfg.database.dsn == dsn["AIR_RELAY_DATABASE_DSN"]
+    with pytest.raises(ConfigError, match="AIR_RELAY_INGEST_TOKEN"):
+        parse_config(text, env=dsn)
+    # Only the tokens and keys may be unset: the database is still needed.
+    with pytest.raises(ConfigError, match="AIR_RELAY_DATABASE_DSN"):
+        parse_config(text, env={}, serving_credentials=False)

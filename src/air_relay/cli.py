@@ -280,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         print("air-relay: --config PATH (or AIR_RELAY_CONFIG) is required", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        cfg = load_config(args.config)
+        # Only serve and check-config use the ingest tokens and API keys.
+        serving = args.command in ("serve", "check-config")
+        cfg = load_config(args.config, serving_credentials=serving)
     except ConfigError as exc:
         print(f"air-relay: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -676,11 +676,23 @@ def _duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
             _duplicate_keys(item, f"{path}[{i}]", seen)
 
 
-def parse_config(text: str, env: typing.Mapping[str, str] | None = None) -> Config:
+# Where the credentials that only a serving relay uses live: the ingest tokens, the API keys.
+_SERVING_CREDENTIALS = re.compile(r"^(ingest\.tokens|api\.keys)\[\d+\]\.")
+
+
+def parse_config(
+    text: str,
+    env: typing.Mapping[str, str] | None = None,
+    *,
+    serving_credentials: bool = True,
+) -> Config:
     """YAML text to a validated Config; ``env`` (default: ``os.environ``) feeds ``${VAR}``.
 
     Every missing variable is reported at once; an error about a value that came from a
-    variable names the variable (and its value, unless it is a secret)."""
+    variable names the variable (and its value, unless it is a secret). Without
+    ``serving_credentials`` (the commands that only read the database: ``migrate``,
+    ``status``, ``audit verify``), an unset variable of an ingest token or an API key is no
+    error: a monitoring check should not need the secrets AIR and the API clients use."""
     try:
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
         if tree is not None:
@@ -690,8 +702,11 @@ def parse_config(text: str, env: typing.Mapping[str, str] | None = None) -> Conf
         raise ConfigError("", f"not valid YAML: {exc}") from exc
     expansion = _Expansion()
     expanded = _expand_tree(raw, os.environ if env is None else env, "", expansion)
-    if expansion.errors:
-        raise _all_at_once(expansion.errors)
+    errors = [
+        e for e in expansion.errors if serving_credentials or not _SERVING_CREDENTIALS.match(e.key)
+    ]
+    if errors:
+        raise _all_at_once(errors)
     try:
         cfg: Config = _build(Config, expanded, "")
         _check_values(cfg)
@@ -725,14 +740,19 @@ def serving_problems(cfg: Config) -> list[ConfigError]:
     return problems
 
 
-def load_config(path: str | Path, env: typing.Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path,
+    env: typing.Mapping[str, str] | None = None,
+    *,
+    serving_credentials: bool = True,
+) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError("", f"config file {path} is not UTF-8 text") from exc
-    return parse_config(text, env)
+    return parse_config(text, env, serving_credentials=serving_credentials)
 
 
 def redacted(cfg: Config) -> dict[str, Any]:
