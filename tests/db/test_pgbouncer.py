@@ -31,6 +31,7 @@ from tests.support import (
     make_config,
     post_event,
     scratch_database,
+    wait_until,
 )
 
 EVENTS = 40
@@ -86,8 +87,12 @@ async def test_ingest_to_delivery_through_pgbouncer_in_transaction_mode(
     }
     db = await connect(empty_dsn)
     try:
-        statuses = await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
-        assert {r["status"]: r["count"] for r in statuses} == {"delivered": EVENTS}
+        # A delivery's verdict is written just after the receiver answered it: wait for them.
+        async def all_delivered() -> bool:
+            statuses = await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
+            return {r["status"]: r["count"] for r in statuses} == {"delivered": EVENTS}
+
+        await wait_until(all_delivered, timeout=30)
     finally:
         await db.close()
 
