@@ -685,3 +685,19 @@ def test_commands_that_only_read_the_database_need_no_serving_credentials() -> N
     # Only the tokens and keys may be unset: the database is still needed.
     with pytest.raises(ConfigError, match="AIR_RELAY_DATABASE_DSN"):
         parse_config(text, env={}, serving_credentials=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ingest:\n  tokens:\n  - token: s3cr3t-value: x\n    tenant_id: t\n",
+        'api:\n  keys:\n  - key: "s3cr3t-value\n',
+        "database:\n  dsn: [postgresql://u:s3cr3t-value@127.0.0.1/db\n",
+    ],
+)
+def test_invalid_yaml_names_the_place_not_the_line(text: str) -> None:
+    # PyYAML quotes the offending line, which may hold a secret.
+    err = config_error(text)
+    assert "not valid YAML" in str(err)
+    assert "line " in str(err)
+    assert "s3cr3t" not in str(err)

@@ -699,7 +699,7 @@ def parse_config(
             _duplicate_keys(tree, "", set())
         raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise ConfigError("", f"not valid YAML: {exc}") from exc
+        raise ConfigError("", f"not valid YAML: {_yaml_problem(exc)}") from exc
     expansion = _Expansion()
     expanded = _expand_tree(raw, os.environ if env is None else env, "", expansion)
     errors = [
@@ -738,6 +738,20 @@ def serving_problems(cfg: Config) -> list[ConfigError]:
     if not cfg.api.keys:
         problems.append(ConfigError("api.keys", "is empty: no event sink could be created"))
     return problems
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the quoted line PyYAML's own message adds: that line
+    may hold an ingest token, an API key or a DSN password (``token: s3cr3t: x``)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what and mark is not None:
+            parts.append(f"{what} (line {mark.line + 1}, column {mark.column + 1})")
+        elif what:
+            parts.append(what)
+    return "; ".join(parts) or type(exc).__name__
 
 
 def load_config(
