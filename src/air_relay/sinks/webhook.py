@@ -82,7 +82,6 @@ class WebhookSender:
 
     async def send(self, delivery: ClaimedDelivery) -> SendResult:
         args = delivery.sink_args or {}
-        secrets = credentials(args)
         body = delivery.body
         if args.get("template") is not None:
             try:
@@ -94,7 +93,7 @@ class WebhookSender:
                     error="template_error",
                     reason="other",
                     transient=False,
-                    response_body=audit_text(str(exc), secrets),
+                    response_body=audit_text(str(exc), credentials(args)),
                 )
             except WorkersUnavailable as exc:
                 # No worker to render with (shutting down): not the template's fault.
@@ -105,20 +104,16 @@ class WebhookSender:
                     transient=True,
                     response_body=str(exc),
                 )
-        return await post(
-            self._session,
-            args["url"],
-            body=body,
-            headers=self.build_headers(delivery, body=body),
-            timeout=self._timeout,
-            secrets=secrets,
-        )
+        return await self._post(delivery, body)
 
     async def send_digest(self, delivery: ClaimedDelivery, digest: Digest) -> SendResult:
         """The digest's JSON body, signed like any other (a ``template`` shapes single events
         only); ``webhook-id`` is the carrying delivery's, the same on every retry."""
+        return await self._post(delivery, webhook_body(digest))
+
+    async def _post(self, delivery: ClaimedDelivery, body: bytes) -> SendResult:
+        """POST ``body`` to the sink's URL, signed; its credentials redacted from the answer."""
         args = delivery.sink_args or {}
-        body = webhook_body(digest)
         return await post(
             self._session,
             args["url"],
