@@ -32,7 +32,7 @@ from air_relay.http.delivery_api import (
 )
 from air_relay.http.errors import ApiError
 from air_relay.http.jsonbody import read_api_json
-from air_relay.http.params import DEFAULT_LIMIT, MAX_LIMIT, parse_time, parse_uuid
+from air_relay.http.params import DEFAULT_LIMIT, MAX_LIMIT, parse_time, uuid_param
 from air_relay.http.state import POOL
 from air_relay.model import DEAD, BulkAction, BulkResult, DeliveryDetail
 from air_relay.timestamps import rfc3339
@@ -121,9 +121,7 @@ def parse_bulk(body: Mapping[str, Any], key: ApiKey, actor: str) -> BulkAction:
             "status", "must be dead (only dead deliveries are retried or dismissed)"
         )
     sink_text = _text(body, "event_sink_id")
-    sink_id = parse_uuid(sink_text) if sink_text is not None else None
-    if sink_text is not None and sink_id is None:
-        raise InvalidArgument("event_sink_id", "must be a UUID")
+    sink_id = uuid_param("event_sink_id", sink_text) if sink_text is not None else None
     since_text, until_text = _text(body, "since"), _text(body, "until")
     since = parse_time("since", since_text) if since_text else None
     until = parse_time("until", until_text) if until_text else None
