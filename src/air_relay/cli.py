@@ -119,8 +119,8 @@ async def _connect_error(dsn: str) -> str:
     return "it accepts connections now"
 
 
-class _Unreachable(Exception):
-    """The database did not accept a connection within the wait."""
+class _NotReady(Exception):
+    """The database did not accept a connection within the wait, or is not fully migrated."""
 
 
 def _db_failures() -> tuple[type[BaseException], ...]:
@@ -130,7 +130,7 @@ def _db_failures() -> tuple[type[BaseException], ...]:
     from air_relay.db.pool import DB_UNAVAILABLE, DatabaseRefused
 
     return (
-        _Unreachable,
+        _NotReady,
         *DB_UNAVAILABLE,
         asyncpg.PostgresError,
         DatabaseRefused,  # wrong credentials, no such database
@@ -140,9 +140,13 @@ def _db_failures() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.asynccontextmanager
-async def _database(cfg: Config, wait_seconds: float) -> AsyncIterator[asyncpg.Connection]:
+async def _database(
+    cfg: Config, wait_seconds: float, *, migrated: bool = False
+) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the configured database once it accepts one (within ``wait_seconds``,
-    else _Unreachable), the embedded server started for it and stopped after."""
+    else _NotReady), the embedded server started for it and stopped after. With ``migrated``,
+    a database not fully migrated is _NotReady too (the commands that read it)."""
+    from air_relay.db.migrate import current_version, latest_version
     from air_relay.db.pool import connect, wait_for_database
     from air_relay.runtime import resolve_dsn
 
@@ -153,11 +157,13 @@ async def _database(cfg: Config, wait_seconds: float) -> AsyncIterator[asyncpg.C
             await asyncio.wait_for(wait_for_database(dsn), timeout=wait_seconds)
         except TimeoutError:
             reason = await _connect_error(dsn)
-            raise _Unreachable(
+            raise _NotReady(
                 f"database not reachable within {wait_seconds:g} s ({reason})"
             ) from None
         conn = await connect(dsn, prepared_statements=cfg.database.prepared_statements)
         try:
+            if migrated and await current_version(conn) < latest_version():
+                raise _NotReady("the database is not fully migrated")
             yield conn
         finally:
             await conn.close()
@@ -167,7 +173,7 @@ async def _database(cfg: Config, wait_seconds: float) -> AsyncIterator[asyncpg.C
 
 
 def _failure(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, _Unreachable) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, _NotReady) else f"{type(exc).__name__}: {exc}"
 
 
 async def _migrate(cfg: Config, wait_seconds: float) -> int:
@@ -187,17 +193,15 @@ async def _migrate(cfg: Config, wait_seconds: float) -> int:
 async def _audit_verify(cfg: Config, wait_seconds: float) -> int:
     """``audit verify``: the report on stdout; 0 when every seal matches."""
     from air_relay.db import repository as repo
-    from air_relay.db.migrate import current_version, latest_version
     from air_relay.delivery.sealing import describe, verify_chain
 
     log = structlog.get_logger("air_relay.cli")
     try:
-        async with _database(cfg, wait_seconds) as conn:
-            if await current_version(conn) < latest_version():
-                log.error("audit_verify_failed", error="the database is not fully migrated")
-                return EXIT_FAILURE
-            async with repo.audit_snapshot(conn) as snapshot:
-                report = await verify_chain(snapshot)
+        async with (
+            _database(cfg, wait_seconds, migrated=True) as conn,
+            repo.audit_snapshot(conn) as snapshot,
+        ):
+            report = await verify_chain(snapshot)
     except _db_failures() as exc:
         log.error("audit_verify_failed", error=_failure(exc))
         return EXIT_FAILURE
@@ -208,14 +212,10 @@ async def _audit_verify(cfg: Config, wait_seconds: float) -> int:
 async def _status(cfg: Config, wait_seconds: float) -> int:
     """``status``: the per-sink table on stdout; 0 when no active sink is failing."""
     from air_relay.db.health import needs_attention, sinks_health
-    from air_relay.db.migrate import current_version, latest_version
 
     log = structlog.get_logger("air_relay.cli")
     try:
-        async with _database(cfg, wait_seconds) as conn:
-            if await current_version(conn) < latest_version():
-                log.error("status_failed", error="the database is not fully migrated")
-                return EXIT_FAILURE
+        async with _database(cfg, wait_seconds, migrated=True) as conn:
             rows = await sinks_health(conn, None)
             now: datetime = await conn.fetchval("SELECT now()")
     except _db_failures() as exc:
