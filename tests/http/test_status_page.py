@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from air_relay.http.sessions import COOKIE_NAME, Sessions
 from air_relay.http.state import CONFIG, POOL
 from air_relay.http.status_html import RelayState, SpoolState, status_page
 from air_relay.http.status_page import CSP, SESSIONS
+from air_relay.model import SinkHealth
 from tests.http.test_tls import client_context, server_tls, write_cert
 from tests.support import (
     ADMIN_KEY,
@@ -215,32 +216,28 @@ async def test_the_bearer_header_works_too(make_relay: RelayFactory) -> None:
     assert (await client.get("/status", headers=auth("wrong"))).status == 401
 
 
-@dataclass(frozen=True)
-class Row:
-    event_sink_id: uuid.UUID
-    tenant_id: str
-    name: str
-    type: str
-    state: str
-    since: datetime | None
-    last_failure_at: datetime | None
-    last_error: str | None
-    last_status_code: int | None
-    consecutive_failures: int
-    pending: int
-    dead: int
-    oldest_pending_at: datetime | None
-    delivered_last_hour: int = 0
-    failed_attempts_last_hour: int = 0
-
-
 def test_the_page_escapes_names_errors_and_tenants() -> None:
     now = datetime.now(UTC)
     hostile = '<script>alert("x")</script>&"\'><img src=x onerror=alert(1)>'
-    row = Row(
-        uuid.uuid4(), hostile, hostile, "Webhook", "failing", now - timedelta(minutes=3),
-        now - timedelta(minutes=1), hostile, 500, 4, 7, 1, now - timedelta(seconds=90),
-    )  # fmt: skip
+    row = SinkHealth(
+        event_sink_id=uuid.uuid4(),
+        tenant_id=hostile,
+        name=hostile,
+        type="Webhook",
+        active=True,
+        state="failing",
+        since=now - timedelta(minutes=3),
+        last_success_at=None,
+        last_failure_at=now - timedelta(minutes=1),
+        last_error=hostile,
+        last_status_code=500,
+        consecutive_failures=4,
+        pending=7,
+        dead=1,
+        oldest_pending_at=now - timedelta(seconds=90),
+        delivered_last_hour=0,
+        failed_attempts_last_hour=0,
+    )
     relay = RelayState("0.1.0", 3700, True, 6, SpoolState(False, 0, 0, 10), True, now)
     text = status_page(relay, [row, replace(row, tenant_id="t2")], hostile)
     assert "<script" not in text and "<img" not in text and 'alert("x")' not in text

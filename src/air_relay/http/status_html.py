@@ -9,11 +9,11 @@ page has no script and needs none: it is read, and reloaded.
 from __future__ import annotations
 
 import html
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+
+from air_relay.model import SinkHealth
 
 SIGN_IN_PATH = "/status/sign-in"
 SIGN_OUT_PATH = "/status/sign-out"
@@ -64,41 +64,6 @@ td.error { max-width: 28rem; overflow-wrap: anywhere; font-family: ui-monospace,
 .alert { color: var(--bad); font-weight: 600; }
 footer { padding: 0 1.5rem 1.5rem; color: #57606a; font-size: 0.85rem; }
 """
-
-
-class SinkRow(Protocol):
-    """What a row shows of a sink's health (``air_relay.model.SinkHealth`` has it)."""
-
-    @property
-    def event_sink_id(self) -> uuid.UUID: ...
-    @property
-    def tenant_id(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def since(self) -> datetime | None: ...
-    @property
-    def last_failure_at(self) -> datetime | None: ...
-    @property
-    def last_error(self) -> str | None: ...
-    @property
-    def last_status_code(self) -> int | None: ...
-    @property
-    def consecutive_failures(self) -> int: ...
-    @property
-    def pending(self) -> int: ...
-    @property
-    def dead(self) -> int: ...
-    @property
-    def oldest_pending_at(self) -> datetime | None: ...
-    @property
-    def delivered_last_hour(self) -> int: ...
-    @property
-    def failed_attempts_last_hour(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -209,7 +174,7 @@ def _relay_panel(relay: RelayState) -> str:
     return f'<section id="relay">\n<h2>Relay</h2>\n<dl class="relay">\n{rows}</dl>\n</section>\n'
 
 
-def _error_cell(row: SinkRow, now: datetime) -> str:
+def _error_cell(row: SinkHealth, now: datetime) -> str:
     """The latest failure: its error, its HTTP status and when; kept (muted) after the sink
     recovered, so the cause of last night's outage is still there in the morning."""
     if not row.last_error and row.last_status_code is None:
@@ -228,7 +193,7 @@ def _error_cell(row: SinkRow, now: datetime) -> str:
     return f'<td class="{cls}" title="{_e(text)}">{_e(shown)}{when}</td>'
 
 
-def _sink_row(row: SinkRow, now: datetime, show_tenant: bool) -> str:
+def _sink_row(row: SinkHealth, now: datetime, show_tenant: bool) -> str:
     state = row.state if row.state in STATES else "idle"
     oldest = (
         age((now - row.oldest_pending_at).total_seconds())
@@ -249,7 +214,7 @@ def _sink_row(row: SinkRow, now: datetime, show_tenant: bool) -> str:
     )
 
 
-def _sinks_table(rows: Sequence[SinkRow] | None, now: datetime) -> str:
+def _sinks_table(rows: Sequence[SinkHealth] | None, now: datetime) -> str:
     if rows is None:
         inner = (
             '<p class="alert">Sink health is not available while the database is unreachable.</p>'
@@ -289,7 +254,7 @@ def _sinks_table(rows: Sequence[SinkRow] | None, now: datetime) -> str:
     return f'<section id="sinks">\n<h2>Sinks</h2>\n{inner}</section>\n'
 
 
-def status_page(relay: RelayState, rows: Sequence[SinkRow] | None, tenants: str) -> str:
+def status_page(relay: RelayState, rows: Sequence[SinkHealth] | None, tenants: str) -> str:
     """The page: the relay's state and the sinks' (``rows`` None: the database is down).
     ``tenants`` says whose sinks these are."""
     header = (

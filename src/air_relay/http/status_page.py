@@ -32,12 +32,12 @@ from air_relay.http.status_html import (
     STYLE,
     STYLE_PATH,
     RelayState,
-    SinkRow,
     SpoolState,
     message_page,
     sign_in_page,
     status_page,
 )
+from air_relay.model import SinkHealth
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +110,7 @@ def _session_key(request: web.Request) -> ApiKey | None:
 
 async def _read_database(
     request: web.Request, key: ApiKey
-) -> tuple[int | None, Sequence[SinkRow] | None]:
+) -> tuple[int | None, Sequence[SinkHealth] | None]:
     """The schema version and the key's sinks; (None, None) when the database is down."""
     pool = request.app[POOL]
     try:
