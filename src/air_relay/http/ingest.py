@@ -97,20 +97,9 @@ async def handle_ingest(request: web.Request) -> web.Response:
             return await _spool(request, event, arrived)
         metrics.ingest_rejected.labels("unavailable").inc()
         raise unavailable() from exc
-    metrics.events_received.labels(metrics.event_label(event_name)).inc()
-    log.info(
-        "event_received",
-        event_id=str(event.event_id),
-        event_name=event_name,
-        organization_id=org,
-        tenant_id=tenant_id,
-        deliveries=deliveries,
-    )
     if deliveries and DISPATCHER in app:
         app[DISPATCHER].wake()  # same process: no need to wait for the NOTIFY round trip
-    return web.json_response(
-        {"event_id": str(event.event_id), "deliveries": deliveries}, status=202
-    )
+    return _accepted(request, event, {"deliveries": deliveries})
 
 
 async def _spool(request: web.Request, event: NewEvent, arrived: float) -> web.Response:
@@ -128,17 +117,21 @@ async def _spool(request: web.Request, event: NewEvent, arrived: float) -> web.R
             detail=str(exc)[:200],
         )
         raise unavailable() from exc
-    metrics.events_received.labels(metrics.event_label(event.event_name)).inc()
     metrics.events_spooled.inc()
+    return _accepted(request, event, {"deliveries": None, "spooled": True})
+
+
+def _accepted(request: web.Request, event: NewEvent, outcome: dict[str, Any]) -> web.Response:
+    """The 202 for an event committed or spooled (``outcome``: its deliveries, whether it
+    was spooled), counted and logged the same way either way."""
+    metrics = request.app[METRICS]
+    metrics.events_received.labels(metrics.event_label(event.event_name)).inc()
     log.info(
         "event_received",
         event_id=str(event.event_id),
         event_name=event.event_name,
         organization_id=event.organization_id,
         tenant_id=event.tenant_id,
-        deliveries=None,
-        spooled=True,
+        **outcome,
     )
-    return web.json_response(
-        {"event_id": str(event.event_id), "deliveries": None, "spooled": True}, status=202
-    )
+    return web.json_response({"event_id": str(event.event_id), **outcome}, status=202)
