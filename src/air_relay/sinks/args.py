@@ -432,15 +432,10 @@ def parse_digest(value: Any, field: str = "digest") -> dict[str, int] | None:
         return None
     if not isinstance(value, dict):
         raise InvalidArgument(field, "must be an object with window_seconds and max_listed")
-    for key in value:
-        if key not in ("window_seconds", "max_listed"):
-            raise InvalidArgument(f"{field}.{key}", "is not a digest option")
-    if "window_seconds" not in value:
-        raise InvalidArgument(f"{field}.window_seconds", "is required")
+    reject_unknown(value, ("window_seconds", "max_listed"), field, noun="digest option")
+    window = required(value, "window_seconds", field)
     return {
-        "window_seconds": _bounded_int(
-            value["window_seconds"], f"{field}.window_seconds", DIGEST_WINDOW_SECONDS
-        ),
+        "window_seconds": _bounded_int(window, f"{field}.window_seconds", DIGEST_WINDOW_SECONDS),
         "max_listed": _bounded_int(
             value.get("max_listed", DIGEST_DEFAULT_MAX_LISTED),
             f"{field}.max_listed",
