@@ -48,13 +48,11 @@ def error_response(
     )
 
 
-def unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "unavailable",
-        "The database cannot take the request right now; retry shortly.",
-        {"Retry-After": RETRY_AFTER_SECONDS},
-    )
+def unavailable(
+    message: str = "The database cannot take the request right now; retry shortly.",
+) -> ApiError:
+    """503 ``unavailable`` with Retry-After: something the request needs is away for now."""
+    return ApiError(503, "unavailable", message, {"Retry-After": RETRY_AFTER_SECONDS})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

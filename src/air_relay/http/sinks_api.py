@@ -20,7 +20,7 @@ from aiohttp import web
 from air_relay.config import ApiKey, Config
 from air_relay.db import repository as repo
 from air_relay.http.auth import api_key, query_tenant, require_tenant
-from air_relay.http.errors import RETRY_AFTER_SECONDS, ApiError
+from air_relay.http.errors import ApiError, unavailable
 from air_relay.http.jsonbody import read_api_json
 from air_relay.http.params import (
     DEFAULT_LIMIT,
@@ -115,11 +115,8 @@ async def _check_args(request: web.Request, sink_type: str, args: dict[str, Any]
     try:
         await check_template(sink_type, args, cfg, request.app[TEMPLATES])
     except WorkersUnavailable as exc:
-        raise ApiError(
-            503,
-            "unavailable",
-            f"The template cannot be checked right now ({exc}); retry shortly.",
-            {"Retry-After": RETRY_AFTER_SECONDS},
+        raise unavailable(
+            f"The template cannot be checked right now ({exc}); retry shortly."
         ) from exc
 
 
