@@ -97,7 +97,6 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
 -- the database to come back): never claimed again here, even when their lease has lapsed,
 -- or an outage longer than a lease would make the process send them a second time.
--- HTTP is sent.
 -- A keyed delivery (order_key, set for sinks with ``ordering``) is offered only while no
 -- earlier delivery of its key to its sink is pending (due, backing off or in flight): each
 -- key's deliveries go out one at a time, in order of arrival, whichever instance claims them,
