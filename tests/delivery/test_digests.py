@@ -455,3 +455,31 @@ async def test_a_retried_dead_digest_sends_each_event_once(
     assert (await resp.json())["data"]["delivery"]["digest_id"] is None
     await wait_until(lambda: settled("delivered"))
     assert task_ids(sink_server.received[7:]) == ["task-3"]
+
+
+async def test_a_nul_in_a_dead_digests_error_still_finishes_its_members(
+    make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    # PostgreSQL text takes no NUL: the members' last_error is written as the carrier's is
+    # (NUL replaced), or the digest's completion failed and its members stayed held.
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = Reply(
+        body='{"ok": false, "error": "weird\\u0000code"}',
+        headers={"Content-Type": "application/json"},
+    )
+    relay = await make_relay(slack={"api_base_url": slack.url("/api")})
+    await create_sink(
+        relay,
+        {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}},
+        digest={"window_seconds": 1},
+    )
+    await post_all(relay, [failed_task(1, 0)])
+    await post_each(relay, [failed_task(1, n) for n in range(1, 4)])
+
+    async def all_dead() -> bool:
+        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'dead'")
+        return bool(n == 4)
+
+    await wait_until(all_dead)
+    errors = await db.fetch("SELECT last_error FROM deliveries")
+    assert {r["last_error"] for r in errors} == {"weird\ufffdcode"}

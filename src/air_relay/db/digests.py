@@ -17,7 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from air_relay.db.queries import QUERIES
-from air_relay.db.repository import complete_deliveries
+from air_relay.db.repository import complete_deliveries, storable
 from air_relay.model import DEAD, ClaimedDelivery, Completion, Digest, DigestMember
 
 
@@ -117,7 +117,7 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
             d.digest_id,
             completion.status,
             d.attempts + len(completion.attempts),
-            completion.last_error,
+            storable(completion.last_error),  # as complete_deliveries writes the carrier's
             completion.next_attempt_at,
         )
         if completion.status == DEAD:
