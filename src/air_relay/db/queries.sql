@@ -153,8 +153,8 @@ WITH RECURSIVE sink AS (
 )
 SELECT c.id, c.event_id, c.event_sink_id, c.tenant_id, c.sink_type, c.attempts, c.claims,
        c.claim_token, c.created_at, e.event_name, e.organization_id, e.body, e.received_at,
+       -- NULL when the sink was deleted (event_sinks.args is NOT NULL): no flag needed.
        s.args AS sink_args,
-       s.id IS NOT NULL AS sink_exists,
        c.digest_id, s.digest AS sink_digest
 FROM claimed c
 JOIN events e ON e.id = c.event_id

@@ -151,10 +151,10 @@ async def claim_deliveries(
             event_name=r["event_name"],
             organization_id=r["organization_id"],
             body=r["body"],
-            sink_args=r["sink_args"] if r["sink_exists"] else None,
+            sink_args=r["sink_args"],
             received_at=r["received_at"],
             digest_id=r["digest_id"],
-            sink_digest=r["sink_digest"] if r["sink_exists"] else None,
+            sink_digest=r["sink_digest"],
         )
         for r in rows
     ]
