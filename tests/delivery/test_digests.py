@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from air_relay.db import digests
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
+from air_relay.model import ClaimedDelivery
 from tests.sinks.test_slack import limit_problems
 from tests.support import (
     SLACK_INTEGRATION,
@@ -483,3 +484,33 @@ async def test_a_nul_in_a_dead_digests_error_still_finishes_its_members(
     await wait_until(all_dead)
     errors = await db.fetch("SELECT last_error FROM deliveries")
     assert {r["last_error"] for r in errors} == {"weird\ufffdcode"}
+
+
+async def test_routing_sends_a_reclaimed_opener_again_and_holds_others_in_its_window(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    # No rows of deliveries are needed for routing to decide: a delivery claimed again after
+    # a crash (no attempt recorded) that opened a window goes out on its own again; another
+    # of its pair finds that window (and, its claim not being ours here, is lost).
+    now = await db.fetchval("SELECT now()")
+    sink_id = uuid.uuid4()
+
+    def claimed() -> ClaimedDelivery:
+        return ClaimedDelivery(
+            id=uuid.uuid4(), event_id=uuid.uuid4(), event_sink_id=sink_id, tenant_id="t",
+            sink_type="Webhook", attempts=0, claims=1, claim_token=uuid.uuid4(),
+            event_name="E", organization_id=1, body=b"{}", sink_args={}, received_at=now,
+        )  # fmt: skip
+
+    opener = claimed()
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        assert await digests.route(pool, opener, 60, 20) is digests.Route.SEND
+        assert await digests.route(pool, opener, 60, 20) is digests.Route.SEND
+        assert await digests.route(pool, claimed(), 60, 20) is digests.Route.LOST
+    finally:
+        await pool.close()
+    windows = await db.fetch(
+        "SELECT opener_id FROM digest_windows WHERE event_sink_id = $1", sink_id
+    )
+    assert [w["opener_id"] for w in windows] == [opener.id]

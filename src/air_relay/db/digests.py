@@ -43,8 +43,6 @@ async def route(
     org = str(d.organization_id)
     async with pool.acquire() as conn, conn.transaction():
         await _lock(conn, d)
-        if await conn.fetchval(QUERIES["digest_opened_by"], d.id) is not None:
-            return Route.SEND
         window = await conn.fetchrow(
             QUERIES["digest_open_window"],
             d.event_sink_id,
@@ -52,8 +50,12 @@ async def route(
             org,
             d.received_at,
             float(window_seconds),
+            d.id,
         )
-        if window is None:
+        assert window is not None
+        if window["opened"]:
+            return Route.SEND
+        if window["id"] is None:
             await conn.execute(
                 QUERIES["digest_open"],
                 d.event_sink_id,

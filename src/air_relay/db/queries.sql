@@ -989,25 +989,27 @@ SELECT count(*) FROM delivery_attempts WHERE id < $1;
 SELECT pg_advisory_xact_lock(
     hashtextextended('air-relay:digest:' || $1::text || ':' || $2 || ':' || $3, 0));
 
--- name: digest_opened_by
--- The window a delivery opened, if any: claimed again (a retry, or after a crash), it is
--- sent again on its own, never held in its own window.
-SELECT id FROM digest_windows WHERE opener_id = $1 LIMIT 1;
-
 -- name: digest_open_window
--- The unsealed window of the pair ($1-$3) that an event received at $4 falls in: received
+-- One row: whether delivery $6 opened a window already (opened: claimed again after a
+-- crash, it is sent again on its own, never held in its own window), and the unsealed window
+-- of the pair ($1-$3) that an event received at $4 falls in (id NULL when none): received
 -- before it closes, and at most its length ($5 seconds) before it opened (deliveries are
 -- claimed roughly, not strictly, in arrival order). Only windows opened within $5 seconds of
 -- $4 are read, so windows left without members cost nothing later.
-SELECT id, carrier_id, closes_at
-FROM digest_windows
-WHERE event_sink_id = $1 AND event_name = $2 AND org_text = $3
-  AND sealed_at IS NULL
-  AND opened_at > $4::timestamptz - make_interval(secs => $5::float8)
-  AND opened_at < $4::timestamptz + make_interval(secs => $5::float8)
-  AND closes_at > $4::timestamptz
-ORDER BY opened_at
-LIMIT 1;
+SELECT EXISTS (SELECT 1 FROM digest_windows WHERE opener_id = $6) AS opened,
+       w.id, w.carrier_id, w.closes_at
+FROM (SELECT) AS one
+LEFT JOIN LATERAL (
+    SELECT id, carrier_id, closes_at
+    FROM digest_windows
+    WHERE event_sink_id = $1 AND event_name = $2 AND org_text = $3
+      AND sealed_at IS NULL
+      AND opened_at > $4::timestamptz - make_interval(secs => $5::float8)
+      AND opened_at < $4::timestamptz + make_interval(secs => $5::float8)
+      AND closes_at > $4::timestamptz
+    ORDER BY opened_at
+    LIMIT 1
+) AS w ON true;
 
 -- name: digest_open
 -- A new window, opened by delivery $9 (which goes out at once), received at $8.
