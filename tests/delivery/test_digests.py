@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from air_relay.db import digests
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
+from air_relay.db.queries import QUERIES
 from air_relay.model import ClaimedDelivery
 from tests.sinks.test_slack import limit_problems
 from tests.support import (
@@ -514,3 +515,65 @@ async def test_routing_sends_a_reclaimed_opener_again_and_holds_others_in_its_wi
         "SELECT opener_id FROM digest_windows WHERE event_sink_id = $1", sink_id
     )
     assert [w["opener_id"] for w in windows] == [opener.id]
+
+
+async def test_a_dead_digests_member_loses_a_concurrent_failover_race_without_failing(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    # Another instance fails the same event over to the same fallback (its own dead delivery
+    # of a sink sharing it) and commits while the digest's members fail over: the unique index
+    # stops the second failover delivery, as in complete_deliveries, and the member keeps
+    # failed_over_to unset instead of failing the carrier's whole completion.
+    fallback, sink, digest_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    event_id, member, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for sink_id, falls_back_to in ((fallback, None), (sink, fallback)):
+        await db.execute(
+            "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args,"
+            " fallback_event_sink_id) VALUES ($1, 't', 'n', 'd', 'Webhook', '{}', $2)",
+            sink_id,
+            falls_back_to,
+        )
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+    await db.execute(
+        "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, status,"
+        " digest_id) VALUES ($1, $2, $3, 't', 'Webhook', 'dead', $4)",
+        member,
+        event_id,
+        sink,
+        digest_id,
+    )
+    rival = await asyncpg.connect(db_dsn)
+    try:
+        async with rival.transaction():
+            await rival.execute(
+                "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
+                " failed_over_from) VALUES ($1, $2, $3, 't', 'Webhook', $4)",
+                uuid.uuid4(),
+                event_id,
+                fallback,
+                other,
+            )
+            pool = await create_pool(db_dsn, 1, 1)
+            fail_over = asyncio.create_task(
+                pool.execute(QUERIES["digest_fail_over_members"], digest_id)
+            )
+
+            async def waiting() -> bool:
+                n = await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )
+                return bool(n >= 1)
+
+            await wait_until(waiting)
+        await fail_over
+        await pool.close()
+    finally:
+        await rival.close()
+    assert await db.fetchval("SELECT failed_over_to FROM deliveries WHERE id = $1", member) is None
+    assert (
+        await db.fetchval("SELECT count(*) FROM deliveries WHERE event_sink_id = $1", fallback) == 1
+    )

@@ -1098,10 +1098,12 @@ SELECT count(*) FROM finished;
 -- sink naming an active fallback, gets a new delivery of its event to the fallback, due now,
 -- unless the fallback already has a failover delivery of that event; the two name each other
 -- (failed_over_to / _from). The members are already locked (digest_finish_members wrote
--- them in this transaction). Returns how many failed over.
+-- them in this transaction). Another instance failing the same event over to the same
+-- fallback at the same moment is stopped by deliveries_failover_once_idx, as in
+-- complete_deliveries: the member then keeps failed_over_to unset (its statement cannot see
+-- the winner's row), and the carrier's completion still commits.
 WITH member AS MATERIALIZED (
-    SELECT d.id, gen_random_uuid() AS new_id, d.event_id, d.tenant_id, f.id AS sink_id,
-           f.sink_type
+    SELECT d.id, d.event_id, d.tenant_id, f.id AS sink_id, f.sink_type
     FROM deliveries d
     JOIN event_sinks s ON s.id = d.event_sink_id
     JOIN event_sinks f ON f.id = s.fallback_event_sink_id AND f.active
@@ -1111,15 +1113,18 @@ WITH member AS MATERIALIZED (
       AND NOT EXISTS (SELECT 1 FROM deliveries o
                       WHERE o.event_id = d.event_id AND o.event_sink_id = f.id
                         AND o.failed_over_from IS NOT NULL)
-), linked AS (
-    UPDATE deliveries d
-    SET failed_over_to = m.new_id
-    FROM member m
-    WHERE d.id = m.id
+), failed_over AS (
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
+                            failed_over_from)
+    SELECT gen_random_uuid(), event_id, sink_id, tenant_id, sink_type, id
+    FROM member
+    ON CONFLICT (event_id, event_sink_id) WHERE failed_over_from IS NOT NULL DO NOTHING
+    RETURNING id, failed_over_from
 )
-INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, failed_over_from)
-SELECT new_id, event_id, sink_id, tenant_id, sink_type, id
-FROM member;
+UPDATE deliveries d
+SET failed_over_to = fo.id
+FROM failed_over fo
+WHERE d.id = fo.failed_over_from;
 
 -- name: purge_digest_windows
 -- Retention of storm digest windows that closed before the cutoff and that nothing names any
