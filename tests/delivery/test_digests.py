@@ -18,6 +18,8 @@ from standardwebhooks.webhooks import Webhook
 from air_relay.db import digests
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
+from air_relay.db.queries import QUERIES
+from air_relay.model import ClaimedDelivery
 from tests.sinks.test_slack import limit_problems
 from tests.support import (
     SLACK_INTEGRATION,
@@ -455,3 +457,123 @@ async def test_a_retried_dead_digest_sends_each_event_once(
     assert (await resp.json())["data"]["delivery"]["digest_id"] is None
     await wait_until(lambda: settled("delivered"))
     assert task_ids(sink_server.received[7:]) == ["task-3"]
+
+
+async def test_a_nul_in_a_dead_digests_error_still_finishes_its_members(
+    make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    # PostgreSQL text takes no NUL: the members' last_error is written as the carrier's is
+    # (NUL replaced), or the digest's completion failed and its members stayed held.
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = Reply(
+        body='{"ok": false, "error": "weird\\u0000code"}',
+        headers={"Content-Type": "application/json"},
+    )
+    relay = await make_relay(slack={"api_base_url": slack.url("/api")})
+    await create_sink(
+        relay,
+        {"Slack": {"channel_id": "C0123", "slack_integration_id": SLACK_INTEGRATION}},
+        digest={"window_seconds": 1},
+    )
+    await post_all(relay, [failed_task(1, 0)])
+    await post_each(relay, [failed_task(1, n) for n in range(1, 4)])
+
+    async def all_dead() -> bool:
+        n = await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'dead'")
+        return bool(n == 4)
+
+    await wait_until(all_dead)
+    errors = await db.fetch("SELECT last_error FROM deliveries")
+    assert {r["last_error"] for r in errors} == {"weird\ufffdcode"}
+
+
+async def test_routing_sends_a_reclaimed_opener_again_and_holds_others_in_its_window(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    # No rows of deliveries are needed for routing to decide: a delivery claimed again after
+    # a crash (no attempt recorded) that opened a window goes out on its own again; another
+    # of its pair finds that window (and, its claim not being ours here, is lost).
+    now = await db.fetchval("SELECT now()")
+    sink_id = uuid.uuid4()
+
+    def claimed() -> ClaimedDelivery:
+        return ClaimedDelivery(
+            id=uuid.uuid4(), event_id=uuid.uuid4(), event_sink_id=sink_id, tenant_id="t",
+            sink_type="Webhook", attempts=0, claims=1, claim_token=uuid.uuid4(),
+            event_name="E", organization_id=1, body=b"{}", sink_args={}, received_at=now,
+        )  # fmt: skip
+
+    opener = claimed()
+    pool = await create_pool(db_dsn, 1, 2)
+    try:
+        assert await digests.route(pool, opener, 60, 20) is digests.Route.SEND
+        assert await digests.route(pool, opener, 60, 20) is digests.Route.SEND
+        assert await digests.route(pool, claimed(), 60, 20) is digests.Route.LOST
+    finally:
+        await pool.close()
+    windows = await db.fetch(
+        "SELECT opener_id FROM digest_windows WHERE event_sink_id = $1", sink_id
+    )
+    assert [w["opener_id"] for w in windows] == [opener.id]
+
+
+async def test_a_dead_digests_member_loses_a_concurrent_failover_race_without_failing(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    # Another instance fails the same event over to the same fallback (its own dead delivery
+    # of a sink sharing it) and commits while the digest's members fail over: the unique index
+    # stops the second failover delivery, as in complete_deliveries, and the member keeps
+    # failed_over_to unset instead of failing the carrier's whole completion.
+    fallback, sink, digest_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    event_id, member, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for sink_id, falls_back_to in ((fallback, None), (sink, fallback)):
+        await db.execute(
+            "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args,"
+            " fallback_event_sink_id) VALUES ($1, 't', 'n', 'd', 'Webhook', '{}', $2)",
+            sink_id,
+            falls_back_to,
+        )
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+    await db.execute(
+        "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, status,"
+        " digest_id) VALUES ($1, $2, $3, 't', 'Webhook', 'dead', $4)",
+        member,
+        event_id,
+        sink,
+        digest_id,
+    )
+    rival = await asyncpg.connect(db_dsn)
+    try:
+        async with rival.transaction():
+            await rival.execute(
+                "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
+                " failed_over_from) VALUES ($1, $2, $3, 't', 'Webhook', $4)",
+                uuid.uuid4(),
+                event_id,
+                fallback,
+                other,
+            )
+            pool = await create_pool(db_dsn, 1, 1)
+            fail_over = asyncio.create_task(
+                pool.execute(QUERIES["digest_fail_over_members"], digest_id)
+            )
+
+            async def waiting() -> bool:
+                n = await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )
+                return bool(n >= 1)
+
+            await wait_until(waiting)
+        await fail_over
+        await pool.close()
+    finally:
+        await rival.close()
+    assert await db.fetchval("SELECT failed_over_to FROM deliveries WHERE id = $1", member) is None
+    assert (
+        await db.fetchval("SELECT count(*) FROM deliveries WHERE event_sink_id = $1", fallback) == 1
+    )

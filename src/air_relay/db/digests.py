@@ -17,7 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from air_relay.db.queries import QUERIES
-from air_relay.db.repository import complete_deliveries
+from air_relay.db.repository import complete_deliveries, storable
 from air_relay.model import DEAD, ClaimedDelivery, Completion, Digest, DigestMember
 
 
@@ -43,8 +43,6 @@ async def route(
     org = str(d.organization_id)
     async with pool.acquire() as conn, conn.transaction():
         await _lock(conn, d)
-        if await conn.fetchval(QUERIES["digest_opened_by"], d.id) is not None:
-            return Route.SEND
         window = await conn.fetchrow(
             QUERIES["digest_open_window"],
             d.event_sink_id,
@@ -52,8 +50,12 @@ async def route(
             org,
             d.received_at,
             float(window_seconds),
+            d.id,
         )
-        if window is None:
+        assert window is not None
+        if window["opened"]:
+            return Route.SEND
+        if window["id"] is None:
             await conn.execute(
                 QUERIES["digest_open"],
                 d.event_sink_id,
@@ -117,7 +119,7 @@ async def complete(pool: asyncpg.Pool, completion: Completion) -> tuple[bool, in
             d.digest_id,
             completion.status,
             d.attempts + len(completion.attempts),
-            completion.last_error,
+            storable(completion.last_error),  # as complete_deliveries writes the carrier's
             completion.next_attempt_at,
         )
         if completion.status == DEAD:

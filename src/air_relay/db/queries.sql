@@ -97,7 +97,6 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
 -- the database to come back): never claimed again here, even when their lease has lapsed,
 -- or an outage longer than a lease would make the process send them a second time.
--- HTTP is sent.
 -- A keyed delivery (order_key, set for sinks with ``ordering``) is offered only while no
 -- earlier delivery of its key to its sink is pending (due, backing off or in flight): each
 -- key's deliveries go out one at a time, in order of arrival, whichever instance claims them,
@@ -154,8 +153,8 @@ WITH RECURSIVE sink AS (
 )
 SELECT c.id, c.event_id, c.event_sink_id, c.tenant_id, c.sink_type, c.attempts, c.claims,
        c.claim_token, c.created_at, e.event_name, e.organization_id, e.body, e.received_at,
+       -- NULL when the sink was deleted (event_sinks.args is NOT NULL): no flag needed.
        s.args AS sink_args,
-       s.id IS NOT NULL AS sink_exists,
        c.digest_id, s.digest AS sink_digest
 FROM claimed c
 JOIN events e ON e.id = c.event_id
@@ -990,25 +989,27 @@ SELECT count(*) FROM delivery_attempts WHERE id < $1;
 SELECT pg_advisory_xact_lock(
     hashtextextended('air-relay:digest:' || $1::text || ':' || $2 || ':' || $3, 0));
 
--- name: digest_opened_by
--- The window a delivery opened, if any: claimed again (a retry, or after a crash), it is
--- sent again on its own, never held in its own window.
-SELECT id FROM digest_windows WHERE opener_id = $1 LIMIT 1;
-
 -- name: digest_open_window
--- The unsealed window of the pair ($1-$3) that an event received at $4 falls in: received
+-- One row: whether delivery $6 opened a window already (opened: claimed again after a
+-- crash, it is sent again on its own, never held in its own window), and the unsealed window
+-- of the pair ($1-$3) that an event received at $4 falls in (id NULL when none): received
 -- before it closes, and at most its length ($5 seconds) before it opened (deliveries are
 -- claimed roughly, not strictly, in arrival order). Only windows opened within $5 seconds of
 -- $4 are read, so windows left without members cost nothing later.
-SELECT id, carrier_id, closes_at
-FROM digest_windows
-WHERE event_sink_id = $1 AND event_name = $2 AND org_text = $3
-  AND sealed_at IS NULL
-  AND opened_at > $4::timestamptz - make_interval(secs => $5::float8)
-  AND opened_at < $4::timestamptz + make_interval(secs => $5::float8)
-  AND closes_at > $4::timestamptz
-ORDER BY opened_at
-LIMIT 1;
+SELECT EXISTS (SELECT 1 FROM digest_windows WHERE opener_id = $6) AS opened,
+       w.id, w.carrier_id, w.closes_at
+FROM (SELECT) AS one
+LEFT JOIN LATERAL (
+    SELECT id, carrier_id, closes_at
+    FROM digest_windows
+    WHERE event_sink_id = $1 AND event_name = $2 AND org_text = $3
+      AND sealed_at IS NULL
+      AND opened_at > $4::timestamptz - make_interval(secs => $5::float8)
+      AND opened_at < $4::timestamptz + make_interval(secs => $5::float8)
+      AND closes_at > $4::timestamptz
+    ORDER BY opened_at
+    LIMIT 1
+) AS w ON true;
 
 -- name: digest_open
 -- A new window, opened by delivery $9 (which goes out at once), received at $8.
@@ -1097,10 +1098,12 @@ SELECT count(*) FROM finished;
 -- sink naming an active fallback, gets a new delivery of its event to the fallback, due now,
 -- unless the fallback already has a failover delivery of that event; the two name each other
 -- (failed_over_to / _from). The members are already locked (digest_finish_members wrote
--- them in this transaction). Returns how many failed over.
+-- them in this transaction). Another instance failing the same event over to the same
+-- fallback at the same moment is stopped by deliveries_failover_once_idx, as in
+-- complete_deliveries: the member then keeps failed_over_to unset (its statement cannot see
+-- the winner's row), and the carrier's completion still commits.
 WITH member AS MATERIALIZED (
-    SELECT d.id, gen_random_uuid() AS new_id, d.event_id, d.tenant_id, f.id AS sink_id,
-           f.sink_type
+    SELECT d.id, d.event_id, d.tenant_id, f.id AS sink_id, f.sink_type
     FROM deliveries d
     JOIN event_sinks s ON s.id = d.event_sink_id
     JOIN event_sinks f ON f.id = s.fallback_event_sink_id AND f.active
@@ -1110,15 +1113,18 @@ WITH member AS MATERIALIZED (
       AND NOT EXISTS (SELECT 1 FROM deliveries o
                       WHERE o.event_id = d.event_id AND o.event_sink_id = f.id
                         AND o.failed_over_from IS NOT NULL)
-), linked AS (
-    UPDATE deliveries d
-    SET failed_over_to = m.new_id
-    FROM member m
-    WHERE d.id = m.id
+), failed_over AS (
+    INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,
+                            failed_over_from)
+    SELECT gen_random_uuid(), event_id, sink_id, tenant_id, sink_type, id
+    FROM member
+    ON CONFLICT (event_id, event_sink_id) WHERE failed_over_from IS NOT NULL DO NOTHING
+    RETURNING id, failed_over_from
 )
-INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, failed_over_from)
-SELECT new_id, event_id, sink_id, tenant_id, sink_type, id
-FROM member;
+UPDATE deliveries d
+SET failed_over_to = fo.id
+FROM failed_over fo
+WHERE d.id = fo.failed_over_from;
 
 -- name: purge_digest_windows
 -- Retention of storm digest windows that closed before the cutoff and that nothing names any

@@ -151,16 +151,16 @@ async def claim_deliveries(
             event_name=r["event_name"],
             organization_id=r["organization_id"],
             body=r["body"],
-            sink_args=r["sink_args"] if r["sink_exists"] else None,
+            sink_args=r["sink_args"],
             received_at=r["received_at"],
             digest_id=r["digest_id"],
-            sink_digest=r["sink_digest"] if r["sink_exists"] else None,
+            sink_digest=r["sink_digest"],
         )
         for r in rows
     ]
 
 
-def _storable(text: str | None) -> str | None:
+def storable(text: str | None) -> str | None:
     """Text from a sink (a response body, an error it named) as PostgreSQL text takes it: no
     NUL, no unpaired surrogate. One such character must not fail a whole batch of
     completions."""
@@ -187,7 +187,7 @@ async def complete_deliveries(
         [c.delivery.claim_token for c in completions],
         [c.status for c in completions],
         [c.next_attempt_at for c in completions],
-        [_storable(c.last_error) for c in completions],
+        [storable(c.last_error) for c in completions],
         [len(c.attempts) for c in completions],
         [c.delivery.tenant_id for c in completions],
         [c.delivery.event_id for c in completions],
@@ -199,13 +199,13 @@ async def complete_deliveries(
         [a.attempt for _, a in attempts],
         [a.outcome for _, a in attempts],
         [a.status_code for _, a in attempts],
-        [_storable(a.error) for _, a in attempts],
-        [_storable(a.response_body) for _, a in attempts],
+        [storable(a.error) for _, a in attempts],
+        [storable(a.response_body) for _, a in attempts],
         [a.duration_ms for _, a in attempts],
         [a.next_attempt_at for _, a in attempts],
         [a.created_at for _, a in attempts],
         AUDIT_WRITE_LOCK_KEY,
-        [_storable(a.error_detail) for _, a in attempts],
+        [storable(a.error_detail) for _, a in attempts],
     )
     return {(r["id"], r["claim_token"]) for r in rows}
 

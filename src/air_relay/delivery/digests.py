@@ -18,11 +18,10 @@ from air_relay.db import digests as store
 from air_relay.db.pool import DB_UNAVAILABLE, error_hint
 from air_relay.metrics import Metrics
 from air_relay.model import DEAD, DELIVERED, ClaimedDelivery, Completion, Digest
+from air_relay.sinks.args import DIGEST_DEFAULT_MAX_LISTED
 from air_relay.sinks.base import DigestSender, Sender, SendResult
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_MAX_LISTED = 20
 
 
 class DigestSend:
@@ -90,7 +89,7 @@ class Digests:
                 self._pool,
                 delivery,
                 int(option["window_seconds"]),
-                int(option.get("max_listed", DEFAULT_MAX_LISTED)),
+                int(option.get("max_listed", DIGEST_DEFAULT_MAX_LISTED)),
             )
         except DB_UNAVAILABLE:
             raise
