@@ -45,6 +45,17 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+async def create_database(admin_dsn: str, name: str) -> str:
+    """A new empty database ``name`` (dropped first if left over); its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_dsn, name)
+
+
 @contextlib.asynccontextmanager
 async def scratch_database(server_dsn: str, template: str | None = None) -> AsyncIterator[str]:
     """A new database (empty, or cloned from ``template``), dropped afterwards; yields its DSN."""
