@@ -287,6 +287,16 @@ async def audit_rows(
     return rows
 
 
+async def insert_event_row(db: asyncpg.Connection | asyncpg.Pool, event_id: uuid.UUID) -> None:
+    """A bare stored event ``event_id`` (tenant ``t``, organization 1, an empty body): the row a
+    test's hand-written deliveries point at; its content matters to none of them."""
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
+
+
 async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:
     """The row of the test's one delivery."""
     row = await db.fetchrow("SELECT * FROM deliveries")

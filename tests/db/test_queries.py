@@ -13,7 +13,7 @@ from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
-from tests.support import claim_plan, scratch_database
+from tests.support import claim_plan, insert_event_row, scratch_database
 
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:
@@ -189,11 +189,7 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                     " VALUES ($1, 't', 's', '', 'Webhook', '{}')",
                     sink_id,
                 )
-                await conn.execute(
-                    "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-                    " VALUES ($1, 't', 'E', '1', '{}')",
-                    event_id,
-                )
+                await insert_event_row(conn, event_id)
                 await conn.execute(
                     "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type)"
                     " VALUES ($1, $2, $3, 't', 'Webhook')",

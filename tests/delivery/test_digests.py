@@ -26,6 +26,7 @@ from tests.support import (
     api_get,
     audit_rows,
     create_sink,
+    insert_event_row,
     make_sink_server,
     post_event,
     wait_final,
@@ -241,11 +242,7 @@ async def test_retention_purges_old_windows_that_held_nothing_or_whose_digest_is
         return window_id
 
     event_id, kept_carrier, audited_carrier = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await db.execute(
-        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-        " VALUES ($1, 't', 'E', '1', '{}')",
-        event_id,
-    )
+    await insert_event_row(db, event_id)
     await db.execute(
         "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, status)"
         " VALUES ($1, $2, $3, 't', 'Webhook', 'delivered')",
@@ -285,11 +282,7 @@ async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_i
     db_dsn: str, db: asyncpg.Connection
 ) -> None:
     sink_id, event_id = uuid.uuid4(), uuid.uuid4()
-    await db.execute(
-        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-        " VALUES ($1, 't', 'E', '1', '{}')",
-        event_id,
-    )
+    await insert_event_row(db, event_id)
 
     async def pending(digest_id: uuid.UUID | None, attempts: int) -> uuid.UUID:
         delivery_id = uuid.uuid4()
