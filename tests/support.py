@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import yaml
 from aiohttp import web
@@ -232,6 +233,23 @@ async def create_sink(
     assert resp.status == 200, await resp.text()
     sink: dict[str, Any] = (await resp.json())["event_sink"]
     return sink
+
+
+async def create_webhook_sink_over_http(
+    http: aiohttp.ClientSession, base: str, url: str, name: str, description: str = ""
+) -> None:
+    """A Webhook sink to ``url`` for the first tenant, created through a running relay's API at
+    ``base`` (a serve process, not an in-process app); ``http`` carries the API key."""
+    resp = await http.post(
+        f"{base}/v1/event_sink",
+        json={
+            "tenant_id": TENANT,
+            "name": name,
+            "description": description,
+            "event_sink_args": {"Webhook": {"url": url}},
+        },
+    )
+    assert resp.status == 200, await resp.text()
 
 
 async def api_get(

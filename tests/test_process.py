@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import SinkServer
+from tests.support import SinkServer, create_webhook_sink_over_http
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST = "process-ingest-token"
@@ -103,16 +103,9 @@ async def test_serve_process_end_to_end(
         base = ready["address"]
         assert base == f"http://127.0.0.1:{unused_tcp_port}"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
-            resp = await http.post(
-                f"{base}/v1/event_sink",
-                json={
-                    "tenant_id": "00000000-0000-0000-0000-000000000000",
-                    "name": "receiver",
-                    "description": "local receiver",
-                    "event_sink_args": {"Webhook": {"url": sink_server.url()}},
-                },
+            await create_webhook_sink_over_http(
+                http, base, sink_server.url(), "receiver", "local receiver"
             )
-            assert resp.status == 200, await resp.text()
             event = {
                 "eventName": "CaseCreatedEvent",
                 "organizationId": 1,
@@ -194,16 +187,7 @@ async def test_a_dead_embedded_database_is_restarted_and_nothing_is_lost(
         ready = await read_until(proc.stderr, "server_ready", lines)
         base = ready["address"]
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
-            resp = await http.post(
-                f"{base}/v1/event_sink",
-                json={
-                    "tenant_id": "00000000-0000-0000-0000-000000000000",
-                    "name": "receiver",
-                    "description": "",
-                    "event_sink_args": {"Webhook": {"url": sink_server.url()}},
-                },
-            )
-            assert resp.status == 200, await resp.text()
+            await create_webhook_sink_over_http(http, base, sink_server.url(), "receiver")
             pid_file = tmp_path / "state" / "pgdata" / "postmaster.pid"
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
             for n in range(5):
