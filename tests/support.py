@@ -200,6 +200,23 @@ async def make_sink_server(aiohttp_server: Any) -> SinkServer:
     return state
 
 
+async def dead_pagerduty_and_slack(
+    make_relay: Any, aiohttp_server: Any, slack_reply: Reply
+) -> tuple[SinkServer, SinkServer, Any]:
+    """A relay whose PagerDuty endpoint answers every page 404 (a dead routing key: a final
+    failure) and whose Slack API answers ``slack_reply``: the two servers and the relay, for
+    the fallback tests."""
+    pagerduty = await make_sink_server(aiohttp_server)
+    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = slack_reply
+    relay = await make_relay(
+        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
+        slack={"api_base_url": slack.url("/api")},
+    )
+    return pagerduty, slack, relay
+
+
 async def wait_until(
     predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
 ) -> None:

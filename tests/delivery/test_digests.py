@@ -26,6 +26,7 @@ from tests.support import (
     api_get,
     audit_rows,
     create_sink,
+    dead_pagerduty_and_slack,
     insert_event_row,
     make_sink_server,
     post_event,
@@ -315,13 +316,10 @@ async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_i
 async def test_a_dead_digest_fails_every_member_over_to_the_fallback(
     make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
 ) -> None:
-    pagerduty = await make_sink_server(aiohttp_server)
-    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
-    slack = await make_sink_server(aiohttp_server)
-    slack.default = Reply(body='{"ok": true}', headers={"Content-Type": "application/json"})
-    relay = await make_relay(
-        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
-        slack={"api_base_url": slack.url("/api")},
+    pagerduty, slack, relay = await dead_pagerduty_and_slack(
+        make_relay,
+        aiohttp_server,
+        Reply(body='{"ok": true}', headers={"Content-Type": "application/json"}),
     )
     # Slack subscribes to case events only: what it gets here, it gets as the fallback.
     to_slack = await create_sink(
