@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.support import free_port
+from tests.support import create_webhook_sink_over_http, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST = "bench-ingest-token"
@@ -130,16 +130,7 @@ async def main() -> None:
         base = f"http://127.0.0.1:{port}"
         try:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
-                resp = await http.post(
-                    f"{base}/v1/event_sink",
-                    json={
-                        "tenant_id": "00000000-0000-0000-0000-000000000000",
-                        "name": "bench",
-                        "description": "",
-                        "event_sink_args": {"Webhook": {"url": hook_url}},
-                    },
-                )
-                assert resp.status == 200, await resp.text()
+                await create_webhook_sink_over_http(http, base, hook_url, "bench")
             await fire(base, 200, 8)  # warm-up
             await asyncio.sleep(1)
             arrivals.clear()

@@ -28,7 +28,7 @@ import yaml
 
 from air_relay.db.pool import create_pool
 from tests.fault.relay import Relay
-from tests.support import TENANT, deep_merge, free_port, with_database
+from tests.support import TENANT, create_database, deep_merge, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST_TOKEN = "bench-ingest-token"
@@ -197,17 +197,6 @@ class ReceiverClient:
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
-
-
-async def create_database(admin_dsn: str, name: str) -> str:
-    """A new empty database ``name`` (dropped first if left over); its DSN."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(admin_dsn, name)
 
 
 async def drop_database(admin_dsn: str, name: str) -> None:

@@ -33,6 +33,7 @@ from tests.support import (
     GuardedStarter,
     RelayFactory,
     SinkServer,
+    create_database,
     make_config,
     make_sink_server,
     scratch_database,
@@ -89,13 +90,7 @@ def template_dsn(server_dsn: str) -> str:
     """A freshly migrated database that each test clones (CREATE DATABASE ... TEMPLATE)."""
 
     async def build() -> None:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-        finally:
-            await admin.close()
-        conn = await connect(with_database(server_dsn, TEMPLATE_DB))
+        conn = await connect(await create_database(server_dsn, TEMPLATE_DB))
         try:
             await apply_migrations(conn)
         finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import yaml
 from aiohttp import web
@@ -43,6 +44,17 @@ CATALOG: list[dict[str, Any]] = json.loads(
 def with_database(dsn: str, database: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """A new empty database ``name`` (dropped first if left over); its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_dsn, name)
 
 
 @contextlib.asynccontextmanager
@@ -188,6 +200,23 @@ async def make_sink_server(aiohttp_server: Any) -> SinkServer:
     return state
 
 
+async def dead_pagerduty_and_slack(
+    make_relay: Any, aiohttp_server: Any, slack_reply: Reply
+) -> tuple[SinkServer, SinkServer, Any]:
+    """A relay whose PagerDuty endpoint answers every page 404 (a dead routing key: a final
+    failure) and whose Slack API answers ``slack_reply``: the two servers and the relay, for
+    the fallback tests."""
+    pagerduty = await make_sink_server(aiohttp_server)
+    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
+    slack = await make_sink_server(aiohttp_server)
+    slack.default = slack_reply
+    relay = await make_relay(
+        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
+        slack={"api_base_url": slack.url("/api")},
+    )
+    return pagerduty, slack, relay
+
+
 async def wait_until(
     predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
 ) -> None:
@@ -221,6 +250,23 @@ async def create_sink(
     assert resp.status == 200, await resp.text()
     sink: dict[str, Any] = (await resp.json())["event_sink"]
     return sink
+
+
+async def create_webhook_sink_over_http(
+    http: aiohttp.ClientSession, base: str, url: str, name: str, description: str = ""
+) -> None:
+    """A Webhook sink to ``url`` for the first tenant, created through a running relay's API at
+    ``base`` (a serve process, not an in-process app); ``http`` carries the API key."""
+    resp = await http.post(
+        f"{base}/v1/event_sink",
+        json={
+            "tenant_id": TENANT,
+            "name": name,
+            "description": description,
+            "event_sink_args": {"Webhook": {"url": url}},
+        },
+    )
+    assert resp.status == 200, await resp.text()
 
 
 async def api_get(
@@ -274,6 +320,16 @@ async def audit_rows(
     assert status == 200, body
     rows: list[dict[str, Any]] = body["data"]["audit_logs"]
     return rows
+
+
+async def insert_event_row(db: asyncpg.Connection | asyncpg.Pool, event_id: uuid.UUID) -> None:
+    """A bare stored event ``event_id`` (tenant ``t``, organization 1, an empty body): the row a
+    test's hand-written deliveries point at; its content matters to none of them."""
+    await db.execute(
+        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
+        " VALUES ($1, 't', 'E', '1', '{}')",
+        event_id,
+    )
 
 
 async def delivery_state(db: asyncpg.Connection) -> asyncpg.Record:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support import SinkServer
+from tests.support import SinkServer, create_webhook_sink_over_http
 
 ROOT = Path(__file__).resolve().parent.parent
 INGEST = "process-ingest-token"
@@ -92,27 +95,50 @@ async def start_serve(tmp_path: Path, port: int) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+@dataclass
+class Serving:
+    """A serve process from ``serving``: its address once ready; its whole log and exit code
+    once stopped."""
+
+    base: str = ""
+    lines: list[str] = field(default_factory=list)
+    log: str = ""
+    code: int | None = None
+
+    @property
+    def events(self) -> list[str]:
+        return [json.loads(line)["event"] for line in self.log.splitlines() if line.strip()]
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, port: int) -> AsyncIterator[Serving]:
+    """``start_serve``, waited for until it serves; afterwards SIGTERM (unless it has exited)
+    and its log read to the end."""
+    proc = await start_serve(tmp_path, port)
+    assert proc.stderr is not None
+    run = Serving()
+    try:
+        ready = await read_until(proc.stderr, "server_ready", run.lines)
+        run.base = ready["address"]
+        yield run
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stderr.read(), timeout=60)
+        run.code = await asyncio.wait_for(proc.wait(), timeout=60)
+        run.log = "".join(run.lines) + rest.decode()
+
+
 async def test_serve_process_end_to_end(
     tmp_path: Path, sink_server: SinkServer, unused_tcp_port: int
 ) -> None:
-    proc = await start_serve(tmp_path, unused_tcp_port)
-    assert proc.stderr is not None
-    lines: list[str] = []
-    try:
-        ready = await read_until(proc.stderr, "server_ready", lines)
-        base = ready["address"]
+    async with serving(tmp_path, unused_tcp_port) as run:
+        base = run.base
         assert base == f"http://127.0.0.1:{unused_tcp_port}"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
-            resp = await http.post(
-                f"{base}/v1/event_sink",
-                json={
-                    "tenant_id": "00000000-0000-0000-0000-000000000000",
-                    "name": "receiver",
-                    "description": "local receiver",
-                    "event_sink_args": {"Webhook": {"url": sink_server.url()}},
-                },
+            await create_webhook_sink_over_http(
+                http, base, sink_server.url(), "receiver", "local receiver"
             )
-            assert resp.status == 200, await resp.text()
             event = {
                 "eventName": "CaseCreatedEvent",
                 "organizationId": 1,
@@ -124,14 +150,8 @@ async def test_serve_process_end_to_end(
             (got,) = await sink_server.wait_for(1, timeout=20)
             assert got.json() == event
             assert (await http.get(f"{base}/readyz")).status == 200
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(proc.stderr.read(), timeout=30)
-        code = await asyncio.wait_for(proc.wait(), timeout=30)
-    log = "".join(lines) + rest.decode()
+    log, code, events = run.log, run.code, run.events
     assert code == 0, log
-    events = [json.loads(line)["event"] for line in log.splitlines() if line.strip()]
     for name in ("embedded_database_started", "event_received", "shutdown_complete"):
         assert name in events
     assert INGEST not in log and API not in log
@@ -187,23 +207,10 @@ async def test_a_dead_embedded_database_is_restarted_and_nothing_is_lost(
 ) -> None:
     # kill -9 of the embedded PostgreSQL while serve runs: events arriving meanwhile are
     # spooled (202), the server is restarted by serve, and every event is delivered.
-    proc = await start_serve(tmp_path, unused_tcp_port)
-    assert proc.stderr is not None
-    lines: list[str] = []
-    try:
-        ready = await read_until(proc.stderr, "server_ready", lines)
-        base = ready["address"]
+    async with serving(tmp_path, unused_tcp_port) as run:
+        base = run.base
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API}"}) as http:
-            resp = await http.post(
-                f"{base}/v1/event_sink",
-                json={
-                    "tenant_id": "00000000-0000-0000-0000-000000000000",
-                    "name": "receiver",
-                    "description": "",
-                    "event_sink_args": {"Webhook": {"url": sink_server.url()}},
-                },
-            )
-            assert resp.status == 200, await resp.text()
+            await create_webhook_sink_over_http(http, base, sink_server.url(), "receiver")
             pid_file = tmp_path / "state" / "pgdata" / "postmaster.pid"
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
             for n in range(5):
@@ -213,12 +220,6 @@ async def test_a_dead_embedded_database_is_restarted_and_nothing_is_lost(
                 assert status == 202, text
             got = await sink_server.wait_for(5, timeout=60)
             assert sorted(r.json()["data"]["id"] for r in got) == [f"case-{n}" for n in range(5)]
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        rest = await asyncio.wait_for(proc.stderr.read(), timeout=60)
-        await asyncio.wait_for(proc.wait(), timeout=60)
-    log = "".join(lines) + rest.decode()
-    events = [json.loads(line)["event"] for line in log.splitlines() if line.strip()]
+    log, events = run.log, run.events
     assert "embedded_database_died" in events, log
     assert "embedded_database_restarted" in events, log

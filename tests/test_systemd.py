@@ -41,6 +41,17 @@ if not AIR_RELAY.exists():
     AIR_RELAY = Path(shutil.which("air-relay") or AIR_RELAY)
 
 
+def popen_serve(cfg_path: Path, env: dict[str, str], *, stdout: int) -> subprocess.Popen[bytes]:
+    """``air-relay serve --config cfg_path`` under ``env``: no stdin, its log on a pipe."""
+    return subprocess.Popen(
+        [str(AIR_RELAY), "serve", "--config", str(cfg_path)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+
+
 class Listener:
     """A bound AF_UNIX datagram socket standing in for systemd's notification socket."""
 
@@ -238,13 +249,7 @@ async def test_serve_notifies_ready_pings_watchdog_and_stops_on_sigterm(
     }
     env.pop("WATCHDOG_PID", None)
     env.pop("AIR_RELAY_CONFIG", None)
-    proc = subprocess.Popen(
-        [str(AIR_RELAY), "serve", "--config", str(cfg_path)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = popen_serve(cfg_path, env, stdout=subprocess.PIPE)
     try:
         before_ready = await asyncio.to_thread(path_listener.receive_until, "READY=1", 60)
         assert "WATCHDOG=1" not in before_ready  # the watchdog starts once serving
@@ -300,13 +305,7 @@ async def test_serve_reads_its_secrets_from_credentials(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIR_RELAY_", "WATCHDOG_"))}
     env.update(NOTIFY_SOCKET=path_listener.address, CREDENTIALS_DIRECTORY=str(credentials))
-    proc = subprocess.Popen(
-        [str(AIR_RELAY), "serve", "--config", str(cfg_path)],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = popen_serve(cfg_path, env, stdout=subprocess.DEVNULL)
     try:
         await asyncio.to_thread(path_listener.receive_until, "READY=1", 60)
         event = b'{"eventName": "CaseCreatedEvent", "organizationId": 0, "data": {}}'

@@ -18,6 +18,7 @@ from air_relay.db import digests, health
 from air_relay.db import repository as repo
 from air_relay.db.pool import create_pool
 from air_relay.db.queries import QUERIES
+from tests.support import insert_event_row
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -196,11 +197,7 @@ async def test_a_storm_digest_is_queued_and_counted_but_not_old_while_its_window
     the hour's count has every event it carried."""
     sink_id = await _sink(pool)
     window_id, carrier_id, event_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await pool.execute(
-        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-        " VALUES ($1, 't', 'E', '1', '{}')",
-        event_id,
-    )
+    await insert_event_row(pool, event_id)
     await pool.execute(
         "INSERT INTO digest_windows (id, event_sink_id, tenant_id, event_name, org_text,"
         " organization_id, window_seconds, max_listed, opened_at, closes_at, opener_id,"

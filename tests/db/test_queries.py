@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from air_relay import model
 from air_relay.db import repository as repo
 from air_relay.db.migrate import apply_migrations, available_migrations, latest_version
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
-from tests.support import claim_plan, scratch_database
+from tests.support import claim_plan, insert_event_row, scratch_database
 
 
 async def test_claim_query_uses_the_partial_index(db: asyncpg.Connection) -> None:
@@ -84,80 +86,78 @@ async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:
         await pool.close()
 
 
-async def test_expired_lease_is_claimed_again_and_stale_completion_is_refused(
-    db_dsn: str,
-) -> None:
+@pytest.fixture
+async def one_delivery(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a database with one Webhook sink and one due delivery to it."""
     pool = await create_pool(db_dsn, 1, 4)
     try:
         await _seed(pool, 1)
-        (first,) = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=0.05, worker="dead-process"
-        )
-        await asyncio.sleep(0.1)
-        (second,) = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="survivor"
-        )
-        assert second.id == first.id
-        assert second.claims == 2
-        assert second.claim_token != first.claim_token
-        record = model.AttemptRecord(1, "success", 200, None, "", 1, None, _now())
-        # Both claims' completions in one batch: only the current holder's state is kept
-        # (the lease moved on), while both attempts are recorded (they happened).
-        kept = await repo.complete_deliveries(
-            pool,
-            [
-                model.Completion(claim, "delivered", None, None, [record])
-                for claim in (first, second)
-            ],
-        )
-        assert kept == {(second.id, second.claim_token)}
-        recorded = await pool.fetchval(
-            "SELECT count(*) FROM delivery_attempts WHERE delivery_id = $1", first.id
-        )
-        assert recorded == 2
-        status = await pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", first.id)
-        assert status is not None and status["status"] == "delivered"
+        yield pool
     finally:
         await pool.close()
 
 
-async def test_a_held_delivery_is_not_claimed_again_by_its_holder(db_dsn: str) -> None:
+async def test_expired_lease_is_claimed_again_and_stale_completion_is_refused(
+    one_delivery: asyncpg.Pool,
+) -> None:
+    pool = one_delivery
+    (first,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=0.05, worker="dead-process"
+    )
+    await asyncio.sleep(0.1)
+    (second,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="survivor"
+    )
+    assert second.id == first.id
+    assert second.claims == 2
+    assert second.claim_token != first.claim_token
+    record = model.AttemptRecord(1, "success", 200, None, "", 1, None, _now())
+    # Both claims' completions in one batch: only the current holder's state is kept
+    # (the lease moved on), while both attempts are recorded (they happened).
+    kept = await repo.complete_deliveries(
+        pool,
+        [model.Completion(claim, "delivered", None, None, [record]) for claim in (first, second)],
+    )
+    assert kept == {(second.id, second.claim_token)}
+    recorded = await pool.fetchval(
+        "SELECT count(*) FROM delivery_attempts WHERE delivery_id = $1", first.id
+    )
+    assert recorded == 2
+    status = await pool.fetchrow("SELECT * FROM deliveries WHERE id = $1", first.id)
+    assert status is not None and status["status"] == "delivered"
+
+
+async def test_a_held_delivery_is_not_claimed_again_by_its_holder(
+    one_delivery: asyncpg.Pool,
+) -> None:
     # Its lease lapsed while the holder waited for the database to record its completion:
     # the holder must not send it a second time; another process may (at-least-once).
-    pool = await create_pool(db_dsn, 1, 4)
-    try:
-        await _seed(pool, 1)
-        (first,) = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=0.05, worker="w"
-        )
-        await asyncio.sleep(0.1)
-        held = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="w", held=[first.id]
-        )
-        assert held == []
-        (other,) = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="other"
-        )
-        assert other.id == first.id
-    finally:
-        await pool.close()
+    pool = one_delivery
+    (first,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=0.05, worker="w"
+    )
+    await asyncio.sleep(0.1)
+    held = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="w", held=[first.id]
+    )
+    assert held == []
+    (other,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=60, worker="other"
+    )
+    assert other.id == first.id
 
 
-async def test_release_makes_a_claim_due_again(db_dsn: str) -> None:
-    pool = await create_pool(db_dsn, 1, 4)
-    try:
-        await _seed(pool, 1)
-        (claimed,) = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=600, worker="w"
-        )
-        assert await repo.release_deliveries(pool, [claimed.claim_token]) == 1
-        (again,) = await repo.claim_deliveries(
-            pool, sink_types=["Webhook"], limit=5, lease_seconds=600, worker="w2"
-        )
-        assert again.id == claimed.id
-        assert again.claims == 1  # a released claim does not count toward the schedule
-    finally:
-        await pool.close()
+async def test_release_makes_a_claim_due_again(one_delivery: asyncpg.Pool) -> None:
+    pool = one_delivery
+    (claimed,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=600, worker="w"
+    )
+    assert await repo.release_deliveries(pool, [claimed.claim_token]) == 1
+    (again,) = await repo.claim_deliveries(
+        pool, sink_types=["Webhook"], limit=5, lease_seconds=600, worker="w2"
+    )
+    assert again.id == claimed.id
+    assert again.claims == 1  # a released claim does not count toward the schedule
 
 
 def _now() -> Any:
@@ -189,11 +189,7 @@ async def test_upgrade_to_sealing_keeps_and_seals_the_rows_written_before(
                     " VALUES ($1, 't', 's', '', 'Webhook', '{}')",
                     sink_id,
                 )
-                await conn.execute(
-                    "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-                    " VALUES ($1, 't', 'E', '1', '{}')",
-                    event_id,
-                )
+                await insert_event_row(conn, event_id)
                 await conn.execute(
                     "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type)"
                     " VALUES ($1, $2, $3, 't', 'Webhook')",

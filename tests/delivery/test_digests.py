@@ -28,6 +28,8 @@ from tests.support import (
     api_get,
     audit_rows,
     create_sink,
+    dead_pagerduty_and_slack,
+    insert_event_row,
     make_sink_server,
     post_event,
     wait_final,
@@ -243,11 +245,7 @@ async def test_retention_purges_old_windows_that_held_nothing_or_whose_digest_is
         return window_id
 
     event_id, kept_carrier, audited_carrier = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await db.execute(
-        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-        " VALUES ($1, 't', 'E', '1', '{}')",
-        event_id,
-    )
+    await insert_event_row(db, event_id)
     await db.execute(
         "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type, status)"
         " VALUES ($1, $2, $3, 't', 'Webhook', 'delivered')",
@@ -287,11 +285,7 @@ async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_i
     db_dsn: str, db: asyncpg.Connection
 ) -> None:
     sink_id, event_id = uuid.uuid4(), uuid.uuid4()
-    await db.execute(
-        "INSERT INTO events (id, tenant_id, event_name, organization_id, body)"
-        " VALUES ($1, 't', 'E', '1', '{}')",
-        event_id,
-    )
+    await insert_event_row(db, event_id)
 
     async def pending(digest_id: uuid.UUID | None, attempts: int) -> uuid.UUID:
         delivery_id = uuid.uuid4()
@@ -324,13 +318,10 @@ async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_i
 async def test_a_dead_digest_fails_every_member_over_to_the_fallback(
     make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
 ) -> None:
-    pagerduty = await make_sink_server(aiohttp_server)
-    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
-    slack = await make_sink_server(aiohttp_server)
-    slack.default = Reply(body='{"ok": true}', headers={"Content-Type": "application/json"})
-    relay = await make_relay(
-        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
-        slack={"api_base_url": slack.url("/api")},
+    pagerduty, slack, relay = await dead_pagerduty_and_slack(
+        make_relay,
+        aiohttp_server,
+        Reply(body='{"ok": true}', headers={"Content-Type": "application/json"}),
     )
     # Slack subscribes to case events only: what it gets here, it gets as the fallback.
     to_slack = await create_sink(

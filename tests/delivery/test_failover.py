@@ -26,6 +26,7 @@ from tests.support import (
     audit_rows,
     auth,
     create_sink,
+    dead_pagerduty_and_slack,
     make_sink_server,
     post_event,
     wait_final,
@@ -50,14 +51,7 @@ async def deliveries(relay: Any) -> dict[str, dict[str, Any]]:
 async def test_a_dead_pagerduty_page_fails_over_to_slack_once(
     make_relay: Any, aiohttp_server: Any, db: asyncpg.Connection
 ) -> None:
-    pagerduty = await make_sink_server(aiohttp_server)
-    pagerduty.default = Reply(status=404, body='{"status": "not found"}')
-    slack = await make_sink_server(aiohttp_server)
-    slack.default = SLACK_OK
-    relay = await make_relay(
-        pagerduty={"events_url": pagerduty.url("/v2/enqueue")},
-        slack={"api_base_url": slack.url("/api")},
-    )
+    pagerduty, slack, relay = await dead_pagerduty_and_slack(make_relay, aiohttp_server, SLACK_OK)
     # The fallback takes only case events: as a fallback it gets this one all the same.
     to_slack = await create_sink(
         relay,
