@@ -36,7 +36,10 @@ async def read_until(stream: asyncio.StreamReader, event: str, lines: list[str])
             raise AssertionError("serve exited early:\n" + "".join(lines))
         line = raw.decode()
         lines.append(line)
-        record: dict[str, Any] = json.loads(line)  # every line is one JSON object
+        try:
+            record: dict[str, Any] = json.loads(line)  # every line is one JSON object
+        except ValueError:
+            raise AssertionError(f"not a JSON log line: {line!r}; before it:\n{''.join(lines)}")
         if record.get("event") == event:
             return record
 
