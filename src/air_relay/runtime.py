@@ -35,7 +35,9 @@ from air_relay.db.pool import (
     wait_for_database,
 )
 from air_relay.db.spool import Spool, SpoolDrainer
+from air_relay.delivery.background import BackgroundLoop
 from air_relay.delivery.dispatcher import Dispatcher
+from air_relay.delivery.planner_stats import PlannerStatsTask
 from air_relay.delivery.retention import RetentionTask
 from air_relay.delivery.sealing import SealerTask
 from air_relay.http.app import make_app
@@ -87,6 +89,20 @@ def listen_dsn(cfg: Config, dsn: str) -> str | None:
     if cfg.database.listen_dsn:
         return cfg.database.listen_dsn
     return dsn if cfg.database.prepared_statements else None
+
+
+def background(
+    make: Callable[[web.Application], BackgroundLoop],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context running the housekeeping task ``make`` builds while the app runs."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        task = make(app)
+        task.start()
+        yield
+        await task.stop()
+
+    return run
 
 
 def build_app(
@@ -185,26 +201,15 @@ def build_app(
         yield
         await running.stop(grace_seconds=cfg.delivery.timeout_seconds)
 
-    async def retention(app: web.Application) -> AsyncIterator[None]:
-        task = RetentionTask(app[POOL], cfg.retention)
-        task.start()
-        yield
-        await task.stop()
-
-    async def sealer(app: web.Application) -> AsyncIterator[None]:
-        task = SealerTask(app[POOL], cfg.audit)
-        task.start()
-        yield
-        await task.stop()
-
     app.cleanup_ctx.append(database)
     if cfg.spool.enabled and cfg.state_dir:
         app.cleanup_ctx.append(spool)
     app.cleanup_ctx.append(client_sessions)
     if run_dispatcher:
         app.cleanup_ctx.append(dispatcher)
-        app.cleanup_ctx.append(retention)
-        app.cleanup_ctx.append(sealer)
+        app.cleanup_ctx.append(background(lambda app: RetentionTask(app[POOL], cfg.retention)))
+        app.cleanup_ctx.append(background(lambda app: SealerTask(app[POOL], cfg.audit)))
+        app.cleanup_ctx.append(background(lambda app: PlannerStatsTask(app[POOL])))
     return app
 
 

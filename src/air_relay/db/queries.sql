@@ -146,8 +146,10 @@ WITH RECURSIVE sink AS (
         claimed_by = $4,
         next_attempt_at = now() + make_interval(secs => $3),
         updated_at = now()
-    FROM due
-    WHERE d.id = due.id
+    -- An array, not a join with "due": a prepared statement's generic plan cannot know $2,
+    -- guesses "due" at a tenth of the table and joins it by scanning the whole table (and
+    -- events) at every claim. Probing the primary key for each id never depends on that guess.
+    WHERE d.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING d.id, d.event_id, d.event_sink_id, d.tenant_id, d.sink_type, d.attempts,
               d.claims, d.claim_token, d.created_at, d.digest_id
 )
@@ -1240,3 +1242,18 @@ WITH old_minutes AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM old_minutes) AS minutes, (SELECT count(*) FROM gone) AS sinks;
+
+-- name: tables_to_analyze
+-- The busiest tables whose planner statistics lag far behind them while they are young: fewer
+-- than $1 rows at their last ANALYZE (-1: never analyzed), at least $2 live rows now, and more
+-- than twice what the statistics say. Prepared statements keep a generic plan made from those
+-- statistics; autovacuum's first ANALYZE can come a minute or more after a new database's
+-- first events, and until then the claim and the completion scan whole tables.
+SELECT c.relname::text AS name, s.n_live_tup AS live, c.reltuples::bigint AS planned
+FROM pg_class c
+JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = ANY (ARRAY['deliveries', 'events', 'delivery_attempts']::regclass[])
+  AND c.reltuples < $1
+  AND s.n_live_tup >= $2
+  AND s.n_live_tup > 2 * greatest(c.reltuples, 0)
+ORDER BY c.relname;

@@ -505,6 +505,27 @@ async def purge_audit_seal(pool: asyncpg.Pool, cutoff: datetime) -> tuple[int, i
     return int(row["seals"]), int(row["rows"])
 
 
+# --- planner statistics ------------------------------------------------------------------
+
+# The tables tables_to_analyze may name (ANALYZE takes no parameter: only these are run).
+ANALYZABLE = frozenset({"deliveries", "events", "delivery_attempts"})
+
+
+async def tables_to_analyze(pool: asyncpg.Pool, *, young_rows: int, min_rows: int) -> list[str]:
+    """The hot tables whose planner statistics lag far behind them while they are young."""
+    rows = await pool.fetch(QUERIES["tables_to_analyze"], young_rows, min_rows)
+    return [r["name"] for r in rows if r["name"] in ANALYZABLE]
+
+
+async def analyze_table(pool: asyncpg.Pool, name: str, *, lock_timeout_seconds: float) -> None:
+    """ANALYZE one of ANALYZABLE; gives up rather than wait long for a lock (a VACUUM)."""
+    if name not in ANALYZABLE:
+        raise ValueError(f"not a table to analyze: {name}")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(QUERIES["set_lock_timeout"], f"{int(lock_timeout_seconds * 1000)}ms")
+        await conn.execute(f"ANALYZE {name}")
+
+
 # --- the audit seals ---------------------------------------------------------------------
 
 
