@@ -397,5 +397,7 @@ async def claim_plan(db: asyncpg.Connection) -> str:
         8,
         running,
         held,
+        True,
+        [uuid.uuid4()],
     )
     return "\n".join(r[0] for r in plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,7 +54,7 @@ async def test_concurrent_migrations_apply_once(server_dsn: str) -> None:
             await c.close()
 
 
-async def _seed(pool: asyncpg.Pool, n: int) -> None:
+async def _seed(pool: asyncpg.Pool, n: int) -> uuid.UUID:
     sink = await repo.insert_sink(
         pool,
         uuid.uuid4(),
@@ -65,6 +66,7 @@ async def _seed(pool: asyncpg.Pool, n: int) -> None:
         await repo.ingest_events(
             pool, [model.NewEvent(uuid.uuid4(), "t", "E", 1, b"{}")], timeout=5
         )
+    return sink.id
 
 
 async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:
@@ -82,6 +84,47 @@ async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:
         assert len(ids) == len(set(ids)) == 50
         # Everything is leased now: nothing is claimable until a lease ends.
         assert await claim("late") == []
+    finally:
+        await pool.close()
+
+
+async def test_one_claim_gives_each_sink_its_room_then_spills_to_sinks_not_barred(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    # Sink a runs 1 here, b none; each may have 2. Room first: 1 of a, 2 of b. The 5 left of
+    # the 8 spill to a (not barred); b, barred (failing here), never gets more than its room.
+    # Unbarred, the spill goes to the oldest due: a's (older), then b's.
+    a, b = uuid.uuid4(), uuid.uuid4()
+    for sink in (a, b):
+        await db.execute(
+            "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args)"
+            " VALUES ($1, 't', 's', '', 'Webhook', '{\"url\": \"http://127.0.0.1:9/\"}')",
+            sink,
+        )
+        for _ in range(10):
+            event = uuid.uuid4()
+            await insert_event_row(db, event)
+            await db.execute(
+                "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
+                " created_at, next_attempt_at) VALUES ($1, $2, $3, 't', 'Webhook',"
+                " clock_timestamp() - interval '1 hour', clock_timestamp() - interval '1 hour')",
+                uuid.uuid4(),
+                event,
+                sink,
+            )
+    pool = await create_pool(db_dsn, 1, 4)
+    try:
+
+        async def claim(barred: list[uuid.UUID] | None) -> Counter[uuid.UUID]:
+            claimed = await repo.claim_deliveries(
+                pool, sink_types=["Webhook"], limit=8, lease_seconds=60, worker="w",
+                per_sink=2, running={a: 1}, spill_barred=barred,
+            )  # fmt: skip
+            return Counter(d.event_sink_id for d in claimed)
+
+        assert await claim(None) == {a: 1, b: 2}  # no spill asked for
+        assert await claim([b]) == {a: 6, b: 2}
+        assert await claim([]) == {a: 3, b: 5}  # a: 1 + its last 2; b: 2 + 3
     finally:
         await pool.close()
 

@@ -91,8 +91,11 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- name: claim_deliveries
 -- Claim due deliveries, sink by sink: each sink with pending deliveries (found by a skip
 -- scan of deliveries_sink_due_idx, one probe per sink, deleted sinks included) offers its
--- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
--- their running claims). The oldest $2 of those offers are claimed. The lease end goes into
+-- oldest due ones: first its room, $6 less the claims it already runs here ($5 sinks, $7
+-- their running claims); then, when $9 is true and it is not one of $10 (the sinks failing
+-- here), up to $2 more, which are claimed only after every sink's room (so a sink with a
+-- backlog takes the workers others leave idle, and a failing sink never more than its room).
+-- The oldest $2 of those offers are claimed. The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
 -- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
 -- the database to come back): never claimed again here, even when their lease has lapsed,
@@ -111,12 +114,14 @@ WITH RECURSIVE sink AS (
     FROM sink
     WHERE sink.id IS NOT NULL
 ), room AS (
-    SELECT sink.id, greatest(0, $6 - coalesce(r.running, 0)) AS room
+    SELECT sink.id,
+           greatest(0, $6 - coalesce(r.running, 0)) AS room,
+           CASE WHEN $9::boolean AND sink.id <> ALL ($10::uuid[]) THEN $2 ELSE 0 END AS spill
     FROM sink
     LEFT JOIN unnest($5::uuid[], $7::int[]) AS r(sink_id, running) ON r.sink_id = sink.id
     WHERE sink.id IS NOT NULL
-), due AS (
-    SELECT offer.id
+), offered AS (
+    SELECT room.id AS sink_id, room.room, offer.id, offer.next_attempt_at, offer.created_at
     FROM room
     CROSS JOIN LATERAL (
         SELECT d.id, d.next_attempt_at, d.created_at
@@ -134,10 +139,16 @@ WITH RECURSIVE sink AS (
                   AND (p.created_at, p.order_pos, p.id) < (d.created_at, d.order_pos, d.id)))
         -- created_at breaks ties: a backlog made due at once drains in order of arrival.
         ORDER BY d.next_attempt_at, d.created_at
-        LIMIT room.room
+        LIMIT room.room + room.spill
         FOR UPDATE SKIP LOCKED
     ) AS offer
-    ORDER BY offer.next_attempt_at, offer.created_at
+), due AS (
+    SELECT id
+    FROM (SELECT id, next_attempt_at, created_at,
+                 row_number() OVER (PARTITION BY sink_id ORDER BY next_attempt_at, created_at)
+                     > room AS spilled
+          FROM offered) AS o
+    ORDER BY spilled, next_attempt_at, created_at
     LIMIT $2
 ), claimed AS (
     UPDATE deliveries d

@@ -122,10 +122,13 @@ async def claim_deliveries(
     per_sink: int | None = None,
     running: Mapping[uuid.UUID, int] | None = None,
     held: Collection[uuid.UUID] = (),
+    spill_barred: Collection[uuid.UUID] | None = None,
 ) -> list[ClaimedDelivery]:
     """Claim up to ``limit`` due deliveries, oldest first, at most ``per_sink`` (default
     ``limit``) per sink less what ``running`` says the sink already runs; never one of
-    ``held`` (the deliveries the caller still runs, whatever their lease says)."""
+    ``held`` (the deliveries the caller still runs, whatever their lease says). With
+    ``spill_barred`` (a collection, maybe empty), what that leaves of ``limit`` goes to
+    sinks with more due, except those named in it."""
     running = running or {}
     rows = await pool.fetch(
         QUERIES["claim_deliveries"],
@@ -137,6 +140,8 @@ async def claim_deliveries(
         limit if per_sink is None else per_sink,
         list(running.values()),
         list(held),
+        spill_barred is not None,
+        list(spill_barred or ()),
     )
     return [
         ClaimedDelivery(

@@ -166,29 +166,18 @@ class Dispatcher:
         """Claim up to ``want`` due deliveries, fairly: each sink gets at most its share of
         the workers (less what it runs already), however many of its deliveries are due. Only
         if that leaves workers idle do sinks get more, and then only sinks that are not
-        failing: more parallel sends to a sink that is down only hold workers longer."""
-        claimed = await self._claim_up_to(want, self._sink_share, self._per_sink)
-        if len(claimed) < want:
-            held = self._per_sink + Counter(d.event_sink_id for d in claimed)
-            if any(n >= self._sink_share for n in held.values()):
-                # Some sink was held to its share and may have more due.
-                rest = want - len(claimed)
-                barred = {sink: rest for sink in self._runner.failing_sinks()}
-                claimed += await self._claim_up_to(rest, rest, barred)
-        return claimed
-
-    async def _claim_up_to(
-        self, want: int, per_sink: int, running: Mapping[uuid.UUID, int]
-    ) -> list[ClaimedDelivery]:
+        failing: more parallel sends to a sink that is down only hold workers longer. One
+        statement does both (a second round trip per claim slowed a one-sink backlog)."""
         return await repo.claim_deliveries(
             self._pool,
             sink_types=list(self._senders),
             limit=want,
             lease_seconds=self._cfg.lease_seconds,
             worker=self.worker,
-            per_sink=per_sink,
-            running=running,
+            per_sink=self._sink_share,
+            running=self._per_sink,
             held=[d.id for d in self._inflight.values()],
+            spill_barred=self._runner.failing_sinks(),
         )
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:
