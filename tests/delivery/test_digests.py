@@ -307,7 +307,7 @@ async def test_a_recovered_sink_wakes_its_backlog_but_not_a_digest_waiting_for_i
     failed_digest = await pending(uuid.uuid4(), 2)
     pool = await create_pool(db_dsn, 1, 2)
     try:
-        assert await repo.wake_sink_backlog(pool, sink_id, datetime.now(UTC)) == 2
+        assert await repo.wake_sink_backlog(pool, sink_id, datetime.now(UTC), limit=10) == 2
     finally:
         await pool.close()
     rows = await db.fetch("SELECT id FROM deliveries WHERE next_attempt_at < now()")

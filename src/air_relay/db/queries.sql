@@ -384,20 +384,31 @@ RETURNING d.id;
 
 -- name: wake_sink_backlog
 -- $1 a sink that has just answered again, $2 when the attempt that succeeded began. The sink's
--- pending deliveries whose last claim ended before then failed while the sink was down: they
--- become due at their own arrival time, so the backlog drains in order of arrival (overdue
--- ones too). Ones that failed since failed against a sink that answers, and keep their
--- backoff. The new time depends on the row only, so concurrent wakes agree, and a woken row
--- (next_attempt_at = created_at) is not touched again.
+-- pending deliveries whose last claim ended before then failed while the sink was down: the
+-- oldest $3 of them (deliveries_sink_backlog_idx) become due at their own arrival time, so the
+-- backlog drains in order of arrival (overdue ones too); the dispatcher wakes the next chunk
+-- while this one drains. Ones that failed since failed against a sink that answers, and keep
+-- their backoff. The new time depends on the row only, so concurrent wakes agree, and a woken
+-- row (next_attempt_at = created_at) is not touched again. Rows another statement holds are
+-- left to the next chunk (SKIP LOCKED).
+WITH chunk AS (
+    SELECT d.id
+    FROM deliveries d
+    WHERE d.event_sink_id = $1
+      AND d.status = 'pending'
+      AND d.claim_token IS NULL
+      AND d.next_attempt_at > d.created_at
+      AND d.updated_at <= $2
+      -- A digest's carrier not yet tried waits for its window to close, not for the sink.
+      AND (d.digest_id IS NULL OR d.attempts > 0)
+    ORDER BY d.created_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
 UPDATE deliveries d
 SET next_attempt_at = d.created_at
-WHERE d.event_sink_id = $1
-  AND d.status = 'pending'
-  AND d.claim_token IS NULL
-  AND d.next_attempt_at > d.created_at
-  AND d.updated_at <= $2
-  -- A digest's carrier not yet tried waits for its window to close, not for the sink.
-  AND (d.digest_id IS NULL OR d.attempts > 0);
+-- By key from an array: see claim_deliveries (a generic plan cannot know $3).
+WHERE d.id = ANY (ARRAY(SELECT id FROM chunk));
 
 -- name: defer_delivery
 -- The sender says this delivery's turn is later (Slack pacing): back to the queue, due then.

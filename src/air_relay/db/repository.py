@@ -228,13 +228,16 @@ async def renew_leases(
     return {r["id"] for r in rows}
 
 
-async def wake_sink_backlog(pool: asyncpg.Pool, sink_id: uuid.UUID, recovered_at: datetime) -> int:
-    """Make a recovered sink's backlog due now, in order of arrival; returns how many.
+async def wake_sink_backlog(
+    pool: asyncpg.Pool, sink_id: uuid.UUID, recovered_at: datetime, *, limit: int
+) -> int:
+    """Make the oldest ``limit`` of a recovered sink's backlog due now, in order of arrival;
+    returns how many (``limit``: more may be left).
 
     ``recovered_at``: when the attempt that succeeded after failures began. Rows whose last
     claim ended before then are woken; rows that failed since keep their backoff.
     """
-    return _count(await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_at))
+    return _count(await pool.execute(QUERIES["wake_sink_backlog"], sink_id, recovered_at, limit))
 
 
 async def defer_delivery(pool: asyncpg.Pool, delivery: ClaimedDelivery, seconds: float) -> bool:

@@ -46,6 +46,10 @@ SINK_DELETED = SendResult(ok=False, error="sink_deleted", reason="other", transi
 # that its lease lapses and the delivery is sent again (at-least-once, never lost).
 COMPLETION_DEADLINE_SECONDS = 60.0
 WAKE_INTERVAL_SECONDS = 10.0
+# A recovered sink's backlog is woken this many at a time, oldest first; the next chunk once
+# half of one has been delivered here (waking a million rows in one statement held the whole
+# drain back until it ended).
+WAKE_CHUNK = 5000
 
 
 def attempt_record(
@@ -155,6 +159,9 @@ class ClaimRunner:
         self._woken_at: dict[uuid.UUID, float] = {}
         self._failed_at: dict[uuid.UUID, float] = {}
         self._ok_at: dict[uuid.UUID, float] = {}
+        # Per sink whose last wake was a full chunk: deliveries to go before the next chunk.
+        self._chunk_left: dict[uuid.UUID, int] = {}
+        self._wake_chunk = WAKE_CHUNK
 
     async def run(self, sender: Sender, delivery: ClaimedDelivery) -> None:
         if is_digest_claim(delivery):
@@ -225,7 +232,8 @@ class ClaimRunner:
         await self._complete(claim, outcome, result)
         last = claim.records[-1]
         if outcome.status == DELIVERED:
-            if last.attempt > 1 and self._wake_due(delivery.event_sink_id):
+            sink = delivery.event_sink_id
+            if self._chunk_drained(sink) or (last.attempt > 1 and self._wake_due(sink)):
                 await self._wake_backlog(delivery, last.created_at)
             self._metrics.deliveries.labels(delivery.sink_type, DELIVERED).inc()
             log.info(
@@ -267,6 +275,18 @@ class ClaimRunner:
         self._woken_at[sink_id] = now
         return True
 
+    def _chunk_drained(self, sink_id: uuid.UUID) -> bool:
+        """Counts a delivery of a sink whose backlog is being woken chunk by chunk: whether it
+        is time to wake the next one."""
+        left = self._chunk_left.get(sink_id)
+        if left is None:
+            return False
+        if left > 1:
+            self._chunk_left[sink_id] = left - 1
+            return False
+        del self._chunk_left[sink_id]
+        return True
+
     async def _wake_backlog(self, delivery: ClaimedDelivery, recovered_at: datetime) -> None:
         """The sink recovered: its other backed-off deliveries need not wait out their delays.
 
@@ -274,7 +294,9 @@ class ClaimRunner:
         failed before this delivery's own last failure: with one wake per recovery (see
         _wake_due), rows that failed later in the outage must not keep their backoff."""
         try:
-            woken = await repo.wake_sink_backlog(self._pool, delivery.event_sink_id, recovered_at)
+            woken = await repo.wake_sink_backlog(
+                self._pool, delivery.event_sink_id, recovered_at, limit=self._wake_chunk
+            )
         except DB_UNAVAILABLE as exc:
             # Only a speed-up: without it the backlog still drains along its schedule.
             log.warning("backlog_wake_failed", error=type(exc).__name__)
@@ -282,6 +304,10 @@ class ClaimRunner:
         except Exception as exc:
             log.exception("backlog_wake_failed", **error_hint(exc))
             return
+        if woken >= self._wake_chunk:
+            self._chunk_left[delivery.event_sink_id] = max(1, self._wake_chunk // 2)
+        else:
+            self._chunk_left.pop(delivery.event_sink_id, None)
         if woken:
             log.info("sink_recovered", event_sink_id=str(delivery.event_sink_id), woken=woken)
 
