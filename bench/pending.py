@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 
 from air_relay.db.queries import QUERIES
+from air_relay.delivery.claim import WAKE_CHUNK
 from bench.kit import EVENT_NAME, OTHER_EVENT_NAME, RelayLab, pct, pct_text, relay_lab
 from bench.phases import Bench, Drain, Latency, Target, measure_latency, relay_drain
 from tests.fault.relay import RssSampler
@@ -138,6 +139,9 @@ async def explain(dsn: str, sink_id: str, *, wake: bool = True) -> list[tuple[st
                     running,
                     share,
                     counts,
+                    [],  # held: none
+                    True,  # spill what is left to sinks not failing...
+                    running,  # ...which the down sink, running its share, is
                 )
             finally:
                 await tr.rollback()
@@ -145,7 +149,7 @@ async def explain(dsn: str, sink_id: str, *, wake: bool = True) -> list[tuple[st
         wake_query = QUERIES.get("wake_sink_backlog")
         if wake and wake_query is not None:
             recovered_at = await conn.fetchval("SELECT now()")
-            rows = await conn.fetch(f"EXPLAIN {wake_query}", sink, recovered_at)
+            rows = await conn.fetch(f"EXPLAIN {wake_query}", sink, recovered_at, WAKE_CHUNK)
             plans.append(("backlog wake-up (not executed)", [r[0] for r in rows]))
     finally:
         await conn.close()
