@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
+from structlog.testing import capture_logs
 
 from air_relay.db.pool import connect, create_pool
 from air_relay.db.queries import QUERIES
@@ -78,3 +81,41 @@ async def test_young_tables_are_analyzed_once_they_outgrow_their_statistics(db_d
         assert await task.run_once() == []
     finally:
         await pool.close()
+
+
+async def test_a_user_that_does_not_own_the_tables_leaves_them_to_autovacuum(
+    db_dsn: str, db: asyncpg.Connection
+) -> None:
+    # ANALYZE of another role's table only warns and skips it: the task must not "refresh"
+    # (and log it) every second for ever, but say once that it cannot, and stop.
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    try:
+        await db.execute(f'CREATE ROLE "{role}" LOGIN')
+    except asyncpg.InsufficientPrivilegeError:
+        pytest.skip("the test database's user may not create a role")
+    try:
+        writer = await connect(db_dsn)
+        await _backlog(writer, 3 * MIN_ROWS)
+        await writer.close()
+        parts = urlsplit(db_dsn)
+        host = parts.netloc.rpartition("@")[2]  # empty for a Unix socket (?host=...)
+        as_reader = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+        pool = await create_pool(as_reader, min_size=1, max_size=1)
+        try:
+            task = PlannerStatsTask(pool, interval=0.05)
+            with capture_logs() as logs:
+                task.start()
+                assert task._task is not None
+                await wait_until(lambda: _done(task), timeout=15)
+            events = [e["event"] for e in logs]
+            assert events == ["planner_stats_skipped"]
+        finally:
+            await task.stop()
+            await pool.close()
+        assert await db.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'events'") < 0
+    finally:
+        await db.execute(f'DROP ROLE "{role}"')
+
+
+async def _done(task: PlannerStatsTask) -> bool:
+    return task._task is not None and task._task.done()

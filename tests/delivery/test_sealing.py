@@ -259,6 +259,22 @@ async def test_one_sealer_at_a_time(pool: asyncpg.Pool, db: asyncpg.Connection) 
     assert (await verify(db)).ok
 
 
+async def test_a_seal_overtaken_while_it_was_hashed_is_dropped(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    # Rows are hashed outside any transaction; another instance may seal them meanwhile.
+    await add_rows(db, 3)
+
+    async def overtaken(previous: AuditSeal | None, sealed_at: datetime, rows: Any) -> AuditSeal:
+        await sealer(pool, max_rows=10).run_once()  # the other instance, faster
+        return build_seal(previous, sealed_at, rows)
+
+    with pytest.raises(repo.SealerBusy):
+        await repo.seal_next_batch(pool, horizon=10, max_rows=10, build=overtaken)
+    assert await seals(db) == [(1, 1, 3, 3)]
+    assert (await verify(db)).ok
+
+
 async def test_sealer_runs_in_the_background_and_entries_show_their_seal(
     make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
 ) -> None:

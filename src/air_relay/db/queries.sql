@@ -91,11 +91,12 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- name: claim_deliveries
 -- Claim due deliveries, sink by sink: each sink with pending deliveries (found by a skip
 -- scan of deliveries_sink_due_idx, one probe per sink, deleted sinks included) offers its
--- oldest due ones: first its room, $6 less the claims it already runs here ($5 sinks, $7
--- their running claims); then, when $9 is true and it is not one of $10 (the sinks failing
--- here), up to $2 more, which are claimed only after every sink's room (so a sink with a
--- backlog takes the workers others leave idle, and a failing sink never more than its room).
--- The oldest $2 of those offers are claimed. The lease end goes into
+-- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
+-- their running claims). Only when those offers fall short of $2, and $9 is true, do sinks
+-- not named in $10 (the sinks failing here) offer their next ones for what is left, ranked
+-- after every room's offers: a sink with a backlog takes the workers others leave idle, a
+-- failing sink never more than its room. The oldest $2 of the offers are claimed.
+-- The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
 -- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
 -- the database to come back): never claimed again here, even when their lease has lapsed,
@@ -114,14 +115,12 @@ WITH RECURSIVE sink AS (
     FROM sink
     WHERE sink.id IS NOT NULL
 ), room AS (
-    SELECT sink.id,
-           greatest(0, $6 - coalesce(r.running, 0)) AS room,
-           CASE WHEN $9::boolean AND sink.id <> ALL ($10::uuid[]) THEN $2 ELSE 0 END AS spill
+    SELECT sink.id, greatest(0, $6 - coalesce(r.running, 0)) AS room
     FROM sink
     LEFT JOIN unnest($5::uuid[], $7::int[]) AS r(sink_id, running) ON r.sink_id = sink.id
     WHERE sink.id IS NOT NULL
 ), offered AS (
-    SELECT room.id AS sink_id, room.room, offer.id, offer.next_attempt_at, offer.created_at
+    SELECT offer.id, offer.next_attempt_at, offer.created_at
     FROM room
     CROSS JOIN LATERAL (
         SELECT d.id, d.next_attempt_at, d.created_at
@@ -139,16 +138,39 @@ WITH RECURSIVE sink AS (
                   AND (p.created_at, p.order_pos, p.id) < (d.created_at, d.order_pos, d.id)))
         -- created_at breaks ties: a backlog made due at once drains in order of arrival.
         ORDER BY d.next_attempt_at, d.created_at
-        LIMIT room.room + room.spill
+        LIMIT room.room
         FOR UPDATE SKIP LOCKED
     ) AS offer
+), spilled AS (
+    -- Read (and locked) only when the rooms fell short: LIMIT 0 reads nothing.
+    SELECT offer.id, offer.next_attempt_at, offer.created_at
+    FROM room
+    CROSS JOIN LATERAL (
+        SELECT d.id, d.next_attempt_at, d.created_at
+        FROM deliveries d
+        WHERE d.event_sink_id = room.id
+          AND d.status = 'pending'
+          AND d.next_attempt_at <= now()
+          AND d.sink_type = ANY ($1::text[])
+          AND d.id <> ALL ($8::uuid[])
+          AND d.id <> ALL (ARRAY(SELECT id FROM offered))
+          AND (d.order_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM deliveries p
+                WHERE p.event_sink_id = d.event_sink_id
+                  AND p.order_key = d.order_key
+                  AND p.status = 'pending'
+                  AND (p.created_at, p.order_pos, p.id) < (d.created_at, d.order_pos, d.id)))
+        ORDER BY d.next_attempt_at, d.created_at
+        LIMIT (SELECT greatest(0, $2 - count(*)) FROM offered)
+        FOR UPDATE SKIP LOCKED
+    ) AS offer
+    WHERE $9::boolean AND room.id <> ALL ($10::uuid[])
 ), due AS (
     SELECT id
-    FROM (SELECT id, next_attempt_at, created_at,
-                 row_number() OVER (PARTITION BY sink_id ORDER BY next_attempt_at, created_at)
-                     > room AS spilled
-          FROM offered) AS o
-    ORDER BY spilled, next_attempt_at, created_at
+    FROM (SELECT id, next_attempt_at, created_at, false AS spill FROM offered
+          UNION ALL
+          SELECT id, next_attempt_at, created_at, true FROM spilled) AS o
+    ORDER BY spill, next_attempt_at, created_at
     LIMIT $2
 ), claimed AS (
     UPDATE deliveries d
@@ -970,6 +992,9 @@ FROM audit_seals
 ORDER BY id DESC
 LIMIT 1;
 
+-- name: latest_audit_seal_id
+SELECT max(id) FROM audit_seals;
+
 -- name: seal_clock
 SELECT clock_timestamp();
 
@@ -1270,8 +1295,9 @@ SELECT (SELECT count(*) FROM old_minutes) AS minutes, (SELECT count(*) FROM gone
 -- than $1 rows at their last ANALYZE (-1: never analyzed), at least $2 live rows now, and more
 -- than twice what the statistics say. Prepared statements keep a generic plan made from those
 -- statistics; autovacuum's first ANALYZE can come a minute or more after a new database's
--- first events, and until then the claim and the completion scan whole tables.
-SELECT c.relname::text AS name, s.n_live_tup AS live, c.reltuples::bigint AS planned
+-- first events, and until then the claim and the completion scan whole tables. may_analyze:
+-- whether this role owns the table (ANALYZE of another role's table only warns and skips it).
+SELECT c.relname::text AS name, pg_has_role(c.relowner, 'USAGE') AS may_analyze
 FROM pg_class c
 JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = ANY (ARRAY['deliveries', 'events', 'delivery_attempts']::regclass[])

@@ -519,9 +519,16 @@ async def purge_audit_seal(pool: asyncpg.Pool, cutoff: datetime) -> tuple[int, i
 ANALYZABLE = frozenset({"deliveries", "events", "delivery_attempts"})
 
 
+class MayNotAnalyze(Exception):
+    """The database user does not own the relay's tables, so ANALYZE would skip them."""
+
+
 async def tables_to_analyze(pool: asyncpg.Pool, *, young_rows: int, min_rows: int) -> list[str]:
-    """The hot tables whose planner statistics lag far behind them while they are young."""
+    """The hot tables whose planner statistics lag far behind them while they are young;
+    MayNotAnalyze when one of them belongs to another role."""
     rows = await pool.fetch(QUERIES["tables_to_analyze"], young_rows, min_rows)
+    if not all(r["may_analyze"] for r in rows):
+        raise MayNotAnalyze
     return [r["name"] for r in rows if r["name"] in ANALYZABLE]
 
 
@@ -538,7 +545,7 @@ async def analyze_table(pool: asyncpg.Pool, name: str, *, lock_timeout_seconds: 
 
 
 class SealerBusy(Exception):
-    """Another instance is sealing right now."""
+    """Another instance is sealing right now (or sealed the rows first)."""
 
 
 async def try_audit_horizon(pool: asyncpg.Pool) -> int | None:
@@ -579,15 +586,16 @@ def _stored_attempts(rows: list[asyncpg.Record]) -> list[StoredAttempt]:
 async def seal_next_batch(
     pool: asyncpg.Pool, *, horizon: int, max_rows: int, build: SealBuilder
 ) -> AuditSeal | None:
-    """Seal the next batch of audit rows up to ``horizon`` (at most ``max_rows``) in one
-    transaction: ``build`` makes the seal from the previous one, the time and the rows.
+    """Seal the next batch of audit rows up to ``horizon`` (at most ``max_rows``): ``build``
+    makes the seal from the previous one, the time and the rows.
 
-    None when nothing up to the horizon is left to seal; SealerBusy when another instance
-    holds the sealer lock.
+    The rows are read and hashed outside any transaction (hashing is paced and takes a while:
+    no connection waits idle in a transaction meanwhile); the seal is then inserted in one
+    short transaction under the sealer lock, only if it still follows the newest seal. None
+    when nothing up to the horizon is left to seal; SealerBusy when another instance holds the
+    sealer lock or sealed these rows first.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval(QUERIES["audit_sealer_lock"], AUDIT_SEALER_LOCK_KEY):
-            raise SealerBusy
+    async with pool.acquire() as conn:
         latest = await conn.fetchrow(QUERIES["latest_audit_seal"])
         previous = _as(AuditSeal, latest) if latest else None
         first_id = previous.last_id + 1 if previous else 1
@@ -597,7 +605,13 @@ async def seal_next_batch(
         if not rows:
             return None
         sealed_at: datetime = await conn.fetchval(QUERIES["seal_clock"])
-        seal = await build(previous, sealed_at, _stored_attempts(rows))
+    seal = await build(previous, sealed_at, _stored_attempts(rows))
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(QUERIES["audit_sealer_lock"], AUDIT_SEALER_LOCK_KEY):
+            raise SealerBusy
+        newest = await conn.fetchval(QUERIES["latest_audit_seal_id"])
+        if newest != (previous.id if previous else None):
+            raise SealerBusy
         await conn.execute(
             QUERIES["insert_audit_seal"],
             seal.id,

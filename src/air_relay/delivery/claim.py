@@ -298,7 +298,9 @@ class ClaimRunner:
                 self._pool, delivery.event_sink_id, recovered_at, limit=self._wake_chunk
             )
         except DB_UNAVAILABLE as exc:
-            # Only a speed-up: without it the backlog still drains along its schedule.
+            # Only a speed-up: without it the backlog still drains along its schedule. The
+            # sink's next delivery here tries again.
+            self._chunk_left[delivery.event_sink_id] = 1
             log.warning("backlog_wake_failed", error=type(exc).__name__)
             return
         except Exception as exc:

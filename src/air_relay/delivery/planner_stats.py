@@ -30,6 +30,8 @@ YOUNG_ROWS = 100_000
 # Below this many live rows any plan is cheap.
 MIN_ROWS = 1_000
 LOCK_TIMEOUT_SECONDS = 1.0
+# After a failed run (the database away), the next waits twice as long, up to this.
+MAX_RETRY_SECONDS = 60.0
 
 
 class PlannerStatsTask(BackgroundLoop):
@@ -39,16 +41,19 @@ class PlannerStatsTask(BackgroundLoop):
         self._interval = interval
 
     async def _loop(self) -> None:
+        wait = self._interval
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(wait)
             try:
                 await self.run_once()
-            except asyncpg.InsufficientPrivilegeError:
-                # Not the tables' owner (they were made by another role): autovacuum alone.
+                wait = self._interval
+            except repo.MayNotAnalyze:
+                # Another role owns the tables: ANALYZE would only skip them. Autovacuum alone.
                 log.warning("planner_stats_skipped", reason="the database user may not ANALYZE")
                 return
             except Exception as exc:
-                log_failed_run("planner_stats_failed", exc, self._interval)
+                wait = min(wait * 2, MAX_RETRY_SECONDS)
+                log_failed_run("planner_stats_failed", exc, wait)
 
     async def run_once(self) -> list[str]:
         """Analyze the tables that need it; returns their names."""

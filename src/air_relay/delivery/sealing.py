@@ -61,9 +61,9 @@ HASH_STEP = 64
 # the event loop, so ingest and deliveries never queue behind a batch (10,000 rows hashed in one
 # go pushed the p99 of deliveries at 1,000 events/s from 20 ms to 80 ms).
 STEP_REST = 3.0
-# Catching up (a full batch, more behind it: after an upgrade, or a backlog of attempts written
-# at once) is no hurry: a tenth of the event loop, so a recovering sink's drain and other sinks'
-# latency keep theirs.
+# Catching up (the batches of a run after its first: after an upgrade, or a backlog of
+# attempts written at once) is no hurry: a tenth of the event loop, so a recovering sink's
+# drain and other sinks' latency keep theirs.
 CATCH_UP_STEP_REST = 9.0
 # The horizon: tries of the audit-write lock, the pause between them, then the wait.
 HORIZON_TRIES = 20
@@ -207,8 +207,8 @@ def seal_fields(seal: AuditSeal) -> dict[str, object]:
 
 
 class SealerTask(BackgroundLoop):
-    """Seals every ``audit.seal_interval_seconds``; one instance at a time seals (the others
-    skip their turn while it does)."""
+    """Seals every ``audit.seal_interval_seconds``. Instances may hash the same rows at once;
+    only the seal that still follows the newest is inserted (the other is dropped)."""
 
     def __init__(
         self,
@@ -247,7 +247,7 @@ class SealerTask(BackgroundLoop):
         async def build(
             previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
         ) -> AuditSeal:
-            rest = CATCH_UP_STEP_REST if len(rows) >= self._max_rows else STEP_REST
+            rest = CATCH_UP_STEP_REST if made else STEP_REST
             return await build_seal_stepwise(previous, sealed_at, rows, rest=rest)
 
         while True:
