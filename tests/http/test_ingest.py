@@ -132,6 +132,7 @@ async def test_payload_too_large_without_content_length(relay: Any) -> None:
         b'{"eventName": "E", "organizationId": 1, "data": {"n": ' + b"9" * 5000 + b"}}",
         b'{"eventName": "E", "organizationId": 1, "data": {"n": 1e999999}}',
         b'{"eventName": "E", "organizationId": 1, "data": {"n": -Infinity}}',
+        b'\xef\xbb\xbf{"eventName": "E", "organizationId": 1, "data": {}}',  # a UTF-8 BOM
     ],
 )
 async def test_invalid_json(relay: Any, raw: bytes) -> None:
