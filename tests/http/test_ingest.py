@@ -48,9 +48,11 @@ async def test_accepts_and_commits_before_answering(relay: Any, db: asyncpg.Conn
     raw = b'{"eventName": "CaseCreatedEvent", "organizationId": 1,  "data": {"id": "c1"}, "x": [1]}'
     resp = await post_event(relay, raw)
     assert resp.status == 202
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
     body = await resp.json()
     assert set(body) == {"event_id", "deliveries"}  # committed, not spooled
     assert body["deliveries"] == 0
+    assert await resp.read() == json.dumps(body).encode()  # as web.json_response writes it
     row = await db.fetchrow("SELECT * FROM events WHERE id = $1", uuid.UUID(body["event_id"]))
     assert row is not None
     # Kept byte for byte, extra top-level fields and odd spacing included.
