@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from air_relay.http.ingest import _EventIds
 from tests.support import (
     CATALOG,
     INGEST_TOKEN,
@@ -376,3 +377,11 @@ async def test_ops_endpoints(relay: Any) -> None:
         "# TYPE air_relay_delivery_duration_seconds histogram",
     ):
         assert name in text
+
+
+def test_event_ids_are_random_version_4_uuids_never_repeated() -> None:
+    ids = [_EventIds().next() for _ in range(3)]
+    source = _EventIds()
+    ids += [source.next() for _ in range(3 * 256 + 1)]  # across several reads of randomness
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == len(ids)
