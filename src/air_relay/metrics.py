@@ -33,6 +33,7 @@ class Metrics:
             ["event_name"],
             registry=r,
         )
+        self._received: dict[str, Counter] = {}
         self.event_schema_mismatches = Counter(
             "air_relay_event_schema_mismatches",
             "Accepted events whose data did not match the AIR catalog.",
@@ -163,6 +164,16 @@ class Metrics:
     def event_label(self, event_name: str) -> str:
         # Bounded label set: event names come from outside.
         return event_name if event_name in catalog() else "other"
+
+    def count_received(self, event_name: str) -> None:
+        """One more accepted event of ``event_name`` (``events_received``)."""
+        label = self.event_label(event_name)
+        # labels() validates and locks at every call: each series' child is looked up once
+        # (keyed by the label, so the dict is as bounded as the label set).
+        child = self._received.get(label)
+        if child is None:
+            child = self._received[label] = self.events_received.labels(label)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from air_relay.http.ingest import _EventIds
 from tests.support import (
     CATALOG,
     INGEST_TOKEN,
@@ -48,9 +49,11 @@ async def test_accepts_and_commits_before_answering(relay: Any, db: asyncpg.Conn
     raw = b'{"eventName": "CaseCreatedEvent", "organizationId": 1,  "data": {"id": "c1"}, "x": [1]}'
     resp = await post_event(relay, raw)
     assert resp.status == 202
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
     body = await resp.json()
     assert set(body) == {"event_id", "deliveries"}  # committed, not spooled
     assert body["deliveries"] == 0
+    assert await resp.read() == json.dumps(body).encode()  # as web.json_response writes it
     row = await db.fetchrow("SELECT * FROM events WHERE id = $1", uuid.UUID(body["event_id"]))
     assert row is not None
     # Kept byte for byte, extra top-level fields and odd spacing included.
@@ -132,6 +135,7 @@ async def test_payload_too_large_without_content_length(relay: Any) -> None:
         b'{"eventName": "E", "organizationId": 1, "data": {"n": ' + b"9" * 5000 + b"}}",
         b'{"eventName": "E", "organizationId": 1, "data": {"n": 1e999999}}',
         b'{"eventName": "E", "organizationId": 1, "data": {"n": -Infinity}}',
+        b'\xef\xbb\xbf{"eventName": "E", "organizationId": 1, "data": {}}',  # a UTF-8 BOM
     ],
 )
 async def test_invalid_json(relay: Any, raw: bytes) -> None:
@@ -373,3 +377,11 @@ async def test_ops_endpoints(relay: Any) -> None:
         "# TYPE air_relay_delivery_duration_seconds histogram",
     ):
         assert name in text
+
+
+def test_event_ids_are_random_version_4_uuids_never_repeated() -> None:
+    ids = [_EventIds().next() for _ in range(3)]
+    source = _EventIds()
+    ids += [source.next() for _ in range(3 * 256 + 1)]  # across several reads of randomness
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == len(ids)

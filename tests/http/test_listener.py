@@ -133,6 +133,29 @@ async def test_an_idle_kept_alive_connection_is_not_a_slowloris(
     writer.close()
 
 
+async def test_requests_on_a_kept_alive_connection_outlast_the_header_clock(
+    start_relay: GuardedStarter,
+) -> None:
+    """The header clock of each request is its own: requests one after another on one
+    connection for three times the clock, each sent in two parts, are all answered."""
+    relay = await start_relay()
+    reader, writer = await relay.connect()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 3 * LIMITS["header_timeout_seconds"]
+    answered = 0
+    while loop.time() < until:
+        head = request_head(len(EVENT))
+        writer.write(head[:10])
+        await asyncio.sleep(LIMITS["header_timeout_seconds"] / 5)
+        writer.write(head[10:] + EVENT)
+        status, answer = await read_response(reader)
+        assert status == 202, answer
+        answered += 1
+    writer.close()
+    assert answered >= 3
+    assert relay.counter("air_relay_http_slow_connections_closed_total", phase="headers") == 0
+
+
 # --- the connection cap ----------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Waiting(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
@@ -53,22 +53,29 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(item, future))
         if len(self._flushes) < self._max_flushes:
-            task = asyncio.create_task(self._flush())
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-        # shield: a caller that goes away must not cancel a commit others share.
-        return await asyncio.shield(future)
+            self._flushes.add(asyncio.create_task(self._flush()))
+        # A caller that goes away cancels only its own future, never the flush task: the
+        # commit others share goes on (a result for a cancelled future is dropped).
+        return await future
 
     async def _flush(self) -> None:
-        while self._queue:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            try:
-                await self._write_batch(batch)
-            except asyncio.CancelledError:
-                for waiting in (*batch, *self._queue):
-                    waiting.future.cancel()
-                raise
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                try:
+                    await self._write_batch(batch)
+                except asyncio.CancelledError:
+                    for waiting in (*batch, *self._queue):
+                        waiting.future.cancel()
+                    raise
+        finally:
+            # Not counted as flushing from the moment the queue is found empty, with no await
+            # in between: a done-callback would run an iteration later, and a caller woken
+            # by this flush that submits again in the meantime would find no flush coming.
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushes.discard(task)
 
     async def _write_batch(self, batch: list[_Waiting[T, R]]) -> None:
         try:

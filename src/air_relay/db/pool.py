@@ -78,10 +78,18 @@ def statement_options(prepared_statements: bool) -> dict[str, Any]:
     return {} if prepared_statements else {"statement_cache_size": 0}
 
 
+def json_text(value: Any) -> str:
+    """json.dumps, with a shortcut for a plain integer (ingest's organizationId, once per
+    event), whose JSON is its repr."""
+    if type(value) is int:
+        return int.__repr__(value)
+    return json.dumps(value)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            typename, encoder=json_text, decoder=json.loads, schema="pg_catalog"
         )
 
 

@@ -21,14 +21,13 @@ from air_relay.http import (
 )
 from air_relay.http.errors import error_middleware
 from air_relay.http.ingest import handle_ingest
-from air_relay.http.listener import guard_middleware
 from air_relay.http.state import CONFIG
 
 
 def make_app(cfg: Config) -> web.Application:
     app = web.Application(
-        # The guard's inside the error middleware: it sees a handler's exceptions first.
-        middlewares=[error_middleware, guard_middleware],
+        # It also tells the connection's guard (listener.py) when each request starts and ends.
+        middlewares=[error_middleware],
         # A little headroom so an oversized body is answered by our own 413 check.
         client_max_size=cfg.server.max_body_bytes + 1,
     )

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from air_relay.db.pool import DB_UNAVAILABLE, POOLER_HINT, pooler_misconfigured
+from air_relay.http.listener import guard_of
 from air_relay.validation import InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -60,36 +61,58 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as the error body; on a guarded connection (``listener.py``), also tells
+    the guard when the request starts and ends (one middleware doing both: a middleware is
+    a coroutine and a call more per request)."""
+    guard = guard_of(request)
+    if guard is None:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return error_answer(request, exc)
+    guard.request_started(request)
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and guard.closed_for is not None:
+            # The guard aborted the connection while the handler read the body: nobody is
+            # left to answer, and it is not an error of the relay's.
+            return web.Response(status=408)
+        return error_answer(request, exc)
+    finally:
+        guard.request_finished()
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a handler's exception (called in its except block: a bug's log line
+    carries the traceback); an HTTP exception below 400 (a redirect) is raised again."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except InvalidArgument as exc:
+    if isinstance(exc, InvalidArgument):
         return error_response(400, "invalid_argument", f"{exc.field} {exc.message}.")
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(413, "payload_too_large", "The request body is too large.")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _DEFAULT_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, code, exc.reason, headers)
-    except DB_UNAVAILABLE as exc:
+    if isinstance(exc, DB_UNAVAILABLE):
         log.warning("database_unavailable", path=request.path, error=type(exc).__name__)
         err = unavailable()
         return error_response(err.status, err.code, err.message, err.headers)
-    except Exception as exc:
-        if pooler_misconfigured(exc):
-            # A configuration problem, not a bug: the hint says what to set, a traceback
-            # would only bury it.
-            log.error(
-                "request_failed",
-                path=request.path,
-                method=request.method,
-                error=type(exc).__name__,
-                detail=str(exc).partition("\n")[0][:200],
-                hint=POOLER_HINT,
-            )
-        else:
-            log.exception("request_failed", path=request.path, method=request.method)
-        return error_response(500, "internal_error", "An unexpected error occurred.")
+    if pooler_misconfigured(exc):
+        # A configuration problem, not a bug: the hint says what to set, a traceback
+        # would only bury it.
+        log.error(
+            "request_failed",
+            path=request.path,
+            method=request.method,
+            error=type(exc).__name__,
+            detail=str(exc).partition("\n")[0][:200],
+            hint=POOLER_HINT,
+        )
+    else:
+        log.exception("request_failed", path=request.path, method=request.method)
+    return error_response(500, "internal_error", "An unexpected error occurred.")

@@ -6,7 +6,7 @@ connection (and a file descriptor) for as long as it likes, and so does one that
 body. ``GuardedSite`` accepts connections itself, so it can count them and refuse any over
 ``server.max_connections`` at once (accepted and closed, before any TLS handshake or parsing),
 and wraps each aiohttp request handler in a ``_Guard`` that sees every byte and the start and
-end of every request (through ``guard_middleware``):
+end of every request (through ``errors.error_middleware``):
 
 * headers: the request line and headers must be complete ``header_timeout_seconds`` after the
   connection opened, or after the first byte of a following request on a kept-alive
@@ -27,7 +27,6 @@ import errno
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -162,7 +161,7 @@ class _Guard(asyncio.Protocol):
         self._slot.release()
         self._inner.connection_lost(exc)
 
-    # --- the request's life, from guard_middleware -------------------------------------------
+    # --- the request's life, from errors.error_middleware -----------------------------------
 
     def request_started(self, request: web.BaseRequest) -> None:
         self._site.fresh.discard(self)
@@ -235,28 +234,12 @@ class _Guard(asyncio.Protocol):
             self._timer = None
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tells the connection's guard when a request starts and ends (a no-op on connections
-    that are not guarded, such as the test client's)."""
+def guard_of(request: web.BaseRequest) -> _Guard | None:
+    """The guard of the request's connection; None on one that is not guarded (such as the
+    test client's). ``errors.error_middleware`` tells it when each request starts and ends."""
     transport = request.transport
     guard = transport.get_protocol() if transport is not None else None
-    if not isinstance(guard, _Guard):
-        return await handler(request)
-    guard.request_started(request)
-    try:
-        return await handler(request)
-    except ConnectionResetError:
-        if guard.closed_for is None:
-            raise
-        # The guard aborted the connection while the handler read the body: nobody is left
-        # to answer, and it is not an error of the relay's.
-        return web.Response(status=408)
-    finally:
-        guard.request_finished()
+    return guard if isinstance(guard, _Guard) else None
 
 
 @dataclass
