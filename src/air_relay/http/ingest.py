@@ -9,7 +9,6 @@ full or the disk refuses the write, the answer is 503 with Retry-After, never a 
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -34,32 +33,6 @@ log = structlog.get_logger(__name__)
 MAX_EVENT_NAME = 256
 # What web.json_response sets.
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
-
-
-class _EventIds:
-    """Random (version 4) UUIDs as uuid.uuid4 makes them, from os.urandom like it, but read
-    for 256 ids at a time: one getrandom call per 256 events instead of one each."""
-
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._random = b""
-        self._at = 0
-        # A forked child must not hand out the ids its parent will.
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._random, self._at = b"", 0
-
-    def next(self) -> uuid.UUID:
-        at = self._at
-        if at >= len(self._random):
-            self._random, at = os.urandom(16 * self._BATCH), 0
-        self._at = at + 16
-        return uuid.UUID(bytes=self._random[at : at + 16], version=4)
-
-
-_event_ids = _EventIds()
 
 
 def validate_envelope(value: Any) -> tuple[str, int | str]:
@@ -110,7 +83,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
         log.warning("event_schema_mismatch", event_name=event_name, problems=mismatches)
 
     keys = order_keys(event_name, value["data"])
-    event = NewEvent(_event_ids.next(), tenant_id, event_name, org, raw, keys)
+    event = NewEvent(uuid.uuid4(), tenant_id, event_name, org, raw, keys)
     arrived = time.time()
     spool = app.get(SPOOL)
     if spool is not None and spool.spooling and await spool.accepts():
