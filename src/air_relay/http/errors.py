@@ -65,22 +65,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     the guard when the request starts and ends (one middleware doing both: a middleware is
     a coroutine and a call more per request)."""
     guard = guard_of(request)
-    if guard is None:
-        try:
-            return await handler(request)
-        except Exception as exc:
-            return error_answer(request, exc)
-    guard.request_started(request)
+    if guard is not None:
+        guard.request_started(request)
     try:
         return await handler(request)
     except Exception as exc:
-        if isinstance(exc, ConnectionResetError) and guard.closed_for is not None:
+        aborted = guard is not None and guard.closed_for is not None
+        if aborted and isinstance(exc, ConnectionResetError):
             # The guard aborted the connection while the handler read the body: nobody is
             # left to answer, and it is not an error of the relay's.
             return web.Response(status=408)
         return error_answer(request, exc)
     finally:
-        guard.request_finished()
+        if guard is not None:
+            guard.request_finished()
 
 
 def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
