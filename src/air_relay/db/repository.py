@@ -41,7 +41,7 @@ R = TypeVar("R")
 
 # Advisory-lock keys (arbitrary, fixed; beside migrate.MIGRATION_LOCK_KEY). Attempt rows are
 # inserted holding AUDIT_WRITE_LOCK_KEY shared; the sealer takes it exclusively for a moment
-# to learn its horizon. AUDIT_SEALER_LOCK_KEY lets one instance seal at a time.
+# to learn its horizon. AUDIT_SEALER_LOCK_KEY: one instance at a time inserts a seal.
 AUDIT_WRITE_LOCK_KEY = 0x6169722D61756477  # "air-audw"
 AUDIT_SEALER_LOCK_KEY = 0x6169722D7365616C  # "air-seal"
 
@@ -515,7 +515,7 @@ async def purge_audit_seal(pool: asyncpg.Pool, cutoff: datetime) -> tuple[int, i
 
 # --- planner statistics ------------------------------------------------------------------
 
-# The tables tables_to_analyze may name (ANALYZE takes no parameter: only these are run).
+# The tables tables_to_analyze names (ANALYZE takes no parameter: analyze_table runs no other).
 ANALYZABLE = frozenset({"deliveries", "events", "delivery_attempts"})
 
 
@@ -529,7 +529,7 @@ async def tables_to_analyze(pool: asyncpg.Pool, *, young_rows: int, min_rows: in
     rows = await pool.fetch(QUERIES["tables_to_analyze"], young_rows, min_rows)
     if not all(r["may_analyze"] for r in rows):
         raise MayNotAnalyze
-    return [r["name"] for r in rows if r["name"] in ANALYZABLE]
+    return [r["name"] for r in rows]
 
 
 async def analyze_table(pool: asyncpg.Pool, name: str, *, lock_timeout_seconds: float) -> None:

@@ -161,7 +161,6 @@ class ClaimRunner:
         self._ok_at: dict[uuid.UUID, float] = {}
         # Per sink whose last wake was a full chunk: deliveries to go before the next chunk.
         self._chunk_left: dict[uuid.UUID, int] = {}
-        self._wake_chunk = WAKE_CHUNK
 
     async def run(self, sender: Sender, delivery: ClaimedDelivery) -> None:
         if is_digest_claim(delivery):
@@ -295,7 +294,7 @@ class ClaimRunner:
         _wake_due), rows that failed later in the outage must not keep their backoff."""
         try:
             woken = await repo.wake_sink_backlog(
-                self._pool, delivery.event_sink_id, recovered_at, limit=self._wake_chunk
+                self._pool, delivery.event_sink_id, recovered_at, limit=WAKE_CHUNK
             )
         except DB_UNAVAILABLE as exc:
             # Only a speed-up: without it the backlog still drains along its schedule. The
@@ -306,8 +305,8 @@ class ClaimRunner:
         except Exception as exc:
             log.exception("backlog_wake_failed", **error_hint(exc))
             return
-        if woken >= self._wake_chunk:
-            self._chunk_left[delivery.event_sink_id] = max(1, self._wake_chunk // 2)
+        if woken >= WAKE_CHUNK:
+            self._chunk_left[delivery.event_sink_id] = max(1, WAKE_CHUNK // 2)
         else:
             self._chunk_left.pop(delivery.event_sink_id, None)
         if woken:
