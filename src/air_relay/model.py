@@ -248,6 +248,16 @@ class AuditSeal:
 
 
 @dataclass(frozen=True)
+class AuditBatch:
+    """The audit rows the next seal covers, counted before they are read: the seal's header
+    (hashed first) names its last id and its row count."""
+
+    first_id: int
+    last_id: int
+    row_count: int
+
+
+@dataclass(frozen=True)
 class DeliveryFilter:
     tenant_id: str
     status: str | None = None

@@ -27,14 +27,16 @@ from air_relay.db.pool import connect, create_pool
 from air_relay.delivery.retention import RetentionTask
 from air_relay.delivery.sealing import (
     GENESIS_HASH,
+    AuditRowsChanged,
     SealerTask,
     VerifyReport,
     build_seal,
+    build_seal_stepwise,
     canonical_row,
     canonical_time,
     verify_chain,
 )
-from air_relay.model import AuditSeal, StoredAttempt
+from air_relay.model import AuditBatch, AuditSeal, StoredAttempt
 from tests.support import (
     TENANT,
     TENANT_B_KEY,
@@ -93,7 +95,10 @@ async def burn_id(db: asyncpg.Connection) -> None:
 
 
 def sealer(pool: asyncpg.Pool, max_rows: int = 2, horizon_tries: int = 3) -> SealerTask:
-    return SealerTask(pool, AuditConfig(), max_rows=max_rows, horizon_tries=horizon_tries)
+    # Pages of 3 rows: batches of up to 10 are read in several.
+    return SealerTask(
+        pool, AuditConfig(), max_rows=max_rows, page_rows=3, horizon_tries=horizon_tries
+    )
 
 
 async def verify(db: asyncpg.Connection) -> VerifyReport:
@@ -265,12 +270,14 @@ async def test_a_seal_overtaken_while_it_was_hashed_is_dropped(
     # Rows are hashed outside any transaction; another instance may seal them meanwhile.
     await add_rows(db, 3)
 
-    async def overtaken(previous: AuditSeal | None, sealed_at: datetime, rows: Any) -> AuditSeal:
+    async def overtaken(
+        previous: AuditSeal | None, sealed_at: datetime, batch: AuditBatch, pages: Any
+    ) -> AuditSeal:
         await sealer(pool, max_rows=10).run_once()  # the other instance, faster
-        return build_seal(previous, sealed_at, rows)
+        return await build_seal_stepwise(previous, sealed_at, batch, pages)
 
     with pytest.raises(repo.SealerBusy):
-        await repo.seal_next_batch(pool, horizon=10, max_rows=10, build=overtaken)
+        await repo.seal_next_batch(pool, horizon=10, max_rows=10, page_rows=2, build=overtaken)
     assert await seals(db) == [(1, 1, 3, 3)]
     assert (await verify(db)).ok
 
@@ -383,9 +390,9 @@ OLD = datetime.now(UTC) - timedelta(days=40)
 
 
 async def sealed_long_ago(
-    previous: AuditSeal | None, _at: datetime, rows: list[StoredAttempt]
+    previous: AuditSeal | None, _at: datetime, batch: AuditBatch, pages: Any
 ) -> AuditSeal:
-    return build_seal(previous, OLD, rows)
+    return await build_seal_stepwise(previous, OLD, batch, pages, rest=0)
 
 
 async def test_retention_purges_whole_sealed_batches_and_verify_passes_after(
@@ -394,7 +401,7 @@ async def test_retention_purges_whole_sealed_batches_and_verify_passes_after(
     await add_rows(db, 6)
     # Three seals of two rows, made 40 days ago, then two rows not sealed at all.
     for _ in range(3):
-        await repo.seal_next_batch(pool, horizon=6, max_rows=2, build=sealed_long_ago)
+        await repo.seal_next_batch(pool, horizon=6, max_rows=2, page_rows=1, build=sealed_long_ago)
     await add_rows(db, 2)
     task = RetentionTask(pool, RetentionConfig(days=30, batch_size=10), batch_pause=0)
     counts = await task.run_once()
@@ -429,7 +436,7 @@ async def test_purge_never_takes_part_of_a_batch_under_concurrency(
 ) -> None:
     await add_rows(db, 12)
     for _ in range(6):
-        await repo.seal_next_batch(pool, horizon=12, max_rows=2, build=sealed_long_ago)
+        await repo.seal_next_batch(pool, horizon=12, max_rows=2, page_rows=1, build=sealed_long_ago)
     cfg = RetentionConfig(days=30, batch_size=10)
     results = await asyncio.gather(
         *(RetentionTask(pool, cfg, batch_pause=0).run_once() for _ in range(3))
@@ -489,15 +496,38 @@ async def test_the_audit_write_lock_is_taken_before_any_id_is_drawn(
         await holder.close()
 
 
-async def test_the_stepwise_seal_is_the_same_seal(
+async def test_the_stepwise_seal_read_in_pages_is_the_same_seal(
     pool: asyncpg.Pool, db: asyncpg.Connection
 ) -> None:
-    # The sealer hashes on the event loop a step at a time; the hash must not depend on it.
-    from air_relay.delivery.sealing import HASH_STEP, build_seal_stepwise
+    # The sealer reads a batch in pages and hashes it a step at a time on the event loop; the
+    # hash must not depend on either (pages of 50 and steps of HASH_STEP do not line up).
+    from air_relay.delivery.sealing import HASH_STEP
 
     await add_rows(db, HASH_STEP * 2 + 3)
     rows = [
         StoredAttempt(**dict(r))
         for r in await db.fetch("SELECT * FROM delivery_attempts ORDER BY id")
     ]
-    assert (await build_seal_stepwise(None, T0, rows)) == build_seal(None, T0, rows)
+    batch = AuditBatch(1, rows[-1].id, len(rows))
+    pages = repo.audit_pages(pool, batch, 50)
+    assert await build_seal_stepwise(None, T0, batch, pages) == build_seal(None, T0, rows)
+
+
+async def test_rows_deleted_while_a_batch_is_read_make_no_seal(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    # A batch is counted first (its header names its row count), then read in pages: a row
+    # gone in between must fail the run, never seal a count the rows do not have.
+    ids = await add_rows(db, 5)
+
+    async def row_deleted_meanwhile(
+        previous: AuditSeal | None, sealed_at: datetime, batch: AuditBatch, pages: Any
+    ) -> AuditSeal:
+        await db.execute("DELETE FROM delivery_attempts WHERE id = $1", ids[3])
+        return await build_seal_stepwise(previous, sealed_at, batch, pages, rest=0)
+
+    with pytest.raises(AuditRowsChanged):
+        await repo.seal_next_batch(
+            pool, horizon=ids[-1], max_rows=10, page_rows=2, build=row_deleted_meanwhile
+        )
+    assert await seals(db) == []

@@ -998,8 +998,14 @@ SELECT max(id) FROM audit_seals;
 -- name: seal_clock
 SELECT clock_timestamp();
 
+-- name: audit_batch_span
+-- The next seal's batch: the rows from $1 up to the horizon $2, at most $3 of them (an index
+-- scan of ids only): its last id and its row count, which the seal's header names.
+SELECT coalesce(max(id), 0) AS last_id, count(*) AS row_count
+FROM (SELECT id FROM delivery_attempts WHERE id >= $1 AND id <= $2 ORDER BY id LIMIT $3) AS batch;
+
 -- name: audit_rows_to_seal
--- Rows from $1 up to the horizon $2, in id order, at most $3 of them: one seal's batch.
+-- One page of a seal's batch: rows from $1 up to its last id $2, in id order, at most $3.
 SELECT id, delivery_id, tenant_id, event_id, event_name, organization_id, event_sink_id,
        event_sink_type, attempt, outcome, status_code, error, response_body, duration_ms,
        next_attempt_at, created_at, error_detail

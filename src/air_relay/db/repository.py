@@ -18,6 +18,7 @@ import asyncpg
 from air_relay.db.notify import NOTIFY_CHANNEL
 from air_relay.db.queries import QUERIES
 from air_relay.model import (
+    AuditBatch,
     AuditEntry,
     AuditFilter,
     AuditSeal,
@@ -569,7 +570,10 @@ async def latest_audit_seal(pool: asyncpg.Pool) -> AuditSeal | None:
     return _as(AuditSeal, row) if row else None
 
 
-SealBuilder = Callable[[AuditSeal | None, datetime, Sequence[StoredAttempt]], Awaitable[AuditSeal]]
+SealBuilder = Callable[
+    [AuditSeal | None, datetime, AuditBatch, AsyncIterator[list[StoredAttempt]]],
+    Awaitable[AuditSeal],
+]
 
 
 _STORED_ATTEMPT_FIELDS = [f.name for f in dataclasses.fields(StoredAttempt)]
@@ -583,11 +587,27 @@ def _stored_attempts(rows: list[asyncpg.Record]) -> list[StoredAttempt]:
     return [StoredAttempt(*r) for r in rows]
 
 
+async def audit_pages(
+    pool: asyncpg.Pool, batch: AuditBatch, page_rows: int
+) -> AsyncIterator[list[StoredAttempt]]:
+    """The batch's rows in id order, ``page_rows`` at a time: reading (and decoding) a whole
+    batch of thousands of rows in one go held the event loop for tens of milliseconds, and
+    kept them all alive until the seal was made."""
+    next_id = batch.first_id
+    while next_id <= batch.last_id:
+        rows = await pool.fetch(QUERIES["audit_rows_to_seal"], next_id, batch.last_id, page_rows)
+        if not rows:
+            return
+        page = _stored_attempts(rows)
+        yield page
+        next_id = page[-1].id + 1
+
+
 async def seal_next_batch(
-    pool: asyncpg.Pool, *, horizon: int, max_rows: int, build: SealBuilder
+    pool: asyncpg.Pool, *, horizon: int, max_rows: int, page_rows: int, build: SealBuilder
 ) -> AuditSeal | None:
     """Seal the next batch of audit rows up to ``horizon`` (at most ``max_rows``): ``build``
-    makes the seal from the previous one, the time and the rows.
+    makes the seal from the previous one, the time, the batch and its rows (read in pages).
 
     The rows are read and hashed outside any transaction (hashing is paced and takes a while:
     no connection waits idle in a transaction meanwhile); the seal is then inserted in one
@@ -601,11 +621,12 @@ async def seal_next_batch(
         first_id = previous.last_id + 1 if previous else 1
         if first_id > horizon:
             return None
-        rows = await conn.fetch(QUERIES["audit_rows_to_seal"], first_id, horizon, max_rows)
-        if not rows:
+        span = await conn.fetchrow(QUERIES["audit_batch_span"], first_id, horizon, max_rows)
+        if span is None or not span["row_count"]:
             return None
         sealed_at: datetime = await conn.fetchval(QUERIES["seal_clock"])
-    seal = await build(previous, sealed_at, _stored_attempts(rows))
+    batch = AuditBatch(first_id, span["last_id"], span["row_count"])
+    seal = await build(previous, sealed_at, batch, audit_pages(pool, batch, page_rows))
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(QUERIES["audit_sealer_lock"], AUDIT_SEALER_LOCK_KEY):
             raise SealerBusy

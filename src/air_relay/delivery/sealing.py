@@ -36,7 +36,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -46,7 +46,7 @@ import structlog
 from air_relay.config import AuditConfig
 from air_relay.db import repository as repo
 from air_relay.delivery.background import BackgroundLoop, log_failed_run
-from air_relay.model import AuditSeal, StoredAttempt
+from air_relay.model import AuditBatch, AuditSeal, StoredAttempt
 from air_relay.timestamps import rfc3339
 
 log = structlog.get_logger(__name__)
@@ -55,6 +55,8 @@ VERSION = "air-relay-audit-seal-v1"
 GENESIS_HASH = "0" * 64
 # Rows per seal: a backlog (the first run after an upgrade) becomes several seals.
 SEAL_MAX_ROWS = 5000
+# Rows read from the database at a time (a page decodes in about a millisecond).
+SEAL_PAGE_ROWS = 256
 # Rows hashed between two chances for the event loop to run other work (under a millisecond).
 HASH_STEP = 64
 # After each step, rest this many times the step's time: the sealer takes at most a quarter of
@@ -145,49 +147,79 @@ class SealHasher:
         return self._sha.hexdigest()
 
 
-def _sealing(
-    previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
-) -> Iterator[AuditSeal | None]:
-    """Hash ``rows`` into the seal after ``previous``: yields None every HASH_STEP rows (a
-    point to let other work run), then the seal."""
-    seal_id = previous.id + 1 if previous else 1
-    first_id = previous.last_id + 1 if previous else 1
-    prev_hash = previous.hash if previous else GENESIS_HASH
-    last_id = rows[-1].id
-    hasher = SealHasher(seal_id, sealed_at, first_id, last_id, len(rows), prev_hash)
-    for n, row in enumerate(rows, 1):
-        hasher.add(row)
-        if n % HASH_STEP == 0:
-            yield None
-    yield AuditSeal(seal_id, sealed_at, first_id, last_id, len(rows), prev_hash, hasher.hexdigest())
+class AuditRowsChanged(RuntimeError):
+    """The batch's rows are not those counted before they were read (deleted meanwhile)."""
+
+
+def _link(previous: AuditSeal | None) -> tuple[int, str]:
+    """The next seal's id and prev_hash."""
+    return (previous.id + 1, previous.hash) if previous else (1, GENESIS_HASH)
+
+
+def _hasher(previous: AuditSeal | None, sealed_at: datetime, batch: AuditBatch) -> SealHasher:
+    seal_id, prev_hash = _link(previous)
+    return SealHasher(seal_id, sealed_at, batch.first_id, batch.last_id, batch.row_count, prev_hash)
+
+
+def _sealed(
+    previous: AuditSeal | None,
+    sealed_at: datetime,
+    batch: AuditBatch,
+    hasher: SealHasher,
+    rows: int,
+    last_id: int | None,
+) -> AuditSeal:
+    if rows != batch.row_count or last_id != batch.last_id:
+        raise AuditRowsChanged(
+            f"{batch.row_count} rows up to id {batch.last_id} were counted, "
+            f"{rows} up to id {last_id} were read"
+        )
+    seal_id, prev_hash = _link(previous)
+    return AuditSeal(
+        seal_id,
+        sealed_at,
+        batch.first_id,
+        batch.last_id,
+        batch.row_count,
+        prev_hash,
+        hasher.hexdigest(),
+    )
 
 
 def build_seal(
     previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
 ) -> AuditSeal:
     """The seal after ``previous`` covering ``rows`` (consecutive in id order, not empty)."""
-    *_, seal = _sealing(previous, sealed_at, rows)
-    assert seal is not None
-    return seal
+    first_id = previous.last_id + 1 if previous else 1
+    batch = AuditBatch(first_id, rows[-1].id, len(rows))
+    hasher = _hasher(previous, sealed_at, batch)
+    for row in rows:
+        hasher.add(row)
+    return _sealed(previous, sealed_at, batch, hasher, len(rows), rows[-1].id)
 
 
 async def build_seal_stepwise(
     previous: AuditSeal | None,
     sealed_at: datetime,
-    rows: Sequence[StoredAttempt],
+    batch: AuditBatch,
+    pages: AsyncIterator[list[StoredAttempt]],
     *,
     rest: float = STEP_REST,
 ) -> AuditSeal:
-    """``build_seal`` on the event loop, a step of HASH_STEP rows at a time, resting ``rest``
-    times each step's time after it."""
-    started = time.monotonic()
-    for seal in _sealing(previous, sealed_at, rows):
-        if seal is not None:
-            return seal
-        now = time.monotonic()
-        await asyncio.sleep(rest * (now - started))
-        started = time.monotonic()
-    raise AssertionError("_sealing always ends with the seal")
+    """The seal after ``previous`` covering ``batch``, hashed on the event loop as its pages
+    arrive, a step of HASH_STEP rows at a time, resting ``rest`` times each step's time."""
+    hasher = _hasher(previous, sealed_at, batch)
+    rows = 0
+    last_id = None
+    async for page in pages:
+        for step in range(0, len(page), HASH_STEP):
+            started = time.monotonic()
+            for row in page[step : step + HASH_STEP]:
+                hasher.add(row)
+            await asyncio.sleep(rest * (time.monotonic() - started))
+        rows += len(page)
+        last_id = page[-1].id
+    return _sealed(previous, sealed_at, batch, hasher, rows, last_id)
 
 
 def seal_fields(seal: AuditSeal) -> dict[str, object]:
@@ -216,12 +248,14 @@ class SealerTask(BackgroundLoop):
         cfg: AuditConfig,
         *,
         max_rows: int = SEAL_MAX_ROWS,
+        page_rows: int = SEAL_PAGE_ROWS,
         horizon_tries: int = HORIZON_TRIES,
     ) -> None:
         super().__init__("air-relay-sealer")
         self._pool = pool
         self._cfg = cfg
         self._max_rows = max_rows
+        self._page_rows = page_rows
         self._horizon_tries = horizon_tries
 
     async def _loop(self) -> None:
@@ -245,14 +279,21 @@ class SealerTask(BackgroundLoop):
         made: list[AuditSeal] = []
 
         async def build(
-            previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
+            previous: AuditSeal | None,
+            sealed_at: datetime,
+            batch: AuditBatch,
+            pages: AsyncIterator[list[StoredAttempt]],
         ) -> AuditSeal:
             rest = CATCH_UP_STEP_REST if made else STEP_REST
-            return await build_seal_stepwise(previous, sealed_at, rows, rest=rest)
+            return await build_seal_stepwise(previous, sealed_at, batch, pages, rest=rest)
 
         while True:
             seal = await repo.seal_next_batch(
-                self._pool, horizon=horizon, max_rows=self._max_rows, build=build
+                self._pool,
+                horizon=horizon,
+                max_rows=self._max_rows,
+                page_rows=self._page_rows,
+                build=build,
             )
             if seal is None:
                 return made
