@@ -121,7 +121,7 @@ async def explain(dsn: str, sink_id: str, *, wake: bool = True) -> list[tuple[st
     # (title, sinks running claims, their counts, the per-sink share)
     claim_args: list[tuple[str, list[uuid.UUID], list[int], int]] = [
         ("claim, no sink running claims", [], [], 8),
-        ("claim, the down sink at its share", [sink], [8], 8),
+        ("claim, the down sink at its share", [sink], [8], 8),  # share of claims waiting
     ]
     plans: list[tuple[str, list[str]]] = []
     conn = await asyncpg.connect(dsn)
@@ -142,6 +142,7 @@ async def explain(dsn: str, sink_id: str, *, wake: bool = True) -> list[tuple[st
                     [],  # held: none
                     True,  # spill what is left to sinks not failing...
                     running,  # ...which the down sink, running its share, is
+                    32,  # spill at most: every sender idle
                 )
             finally:
                 await tr.rollback()

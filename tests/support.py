@@ -399,5 +399,6 @@ async def claim_plan(db: asyncpg.Connection) -> str:
         held,
         True,
         [uuid.uuid4()],
+        10,
     )
     return "\n".join(r[0] for r in plan)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 import signal
 import socket
@@ -322,6 +323,15 @@ async def _until_stopped(stop: asyncio.Event, work: asyncio.Future[None]) -> boo
     return False
 
 
+def freeze_heap() -> None:
+    """Leave what start-up made (modules, the app, the event catalog, templates: alive for
+    as long as the process) out of the garbage collector's full passes. Each full pass walked
+    all of it, tens of milliseconds on the event loop that every request and delivery
+    waited out; now it walks only what was made since."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(cfg: Config) -> int:
     """``air-relay serve``: run until SIGTERM or SIGINT, then drain; the exit code."""
     loop = asyncio.get_running_loop()
@@ -380,6 +390,7 @@ async def serve(cfg: Config) -> int:
             metrics=app[METRICS],
         )
         await site.start()
+        freeze_heap()
         log.info(
             "server_ready",
             address=(

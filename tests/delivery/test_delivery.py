@@ -316,3 +316,29 @@ async def test_a_slow_sink_cannot_hold_every_worker(
     # Nothing else due: the slow sink used all four workers (work-conserving).
     first = sorted(r.at for r in sink_server.received)[:4]
     assert first[-1] - first[0] < 0.5
+
+
+async def test_shutdown_releases_deliveries_claimed_ahead_without_sending_them(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    # One sender and a share of one: one delivery sending, one claimed ahead of it.
+    relay = await make_relay(delivery={"timeout_seconds": 1, "concurrency": 1, "batch_size": 2})
+    sink_server.default = Reply(delay=5)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    for _ in range(2):
+        await post_event(relay, EVENT)
+
+    async def all_claimed() -> bool:
+        held = await db.fetchval("SELECT count(*) FROM deliveries WHERE claim_token IS NOT NULL")
+        return bool(held == 2)
+
+    await wait_until(all_claimed)
+    await sink_server.wait_for(1)
+    await relay.close()
+    await asyncio.sleep(0.2)
+    # Only the one sending was sent (maybe more than once, if its timeout came first).
+    sent = {r.headers["webhook-id"] for r in sink_server.received}
+    assert len(sent) == 1
+    rows = await db.fetch("SELECT id, status, claim_token, claims FROM deliveries")
+    queued = [tuple(r)[1:] for r in rows if f"msg_{r['id'].hex}" not in sent]
+    assert queued == [("pending", None, 0)]

@@ -91,11 +91,12 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- name: claim_deliveries
 -- Claim due deliveries, sink by sink: each sink with pending deliveries (found by a skip
 -- scan of deliveries_sink_due_idx, one probe per sink, deleted sinks included) offers its
--- oldest due ones, at most its room: $6 less the claims it already runs here ($5 sinks, $7
--- their running claims). Only when those offers fall short of $2, and $9 is true, do sinks
--- not named in $10 (the sinks failing here) offer their next ones for what is left, ranked
--- after every room's offers: a sink with a backlog takes the workers others leave idle, a
--- failing sink never more than its room. The oldest $2 of the offers are claimed.
+-- oldest due ones, at most its room: $6 less the claims it already holds here waiting to be
+-- sent ($5 sinks, $7 their counts). Only when those offers fall short of $2, and $9 is true,
+-- do sinks not named in $10 (the sinks failing here) offer their next ones for what is left,
+-- at most $11 in all (the senders that would otherwise stand idle), ranked after every
+-- room's offers: a sink with a backlog takes the workers others leave idle, a failing sink
+-- never more than its room. The oldest $2 of the offers are claimed.
 -- The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
 -- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
@@ -161,15 +162,19 @@ WITH RECURSIVE sink AS (
                   AND p.status = 'pending'
                   AND (p.created_at, p.order_pos, p.id) < (d.created_at, d.order_pos, d.id)))
         ORDER BY d.next_attempt_at, d.created_at
-        LIMIT (SELECT greatest(0, $2 - count(*)) FROM offered)
+        LIMIT (SELECT greatest(0, least($11, $2 - count(*))) FROM offered)
         FOR UPDATE SKIP LOCKED
     ) AS offer
     WHERE $9::boolean AND room.id <> ALL ($10::uuid[])
 ), due AS (
     SELECT id
-    FROM (SELECT id, next_attempt_at, created_at, false AS spill FROM offered
+    FROM (SELECT id, next_attempt_at, created_at, false AS spill, 0::bigint AS n
+          FROM offered
           UNION ALL
-          SELECT id, next_attempt_at, created_at, true FROM spilled) AS o
+          SELECT id, next_attempt_at, created_at, true,
+                 row_number() OVER (ORDER BY next_attempt_at, created_at)
+          FROM spilled) AS o
+    WHERE n <= $11
     ORDER BY spill, next_attempt_at, created_at
     LIMIT $2
 ), claimed AS (

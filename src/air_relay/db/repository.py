@@ -124,12 +124,13 @@ async def claim_deliveries(
     running: Mapping[uuid.UUID, int] | None = None,
     held: Collection[uuid.UUID] = (),
     spill_barred: Collection[uuid.UUID] | None = None,
+    spill_limit: int | None = None,
 ) -> list[ClaimedDelivery]:
     """Claim up to ``limit`` due deliveries, oldest first, at most ``per_sink`` (default
-    ``limit``) per sink less what ``running`` says the sink already runs; never one of
+    ``limit``) per sink less what ``running`` says the sink already holds; never one of
     ``held`` (the deliveries the caller still runs, whatever their lease says). With
-    ``spill_barred`` (a collection, maybe empty), what that leaves of ``limit`` goes to
-    sinks with more due, except those named in it."""
+    ``spill_barred`` (a collection, maybe empty), what that leaves of ``limit`` (at most
+    ``spill_limit`` of it) goes to sinks with more due, except those named in it."""
     running = running or {}
     rows = await pool.fetch(
         QUERIES["claim_deliveries"],
@@ -143,6 +144,7 @@ async def claim_deliveries(
         list(held),
         spill_barred is not None,
         list(spill_barred or ()),
+        limit if spill_limit is None else spill_limit,
     )
     return [
         ClaimedDelivery(

@@ -25,6 +25,7 @@ from air_relay.db import repository as repo
 from air_relay.db.notify import listen
 from air_relay.db.pool import DB_UNAVAILABLE, error_hint
 from air_relay.delivery.claim import ClaimRunner
+from air_relay.delivery.send_slots import SendSlots
 from air_relay.metrics import Metrics
 from air_relay.model import ClaimedDelivery
 from air_relay.sinks.base import Sender
@@ -53,7 +54,14 @@ class Dispatcher:
         self.worker = worker_name()
         self._wake = asyncio.Event()
         self._stopping = False
+        # Every claim this process holds: those sending (at most ``concurrency``) and up to
+        # ``batch_size`` more claimed ahead, waiting for a send slot.
         self._inflight: dict[asyncio.Task[None], ClaimedDelivery] = {}
+        self._slots = SendSlots(cfg.concurrency)
+        # Claims run ahead of the senders by up to a batch, so a sender that frees up starts
+        # its next delivery at once instead of waiting out a claim's round trip.
+        self._capacity = cfg.concurrency + cfg.batch_size
+        self._started: set[asyncio.Task[None]] = set()
         self._per_sink: Counter[uuid.UUID] = Counter()
         self._sink_share = cfg.sink_concurrency or max(1, cfg.concurrency // 4)
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,10 +99,15 @@ class Dispatcher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._inflight:
-            log.info("dispatcher_draining", in_flight=len(self._inflight))
-            await asyncio.wait(list(self._inflight), timeout=grace_seconds)
-        unfinished = dict(self._inflight)
+        # Claimed ahead but not started: not sent now, released below with the rest.
+        queued = {t: d for t, d in self._inflight.items() if t not in self._started}
+        for task in queued:
+            task.cancel()
+        sending = [t for t in self._inflight if t not in queued]
+        if sending:
+            log.info("dispatcher_draining", in_flight=len(sending))
+            await asyncio.wait(sending, timeout=grace_seconds)
+        unfinished = {**queued, **self._inflight}
         for task in unfinished:
             task.cancel()
         for task in unfinished:
@@ -112,7 +125,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         backoff = 0.5
         while not self._stopping:
-            free = self._cfg.concurrency - len(self._inflight)
+            free = self._capacity - len(self._inflight)
             want = min(free, self._cfg.batch_size)
             claimed: list[ClaimedDelivery] = []
             if want > 0:
@@ -163,11 +176,18 @@ class Dispatcher:
                     log.warning("lease_lost", delivery_id=str(delivery.id))
 
     async def _claim(self, want: int) -> list[ClaimedDelivery]:
-        """Claim up to ``want`` due deliveries, fairly: each sink gets at most its share of
-        the workers (less what it runs already), however many of its deliveries are due. Only
-        if that leaves workers idle do sinks get more, and then only sinks that are not
-        failing: more parallel sends to a sink that is down only hold workers longer. One
-        statement does both (a second round trip per claim slowed a one-sink backlog)."""
+        """Claim up to ``want`` due deliveries, fairly: each sink gets at most its share
+        (``sink_concurrency``) of the claims waiting here for a sender, however many of its
+        deliveries are due. Only what that leaves goes to sinks with more due, never the last
+        share of the capacity (kept for a sink whose deliveries arrive next), and only to
+        sinks that are not failing: more parallel sends to a sink that is down only hold
+        workers longer. One statement does both (a second round trip per claim slowed a
+        one-sink backlog). Which claim is sent next is the send slots' choice."""
+        waiting = {
+            sink: n - self._slots.sending(sink)
+            for sink, n in self._per_sink.items()
+            if n > self._slots.sending(sink)
+        }
         return await repo.claim_deliveries(
             self._pool,
             sink_types=list(self._senders),
@@ -175,9 +195,10 @@ class Dispatcher:
             lease_seconds=self._cfg.lease_seconds,
             worker=self.worker,
             per_sink=self._sink_share,
-            running=self._per_sink,
+            running=waiting,
             held=[d.id for d in self._inflight.values()],
             spill_barred=self._runner.failing_sinks(),
+            spill_limit=max(0, self._capacity - self._sink_share - len(self._inflight)),
         )
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:
@@ -189,12 +210,23 @@ class Dispatcher:
             claim=delivery.claims,
         )
         sender = self._senders[delivery.sink_type]
-        task = asyncio.create_task(self._runner.run(sender, delivery))
+        task = asyncio.create_task(self._send(sender, delivery))
         self._inflight[task] = delivery
         self._per_sink[delivery.event_sink_id] += 1
         task.add_done_callback(self._finished)
 
+    async def _send(self, sender: Sender, delivery: ClaimedDelivery) -> None:
+        await self._slots.acquire(delivery.event_sink_id)
+        try:
+            task = asyncio.current_task()
+            assert task is not None
+            self._started.add(task)
+            await self._runner.run(sender, delivery)
+        finally:
+            self._slots.release(delivery.event_sink_id)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
+        self._started.discard(task)
         delivery = self._inflight.pop(task, None)
         if delivery is not None:
             self._per_sink[delivery.event_sink_id] -= 1
