@@ -134,8 +134,9 @@ class DeliveryConfig:
     # A claim's lease; renewed every third of it while the claim runs, so a dead process's
     # deliveries are taken over this long after it died.
     lease_seconds: float = 30.0
-    # Workers one sink may hold while other sinks' deliveries are due; 0 = a quarter of
-    # ``concurrency`` (at least 1). With nothing else due, a sink may use them all.
+    # Claims of one sink that may wait for a sender while other sinks' deliveries are due (all
+    # its claims while it fails); 0 = a quarter of ``concurrency`` (at least 1). With nothing
+    # else due, a sink may use every sender.
     sink_concurrency: int = 0
     # Of timeout_seconds, connecting (name lookup, TCP, TLS) may take at most this long: a
     # connect that runs out is told apart (timeout_connect) from an answer that never came.

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -91,40 +92,53 @@ async def test_concurrent_claims_never_overlap(db_dsn: str) -> None:
 async def test_one_claim_gives_each_sink_its_room_then_spills_to_sinks_not_barred(
     db_dsn: str, db: asyncpg.Connection
 ) -> None:
-    # Sink a runs 1 here, b none; each may have 2. Room first: 1 of a, 2 of b. The 5 left of
+    # Sink a holds 1 here, b none; each may have 2. Room first: 1 of a, 2 of b. The 5 left of
     # the 8 spill to a (not barred); b, barred (failing here), never gets more than its room.
     # Unbarred, the spill goes to the oldest due: a's (older), then b's.
     a, b = uuid.uuid4(), uuid.uuid4()
+
+    async def due(sink: uuid.UUID, n: int, age: timedelta) -> None:
+        for _ in range(n):
+            event = uuid.uuid4()
+            await insert_event_row(db, event)
+            await db.execute(
+                "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
+                " created_at, next_attempt_at) VALUES ($1, $2, $3, 't', 'Webhook',"
+                " clock_timestamp() - $4::interval, clock_timestamp() - $4::interval)",
+                uuid.uuid4(),
+                event,
+                sink,
+                age,
+            )
+
     for sink in (a, b):
         await db.execute(
             "INSERT INTO event_sinks (id, tenant_id, name, description, sink_type, args)"
             " VALUES ($1, 't', 's', '', 'Webhook', '{\"url\": \"http://127.0.0.1:9/\"}')",
             sink,
         )
-        for _ in range(10):
-            event = uuid.uuid4()
-            await insert_event_row(db, event)
-            await db.execute(
-                "INSERT INTO deliveries (id, event_id, event_sink_id, tenant_id, sink_type,"
-                " created_at, next_attempt_at) VALUES ($1, $2, $3, 't', 'Webhook',"
-                " clock_timestamp() - interval '1 hour', clock_timestamp() - interval '1 hour')",
-                uuid.uuid4(),
-                event,
-                sink,
-            )
+        await due(sink, 10, timedelta(hours=1))
     pool = await create_pool(db_dsn, 1, 4)
     try:
 
-        async def claim(barred: list[uuid.UUID] | None) -> Counter[uuid.UUID]:
+        async def claim(
+            barred: list[uuid.UUID] | None, spill_limit: int | None = None
+        ) -> Counter[uuid.UUID]:
             claimed = await repo.claim_deliveries(
                 pool, sink_types=["Webhook"], limit=8, lease_seconds=60, worker="w",
-                per_sink=2, running={a: 1}, spill_barred=barred,
+                per_sink=2, running={a: 1}, spill_barred=barred, spill_limit=spill_limit,
             )  # fmt: skip
             return Counter(d.event_sink_id for d in claimed)
 
         assert await claim(None) == {a: 1, b: 2}  # no spill asked for
         assert await claim([b]) == {a: 6, b: 2}
-        assert await claim([]) == {a: 3, b: 5}  # a: 1 + its last 2; b: 2 + 3
+        assert await claim([]) == {a: 3, b: 5}  # a: 1 + 2 more; b: 2 + 3
+        # b has 1 left. Newer ones, a's first: with the spill capped at 2 in all, across
+        # sinks, it takes the 2 oldest (a's); at 0, rooms only.
+        await due(a, 4, timedelta(minutes=30))
+        await due(b, 3, timedelta(minutes=30))
+        assert await claim([], spill_limit=2) == {a: 3, b: 2}
+        assert await claim([], spill_limit=0) == {a: 1, b: 2}
     finally:
         await pool.close()
 

@@ -321,9 +321,10 @@ async def test_a_slow_sink_cannot_hold_every_worker(
 async def test_shutdown_releases_deliveries_claimed_ahead_without_sending_them(
     make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
 ) -> None:
-    # One sender and a share of one: one delivery sending, one claimed ahead of it.
+    # One sender and a share of one: one delivery sending, one claimed ahead of it. The first
+    # is answered within the grace, so its sender frees up while the process stops.
     relay = await make_relay(delivery={"timeout_seconds": 1, "concurrency": 1, "batch_size": 2})
-    sink_server.default = Reply(delay=5)
+    sink_server.default = Reply(delay=0.5)
     await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
     for _ in range(2):
         await post_event(relay, EVENT)
@@ -335,10 +336,85 @@ async def test_shutdown_releases_deliveries_claimed_ahead_without_sending_them(
     await wait_until(all_claimed)
     await sink_server.wait_for(1)
     await relay.close()
-    await asyncio.sleep(0.2)
-    # Only the one sending was sent (maybe more than once, if its timeout came first).
+    await asyncio.sleep(0.7)
+    # Only the one sending was sent; the other was handed back unsent.
     sent = {r.headers["webhook-id"] for r in sink_server.received}
     assert len(sent) == 1
     rows = await db.fetch("SELECT id, status, claim_token, claims FROM deliveries")
-    queued = [tuple(r)[1:] for r in rows if f"msg_{r['id'].hex}" not in sent]
-    assert queued == [("pending", None, 0)]
+    states = {f"msg_{r['id'].hex}" in sent: tuple(r)[1:] for r in rows}
+    assert states == {True: ("delivered", None, 1), False: ("pending", None, 0)}
+
+
+async def test_a_failing_sink_holds_no_more_senders_than_its_share(
+    make_relay: Any, sink_server: SinkServer, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    # Four senders, a share of one: a sink that times out, with a backlog, must leave three
+    # senders idle for a healthy sink's event that arrives behind it (claims waiting for a
+    # sender do not count against a sink that fails: all of its claims do).
+    sink_server.default = Reply(delay=10)
+    config = {
+        "delivery": {
+            "concurrency": 4,
+            "batch_size": 4,
+            "sink_concurrency": 1,
+            "timeout_seconds": 2,
+            "retry": {"attempts_per_claim": 1, "schedule_seconds": [0.1]},
+        }
+    }
+    relay = await make_relay(**config)
+    await create_sink(
+        relay, {"Webhook": {"url": sink_server.url("/down")}}, events=["CaseFileSavedEvent"]
+    )
+    for _ in range(8):
+        await post_event(
+            relay, {"eventName": "CaseFileSavedEvent", "organizationId": 1, "data": {}}
+        )
+    await sink_server.wait_for(1)
+
+    async def failed_once() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM delivery_attempts"))
+
+    await wait_until(failed_once, timeout=10)  # the sink now fails here
+    await asyncio.sleep(0.5)
+    healthy = await make_sink_server(aiohttp_server)
+    await create_sink(relay, {"Webhook": {"url": healthy.url("/ok")}}, events=["CaseClosedEvent"])
+    posted = time.monotonic()
+    await post_event(relay, {"eventName": "CaseClosedEvent", "organizationId": 1, "data": {}})
+    (fast,) = await healthy.wait_for(1)
+    assert fast.at - posted < 1.0  # a free sender at once, not one the down sink lets go
+
+
+async def test_a_claim_whose_lease_was_taken_while_it_waited_is_not_sent(
+    make_relay: Any, sink_server: SinkServer, db: asyncpg.Connection
+) -> None:
+    # One sender busy for 1.5 s, one claim waiting behind it. Meanwhile another process takes
+    # the waiting one over (as after an outage longer than the lease): it must not be sent
+    # from here as well. Two guards, each enough alone: the renewal that finds it lost cancels
+    # it, and a claim whose lease has run out when its sender frees up is dropped.
+    overrides = {
+        "delivery": {"concurrency": 1, "batch_size": 2, "lease_seconds": 0.6, "timeout_seconds": 5}
+    }
+    relay = await make_relay(**overrides)
+    sink_server.default = Reply(delay=1.5)
+    await create_sink(relay, {"Webhook": {"url": sink_server.url()}})
+    for _ in range(2):
+        await post_event(relay, EVENT)
+    (first,) = await sink_server.wait_for(1)
+
+    async def waiting_claimed() -> bool:
+        held = await db.fetchval("SELECT count(*) FROM deliveries WHERE claim_token IS NOT NULL")
+        return bool(held == 2)
+
+    await wait_until(waiting_claimed)
+    taken = await db.fetchval(
+        "UPDATE deliveries SET claim_token = gen_random_uuid(), claimed_by = 'other',"
+        " next_attempt_at = now() + interval '1 hour'"
+        " WHERE claim_token IS NOT NULL AND 'msg_' || replace(id::text, '-', '') <> $1"
+        " RETURNING id",
+        first.headers["webhook-id"],
+    )
+    assert taken is not None
+    with capture_logs() as logs:
+        await asyncio.sleep(2.5)
+    assert {r.headers["webhook-id"] for r in sink_server.received} == {first.headers["webhook-id"]}
+    assert any(e["event"] == "lease_lost" and e["delivery_id"] == str(taken) for e in logs)

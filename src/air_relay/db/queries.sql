@@ -91,11 +91,10 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- name: claim_deliveries
 -- Claim due deliveries, sink by sink: each sink with pending deliveries (found by a skip
 -- scan of deliveries_sink_due_idx, one probe per sink, deleted sinks included) offers its
--- oldest due ones, at most its room: $6 less the claims it already holds here waiting to be
--- sent ($5 sinks, $7 their counts). Only when those offers fall short of $2, and $9 is true,
--- do sinks not named in $10 (the sinks failing here) offer their next ones for what is left,
--- at most $11 in all (the senders that would otherwise stand idle), ranked after every
--- room's offers: a sink with a backlog takes the workers others leave idle, a failing sink
+-- oldest due ones, at most its room: $6 less the claims the caller counts against it ($5
+-- sinks, $7 their counts). Only when those offers fall short of $2, and $9 is true, do sinks
+-- not named in $10 (the sinks failing here) offer their next ones for what is left, at most
+-- $11 of them in all, ranked after every room's offers: a sink with a backlog takes the workers others leave idle, a failing sink
 -- never more than its room. The oldest $2 of the offers are claimed.
 -- The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any

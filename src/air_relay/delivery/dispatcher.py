@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -62,6 +63,9 @@ class Dispatcher:
         # its next delivery at once instead of waiting out a claim's round trip.
         self._capacity = cfg.concurrency + cfg.batch_size
         self._started: set[asyncio.Task[None]] = set()
+        # When each claim's lease ends as far as this process knows (monotonic clock): a
+        # claim still waiting for a sender when it has lapsed is another process's to send.
+        self._lease_ends: dict[uuid.UUID, float] = {}
         self._per_sink: Counter[uuid.UUID] = Counter()
         self._sink_share = cfg.sink_concurrency or max(1, cfg.concurrency // 4)
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,6 +135,7 @@ class Dispatcher:
             if want > 0:
                 self._wake.clear()
                 try:
+                    lease_end = time.monotonic() + self._cfg.lease_seconds
                     claimed = await self._claim(want)
                     backoff = 0.5
                 except DB_UNAVAILABLE as exc:
@@ -145,7 +150,7 @@ class Dispatcher:
                     backoff = min(backoff * 2, 10.0)
                     continue
                 for delivery in claimed:
-                    self._spawn(delivery)
+                    self._spawn(delivery, lease_end)
                 if len(claimed) == want:
                     continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
@@ -160,6 +165,7 @@ class Dispatcher:
             running = list(self._inflight.values())
             if not running:
                 continue
+            renewed_at = time.monotonic()
             try:
                 held = await repo.renew_leases(self._pool, running, lease)
             except DB_UNAVAILABLE as exc:
@@ -170,23 +176,28 @@ class Dispatcher:
                 log.exception("lease_renewal_failed", count=len(running), **error_hint(exc))
                 continue
             # Not held: finished meanwhile (its completion cleared the token), or lost.
-            still_running = {d.id for d in self._inflight.values()}
+            still_running = {d.id: t for t, d in self._inflight.items()}
             for delivery in running:
-                if delivery.id not in held and delivery.id in still_running:
+                if delivery.id in held:
+                    self._lease_ends[delivery.id] = renewed_at + lease
+                elif (task := still_running.get(delivery.id)) is not None:
                     log.warning("lease_lost", delivery_id=str(delivery.id))
+                    if task not in self._started:
+                        task.cancel()  # not sent yet: it is no longer ours to send
 
     async def _claim(self, want: int) -> list[ClaimedDelivery]:
         """Claim up to ``want`` due deliveries, fairly: each sink gets at most its share
         (``sink_concurrency``) of the claims waiting here for a sender, however many of its
-        deliveries are due. Only what that leaves goes to sinks with more due, never the last
-        share of the capacity (kept for a sink whose deliveries arrive next), and only to
-        sinks that are not failing: more parallel sends to a sink that is down only hold
-        workers longer. One statement does both (a second round trip per claim slowed a
-        one-sink backlog). Which claim is sent next is the send slots' choice."""
-        waiting = {
-            sink: n - self._slots.sending(sink)
+        deliveries are due; a sink failing here, at most its share of all claims, sending or
+        not (more parallel sends to a sink that is down only hold senders longer). What the
+        shares leave goes to sinks with more due that are not failing, never the last share
+        of the capacity (kept for a sink whose deliveries arrive next). One statement does
+        both (a second round trip per claim slowed a one-sink backlog). Which claim is sent
+        next is the send slots' choice."""
+        failing = self._runner.failing_sinks()
+        counted = {
+            sink: n if sink in failing else n - self._slots.sending(sink)
             for sink, n in self._per_sink.items()
-            if n > self._slots.sending(sink)
         }
         return await repo.claim_deliveries(
             self._pool,
@@ -195,13 +206,13 @@ class Dispatcher:
             lease_seconds=self._cfg.lease_seconds,
             worker=self.worker,
             per_sink=self._sink_share,
-            running=waiting,
+            running={sink: n for sink, n in counted.items() if n > 0},
             held=[d.id for d in self._inflight.values()],
-            spill_barred=self._runner.failing_sinks(),
+            spill_barred=failing,
             spill_limit=max(0, self._capacity - self._sink_share - len(self._inflight)),
         )
 
-    def _spawn(self, delivery: ClaimedDelivery) -> None:
+    def _spawn(self, delivery: ClaimedDelivery, lease_end: float) -> None:
         log.debug(
             "delivery_claimed",
             delivery_id=str(delivery.id),
@@ -212,12 +223,18 @@ class Dispatcher:
         sender = self._senders[delivery.sink_type]
         task = asyncio.create_task(self._send(sender, delivery))
         self._inflight[task] = delivery
+        self._lease_ends[delivery.id] = lease_end
         self._per_sink[delivery.event_sink_id] += 1
         task.add_done_callback(self._finished)
 
     async def _send(self, sender: Sender, delivery: ClaimedDelivery) -> None:
         await self._slots.acquire(delivery.event_sink_id)
         try:
+            if time.monotonic() >= self._lease_ends[delivery.id]:
+                # Waited out its lease (a database outage held the senders): another process
+                # may be sending it now. Its row stays due for whoever holds it.
+                log.warning("lease_lost", delivery_id=str(delivery.id), sent=False)
+                return
             task = asyncio.current_task()
             assert task is not None
             self._started.add(task)
@@ -229,6 +246,7 @@ class Dispatcher:
         self._started.discard(task)
         delivery = self._inflight.pop(task, None)
         if delivery is not None:
+            self._lease_ends.pop(delivery.id, None)
             self._per_sink[delivery.event_sink_id] -= 1
             if self._per_sink[delivery.event_sink_id] <= 0:
                 del self._per_sink[delivery.event_sink_id]
