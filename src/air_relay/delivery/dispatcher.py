@@ -162,9 +162,10 @@ class Dispatcher:
         lease = self._cfg.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            running = list(self._inflight.values())
-            if not running:
+            claims = list(self._inflight.items())
+            if not claims:
                 continue
+            running = [delivery for _, delivery in claims]
             renewed_at = time.monotonic()
             try:
                 held = await repo.renew_leases(self._pool, running, lease)
@@ -175,15 +176,17 @@ class Dispatcher:
             except Exception as exc:
                 log.exception("lease_renewal_failed", count=len(running), **error_hint(exc))
                 continue
-            # Not held: finished meanwhile (its completion cleared the token), or lost.
-            still_running = {d.id: t for t, d in self._inflight.items()}
-            for delivery in running:
+            for task, delivery in claims:
+                # The same claim still running (not finished meanwhile, nor followed by a new
+                # claim of the same delivery, whose token this renewal did not know).
+                if self._inflight.get(task) is not delivery:
+                    continue
                 if delivery.id in held:
                     self._lease_ends[delivery.id] = renewed_at + lease
-                elif (task := still_running.get(delivery.id)) is not None:
-                    log.warning("lease_lost", delivery_id=str(delivery.id))
-                    if task not in self._started:
-                        task.cancel()  # not sent yet: it is no longer ours to send
+                    continue
+                log.warning("lease_lost", delivery_id=str(delivery.id))
+                if task not in self._started:
+                    task.cancel()  # not sent yet: it is no longer ours to send
 
     async def _claim(self, want: int) -> list[ClaimedDelivery]:
         """Claim up to ``want`` due deliveries, fairly: each sink gets at most its share
@@ -232,8 +235,11 @@ class Dispatcher:
         try:
             if time.monotonic() >= self._lease_ends[delivery.id]:
                 # Waited out its lease (a database outage held the senders): another process
-                # may be sending it now. Its row stays due for whoever holds it.
+                # may be sending it now. Handed back in case it is still ours (a release
+                # matches the claim's token, so it never touches another process's claim).
                 log.warning("lease_lost", delivery_id=str(delivery.id), sent=False)
+                with contextlib.suppress(*DB_UNAVAILABLE):
+                    await repo.release_deliveries(self._pool, [delivery.claim_token])
                 return
             task = asyncio.current_task()
             assert task is not None
