@@ -29,9 +29,9 @@ from air_relay.delivery.sealing import (
     GENESIS_HASH,
     AuditRowsChanged,
     SealerTask,
+    SealHasher,
     VerifyReport,
     build_seal,
-    build_seal_stepwise,
     canonical_row,
     canonical_time,
     verify_chain,
@@ -92,6 +92,25 @@ async def burn_id(db: asyncpg.Connection) -> None:
     await tx.start()
     await add_rows(db, 1)
     await tx.rollback()
+
+
+def reference_seal(
+    previous: AuditSeal | None, sealed_at: datetime, rows: list[StoredAttempt]
+) -> AuditSeal:
+    """The seal after ``previous`` covering ``rows``, made in one go from SealHasher: what the
+    sealer's paged, stepwise build_seal must equal."""
+    seal_id, prev_hash = (previous.id + 1, previous.hash) if previous else (1, GENESIS_HASH)
+    first_id = previous.last_id + 1 if previous else 1
+    hasher = SealHasher(seal_id, sealed_at, first_id, rows[-1].id, len(rows), prev_hash)
+    for row in rows:
+        hasher.add(row)
+    return AuditSeal(
+        seal_id, sealed_at, first_id, rows[-1].id, len(rows), prev_hash, hasher.hexdigest()
+    )
+
+
+async def one_page(rows: list[StoredAttempt]) -> AsyncIterator[list[StoredAttempt]]:
+    yield rows
 
 
 def sealer(pool: asyncpg.Pool, max_rows: int = 2, horizon_tries: int = 3) -> SealerTask:
@@ -274,7 +293,7 @@ async def test_a_seal_overtaken_while_it_was_hashed_is_dropped(
         previous: AuditSeal | None, sealed_at: datetime, batch: AuditBatch, pages: Any
     ) -> AuditSeal:
         await sealer(pool, max_rows=10).run_once()  # the other instance, faster
-        return await build_seal_stepwise(previous, sealed_at, batch, pages)
+        return await build_seal(previous, sealed_at, batch, pages)
 
     with pytest.raises(repo.SealerBusy):
         await repo.seal_next_batch(pool, horizon=10, max_rows=10, page_rows=2, build=overtaken)
@@ -392,7 +411,7 @@ OLD = datetime.now(UTC) - timedelta(days=40)
 async def sealed_long_ago(
     previous: AuditSeal | None, _at: datetime, batch: AuditBatch, pages: Any
 ) -> AuditSeal:
-    return await build_seal_stepwise(previous, OLD, batch, pages, rest=0)
+    return await build_seal(previous, OLD, batch, pages, rest=0)
 
 
 async def test_retention_purges_whole_sealed_batches_and_verify_passes_after(
@@ -447,16 +466,18 @@ async def test_purge_never_takes_part_of_a_batch_under_concurrency(
     assert (await verify(db)).ok
 
 
-def test_seal_builder_covers_gaps_in_ids() -> None:
+async def test_seal_builder_covers_gaps_in_ids() -> None:
     row = StoredAttempt(
         9, uuid.uuid4(), TENANT, uuid.uuid4(), "E", 1, uuid.uuid4(), "Webhook", 1, "success",
         200, None, None, 1, None, T0,
     )  # fmt: skip
     previous = AuditSeal(1, T0, 1, 4, 4, GENESIS_HASH, "a" * 64)
-    seal = build_seal(previous, T0, [row])
+    batch = AuditBatch(5, 9, 1)
+    seal = await build_seal(previous, T0, batch, one_page([row]))
     assert (seal.id, seal.first_id, seal.last_id, seal.row_count) == (2, 5, 9, 1)
     assert seal.prev_hash == "a" * 64
-    assert build_seal(previous, T0 + timedelta(microseconds=1), [row]).hash != seal.hash
+    later = await build_seal(previous, T0 + timedelta(microseconds=1), batch, one_page([row]))
+    assert later.hash != seal.hash
 
 
 async def test_the_audit_write_lock_is_taken_before_any_id_is_drawn(
@@ -510,7 +531,7 @@ async def test_the_stepwise_seal_read_in_pages_is_the_same_seal(
     ]
     batch = AuditBatch(1, rows[-1].id, len(rows))
     pages = repo.audit_pages(pool, batch, 50)
-    assert await build_seal_stepwise(None, T0, batch, pages) == build_seal(None, T0, rows)
+    assert await build_seal(None, T0, batch, pages) == reference_seal(None, T0, rows)
 
 
 async def test_rows_deleted_while_a_batch_is_read_make_no_seal(
@@ -524,7 +545,7 @@ async def test_rows_deleted_while_a_batch_is_read_make_no_seal(
         previous: AuditSeal | None, sealed_at: datetime, batch: AuditBatch, pages: Any
     ) -> AuditSeal:
         await db.execute("DELETE FROM delivery_attempts WHERE id = $1", ids[3])
-        return await build_seal_stepwise(previous, sealed_at, batch, pages, rest=0)
+        return await build_seal(previous, sealed_at, batch, pages, rest=0)
 
     with pytest.raises(AuditRowsChanged):
         await repo.seal_next_batch(

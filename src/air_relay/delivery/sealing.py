@@ -36,7 +36,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -151,54 +151,7 @@ class AuditRowsChanged(RuntimeError):
     """The batch's rows are not those counted before they were read (deleted meanwhile)."""
 
 
-def _link(previous: AuditSeal | None) -> tuple[int, str]:
-    """The next seal's id and prev_hash."""
-    return (previous.id + 1, previous.hash) if previous else (1, GENESIS_HASH)
-
-
-def _hasher(previous: AuditSeal | None, sealed_at: datetime, batch: AuditBatch) -> SealHasher:
-    seal_id, prev_hash = _link(previous)
-    return SealHasher(seal_id, sealed_at, batch.first_id, batch.last_id, batch.row_count, prev_hash)
-
-
-def _sealed(
-    previous: AuditSeal | None,
-    sealed_at: datetime,
-    batch: AuditBatch,
-    hasher: SealHasher,
-    rows: int,
-    last_id: int | None,
-) -> AuditSeal:
-    if rows != batch.row_count or last_id != batch.last_id:
-        raise AuditRowsChanged(
-            f"{batch.row_count} rows up to id {batch.last_id} were counted, "
-            f"{rows} up to id {last_id} were read"
-        )
-    seal_id, prev_hash = _link(previous)
-    return AuditSeal(
-        seal_id,
-        sealed_at,
-        batch.first_id,
-        batch.last_id,
-        batch.row_count,
-        prev_hash,
-        hasher.hexdigest(),
-    )
-
-
-def build_seal(
-    previous: AuditSeal | None, sealed_at: datetime, rows: Sequence[StoredAttempt]
-) -> AuditSeal:
-    """The seal after ``previous`` covering ``rows`` (consecutive in id order, not empty)."""
-    first_id = previous.last_id + 1 if previous else 1
-    batch = AuditBatch(first_id, rows[-1].id, len(rows))
-    hasher = _hasher(previous, sealed_at, batch)
-    for row in rows:
-        hasher.add(row)
-    return _sealed(previous, sealed_at, batch, hasher, len(rows), rows[-1].id)
-
-
-async def build_seal_stepwise(
+async def build_seal(
     previous: AuditSeal | None,
     sealed_at: datetime,
     batch: AuditBatch,
@@ -208,7 +161,10 @@ async def build_seal_stepwise(
 ) -> AuditSeal:
     """The seal after ``previous`` covering ``batch``, hashed on the event loop as its pages
     arrive, a step of HASH_STEP rows at a time, resting ``rest`` times each step's time."""
-    hasher = _hasher(previous, sealed_at, batch)
+    seal_id, prev_hash = (previous.id + 1, previous.hash) if previous else (1, GENESIS_HASH)
+    hasher = SealHasher(
+        seal_id, sealed_at, batch.first_id, batch.last_id, batch.row_count, prev_hash
+    )
     rows = 0
     last_id = None
     async for page in pages:
@@ -219,7 +175,20 @@ async def build_seal_stepwise(
             await asyncio.sleep(rest * (time.monotonic() - started))
         rows += len(page)
         last_id = page[-1].id
-    return _sealed(previous, sealed_at, batch, hasher, rows, last_id)
+    if rows != batch.row_count or last_id != batch.last_id:
+        raise AuditRowsChanged(
+            f"{batch.row_count} rows up to id {batch.last_id} were counted, "
+            f"{rows} up to id {last_id} were read"
+        )
+    return AuditSeal(
+        seal_id,
+        sealed_at,
+        batch.first_id,
+        batch.last_id,
+        batch.row_count,
+        prev_hash,
+        hasher.hexdigest(),
+    )
 
 
 def seal_fields(seal: AuditSeal) -> dict[str, object]:
@@ -285,7 +254,7 @@ class SealerTask(BackgroundLoop):
             pages: AsyncIterator[list[StoredAttempt]],
         ) -> AuditSeal:
             rest = CATCH_UP_STEP_REST if made else STEP_REST
-            return await build_seal_stepwise(previous, sealed_at, batch, pages, rest=rest)
+            return await build_seal(previous, sealed_at, batch, pages, rest=rest)
 
         while True:
             seal = await repo.seal_next_batch(
