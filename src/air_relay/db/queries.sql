@@ -94,9 +94,9 @@ SELECT (SELECT count(*) FROM event) AS inserted,
 -- oldest due ones, at most its room: $6 less the claims the caller counts against it ($5
 -- sinks, $7 their counts). Only when those offers fall short of $2, and $9 is true, do sinks
 -- not named in $10 (the sinks failing here) offer their next ones for what is left, at most
--- $11 of them in all, ranked after every room's offers: a sink with a backlog takes the workers others leave idle, a failing sink
--- never more than its room. The oldest $2 of the offers are claimed.
--- The lease end goes into
+-- $11 of them in all, ranked after every room's offers: a sink with a backlog takes the
+-- workers others leave idle, a failing sink never more than its room. The oldest $2 of the
+-- offers are claimed. The lease end goes into
 -- next_attempt_at, so an expired lease is just a due row again. The claim commits before any
 -- HTTP is sent. $8: deliveries this process still runs (a send, or a completion waiting for
 -- the database to come back): never claimed again here, even when their lease has lapsed,
@@ -1301,16 +1301,16 @@ WITH old_minutes AS (
 SELECT (SELECT count(*) FROM old_minutes) AS minutes, (SELECT count(*) FROM gone) AS sinks;
 
 -- name: tables_to_analyze
--- The busiest tables whose planner statistics lag far behind them while they are young: fewer
--- than $1 rows at their last ANALYZE (-1: never analyzed), at least $2 live rows now, and more
--- than twice what the statistics say. Prepared statements keep a generic plan made from those
+-- Of the tables $3, those whose planner statistics lag far behind them while they are young:
+-- fewer than $1 rows at their last ANALYZE (-1: never analyzed), at least $2 live rows now,
+-- and more than twice what the statistics say. Prepared statements keep a generic plan made from those
 -- statistics; autovacuum's first ANALYZE can come a minute or more after a new database's
 -- first events, and until then the claim and the completion scan whole tables. may_analyze:
 -- whether this role owns the table (ANALYZE of another role's table only warns and skips it).
 SELECT c.relname::text AS name, pg_has_role(c.relowner, 'USAGE') AS may_analyze
 FROM pg_class c
 JOIN pg_stat_user_tables s ON s.relid = c.oid
-WHERE c.oid = ANY (ARRAY['deliveries', 'events', 'delivery_attempts']::regclass[])
+WHERE c.oid = ANY ($3::regclass[])
   AND c.reltuples < $1
   AND s.n_live_tup >= $2
   AND s.n_live_tup > 2 * greatest(c.reltuples, 0)
